@@ -1,0 +1,77 @@
+"""The ``ejkernel`` command line: ``info``, ``check`` and ``bench``.
+
+With no sub-command it runs ``info`` then ``check``: show what runs here, then prove it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def _info(args: argparse.Namespace) -> int:
+    import jax
+
+    from ejkernel.registry import current_platform, list_kernels
+
+    devices = jax.devices()
+    print(f"ejkernel on {current_platform()}: {devices[0].device_kind} x{len(devices)}; jax {jax.__version__}")
+    rows = [("name", "platform", "variant", "priority", "devices", "runs here", "why not")]
+    for r in list_kernels():
+        runs = "yes" if r["runnable"] else ("interpret only" if r["interpretable"] else "no")
+        rows.append((r["name"], r["platform"], r["variant"], str(r["priority"]), ",".join(r["devices"]), runs, r["reason"] or ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ejkernel.check import run_check
+
+    results = run_check(interpret=args.interpret, platforms=args.platform or None, dtype=args.dtype)
+    failures = 0
+    for r in results:
+        worst = max(r.errors, key=r.errors.get)
+        status = "PASS" if r.passed else "FAIL"
+        failures += not r.passed
+        print(f"{status}  {r.implementation:7s} {r.case:18s} {r.dtype:9s} served by {r.served_by:20s} max err {r.errors[worst]:.2e} ({worst}) tol {r.tolerance:.0e}")
+    print(f"{len(results) - failures}/{len(results)} passed")
+    return 1 if failures else 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    try:
+        from ejkernel.bench.cli import run as run_bench
+    except ImportError:
+        print("ejkernel bench is not available in this build", file=sys.stderr)
+        return 2
+    return run_bench(args.bench_args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ejkernel", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("info", help="device, JAX version and every registered implementation")
+    check = sub.add_parser("check", help="run every implementation that can run here against the XLA oracle")
+    check.add_argument("--interpret", action="store_true", help="also run Pallas kernels in interpret mode")
+    check.add_argument("--platform", action="append", help="only this platform (repeatable)")
+    check.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="only this compute dtype")
+    bench = sub.add_parser("bench", help="time implementations and baselines (see `ejkernel bench --help`)", add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        return _info(args)
+    if args.command == "check":
+        return _check(args)
+    if args.command == "bench":
+        return _bench(args)
+    code = _info(args)
+    print()
+    return code or _check(argparse.Namespace(interpret=False, platform=None, dtype=None))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

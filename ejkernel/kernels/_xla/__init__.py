@@ -1,0 +1,1 @@
+"""Implementations written in plain JAX/XLA; they run on every device."""

@@ -1,0 +1,5 @@
+"""XLA implementations of attention: the dense reference (and oracle)."""
+
+from ejkernel.kernels._xla.attention._interface import attention
+
+__all__ = ["attention"]

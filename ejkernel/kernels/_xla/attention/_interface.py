@@ -1,0 +1,167 @@
+"""The XLA reference attention: DESIGN §1 written plainly, the default path and the parity oracle.
+
+It materialises the ``[B, Hq, Sq, Skv]`` weights, so memory grows as ``Sq * Skv``; it is one jitted
+computation that XLA fuses (logits, cap, bias, mask and softmax in one pass). K/V are never repeated
+per query head: query heads are grouped as ``[B, Sq, Hkv, G, D]`` and contracted against ``[B, Skv,
+Hkv, D]`` directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import DTypeLike
+from jaxtyping import Bool, Float, Key, UInt32
+
+from ejkernel.ops.attention.features import AttentionFeatures
+from ejkernel.ops.attention.masks import allowed
+from ejkernel.ops.attention.merge import sink_logits
+from ejkernel.ops.attention.validation import validate_attention
+
+__all__ = ["attention", "attention_from_features"]
+
+
+def _grouped(x: Array, num_kv_heads: int, group: int) -> Array:
+    """``[b, h, Sq, Skv]`` with ``h`` in (1, Hkv, Hq) as ``[b, Hkv|1, G|1, Sq, Skv]``."""
+    b, h = x.shape[:2]
+    if h == num_kv_heads * group and group > 1:
+        return x.reshape(b, num_kv_heads, group, *x.shape[2:])
+    return x[:, :, None]
+
+
+def attention_from_features(
+    f: AttentionFeatures,
+    query: Array,
+    key: Array,
+    value: Array,
+    attention_mask: Array | None,
+    bias: Array | None,
+    dropout_rng: Any,
+    softmax_aux: Array | None,
+    dropout_prob: float,
+) -> tuple[Array, Array]:
+    """The computation, on already validated arguments."""
+    dtype = jnp.dtype(f.dtype)
+    softmax_dtype = jnp.dtype(f.softmax_dtype)
+    b, sq, hq, d = query.shape
+    hkv, g, skv = f.num_kv_heads, f.group_size, f.kv_len
+    q = query.astype(dtype)
+    k = key.astype(dtype)
+    v = value.astype(dtype)
+
+    if g == 1:
+        s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)[:, :, None]
+    else:
+        q = q.reshape(b, sq, hkv, g, d)
+        s = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
+    s = s * jnp.float32(f.softmax_scale)
+    if f.logits_soft_cap is not None:
+        cap = jnp.float32(f.logits_soft_cap)
+        s = cap * jnp.tanh(s / cap)
+    if bias is not None:
+        s = s + _grouped(bias.astype(jnp.float32), hkv, g)
+
+    valid = None
+    if f.causal or f.window is not None:
+        q_idx = jnp.arange(sq)[:, None]
+        k_idx = jnp.arange(skv)[None, :]
+        valid = allowed(q_idx, k_idx, sq, skv, f.causal, f.window)
+    if attention_mask is not None:
+        m = _grouped(attention_mask, hkv, g)
+        valid = m if valid is None else (m & valid)
+
+    s = s.astype(softmax_dtype)
+    sinks = None
+    if softmax_aux is not None:
+        sinks = sink_logits(softmax_aux, hq).reshape(1, hkv, g, 1, -1).astype(softmax_dtype)
+
+    if valid is None:
+        row_max = jnp.max(s, axis=-1, keepdims=True)
+    else:
+        row_max = jnp.max(jnp.where(valid, s, -jnp.inf), axis=-1, keepdims=True)
+    if sinks is not None:
+        row_max = jnp.maximum(row_max, jnp.max(sinks, axis=-1, keepdims=True))
+    # Softmax is invariant to the shift; a row with nothing allowed has max -inf, shifted by 0 instead.
+    row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0))
+    if valid is None:
+        e = jnp.exp(s - row_max)
+    else:
+        # The inner where keeps exp finite on masked entries, so their (zero) gradient stays finite too.
+        e = jnp.where(valid, jnp.exp(jnp.where(valid, s, row_max) - row_max), 0)
+    denom = jnp.sum(e, axis=-1, keepdims=True)
+    if sinks is not None:
+        denom = denom + jnp.sum(jnp.exp(sinks - row_max), axis=-1, keepdims=True)
+    weights = e / jnp.where(denom == 0, 1, denom)
+
+    if f.dropout:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_prob, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_prob), 0)
+
+    weights = weights.astype(dtype)
+    if g == 1:
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights[:, :, 0], v, preferred_element_type=jnp.float32)
+    else:
+        out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, v, preferred_element_type=jnp.float32)
+    out = out.reshape(b, sq, hq, v.shape[-1]).astype(dtype)
+    return out, weights.reshape(b, hq, sq, skv)
+
+
+def attention(
+    query: Float[Array, "batch q_len num_q_heads head_dim"],
+    key: Float[Array, "batch kv_len num_kv_heads head_dim"],
+    value: Float[Array, "batch kv_len num_kv_heads v_head_dim"],
+    attention_mask: Bool[Array, "#batch mask_heads q_len kv_len"] | None = None,
+    bias: Float[Array, "#batch bias_heads q_len kv_len"] | None = None,
+    init_bias: Callable[[], Float[Array, "#batch bias_heads q_len kv_len"]] | None = None,
+    deterministic: bool = True,
+    dropout_rng: Key[Array, ""] | UInt32[Array, "2"] | None = None,
+    softmax_aux: Float[Array, "num_q_heads num_sinks"] | Float[Array, "num_sinks"] | None = None,
+    softmax_scale: float | None = None,
+    logits_soft_cap: float | None = None,
+    dtype: DTypeLike | None = jnp.bfloat16,
+    softmax_dtype: DTypeLike | None = None,
+    dropout_prob: float = 0.0,
+    causal: bool = False,
+    sliding_window: int | tuple[int, int] | None = None,
+) -> tuple[Float[Array, "batch q_len num_q_heads v_head_dim"], Float[Array, "batch num_q_heads q_len kv_len"]]:
+    """Multi-head attention with the semantics of ``docs/semantics.md`` (DESIGN §1), in plain XLA.
+
+    Args:
+      query: ``[B, Sq, Hq, D]``.
+      key: ``[B, Skv, Hkv, D]`` with ``Hq % Hkv == 0``; query head ``h`` reads kv head ``h // (Hq // Hkv)``.
+      value: ``[B, Skv, Hkv, Dv]``.
+      attention_mask: boolean ``[B|1, Hq|Hkv|1, Sq, Skv]``, ``True`` = may attend.
+      bias: ``[B|1, Hq|Hkv|1, Sq, Skv]``, added to the logits after the soft cap. With a mask, both apply.
+      init_bias: called (once, eagerly) for a bias only when ``bias`` and ``attention_mask`` are ``None``.
+      deterministic: ``False`` enables dropout when ``dropout_prob > 0``.
+      dropout_rng: a PRNG key (typed or raw ``uint32[2]``); required when dropout is enabled.
+      softmax_aux: sinks, ``[Hq, n]`` or ``[n]``: extra logits in each row's denominator, carrying no value,
+        not scaled, capped or biased.
+      softmax_scale: multiplies ``q·k``; default ``D ** -0.5``.
+      logits_soft_cap: ``cap * tanh(s / cap)`` on the scaled logits; must be ``> 0``.
+      dtype: inputs are cast to it for both products (accumulated in float32); the output and weights are
+        in it. ``None`` keeps the query's dtype.
+      softmax_dtype: the softmax's dtype; float32 when ``None``.
+      dropout_prob: in ``[0, 1)``; kept weights are scaled by ``1 / (1 - p)``, masks independent per
+        (batch, head, query, key).
+      causal: bottom-right aligned: query ``i`` sees key ``j`` iff ``j <= i + Skv - Sq``.
+      sliding_window: ``w`` or ``(left, right)``, inclusive, same alignment; intersects with causal.
+
+    Returns:
+      ``(output [B, Sq, Hq, Dv], weights [B, Hq, Sq, Skv])``; the weights exclude sink columns and include
+      dropout (they are what multiplies V). Rows with no allowed key are zero in both, with zero gradients.
+
+    Raises:
+      ValueError, TypeError: for bad input (see ``ejkernel.ops.attention.validation``), at trace time.
+    """
+    if bias is None and attention_mask is None and init_bias is not None:
+        bias = init_bias()
+    f = validate_attention(
+        query, key, value, attention_mask, bias, deterministic, dropout_rng, softmax_aux,
+        softmax_scale, logits_soft_cap, dtype, softmax_dtype, dropout_prob, causal, sliding_window,
+    )
+    return attention_from_features(f, query, key, value, attention_mask, bias, dropout_rng, softmax_aux, dropout_prob)

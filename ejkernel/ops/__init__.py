@@ -1,0 +1,1 @@
+"""Semantics shared by every backend, one subpackage per algorithm."""

@@ -1,0 +1,1 @@
+"""Attention semantics shared by every backend: validation, masks and windows, sinks, capabilities."""

@@ -1,0 +1,179 @@
+"""Argument validation shared by every attention implementation.
+
+Runs on shapes, dtypes and Python values only, so it raises at trace time (under ``jax.jit`` too) and
+works on ``jax.ShapeDtypeStruct`` as well as arrays. It returns the call's ``AttentionFeatures``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from ejkernel.ops.attention.features import AttentionFeatures, operand_layout
+from ejkernel.ops.attention.masks import normalize_window
+
+__all__ = ["validate_attention", "canonical_dtype"]
+
+
+def canonical_dtype(dtype: Any, default: Any) -> np.dtype:
+    """``dtype`` as a NumPy dtype, ``default`` when it is ``None``."""
+    return jnp.dtype(default if dtype is None else dtype)
+
+
+def _is_floating(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating)
+
+
+def _check_rank(name: str, x: Any, rank: int, layout: str) -> None:
+    if len(x.shape) != rank:
+        raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {tuple(x.shape)}")
+
+
+def _check_operand(
+    name: str, x: Any, batch: int, num_q_heads: int, num_kv_heads: int, q_len: int, kv_len: int
+) -> None:
+    """Bias and mask share one rule: ``[B|1, Hq|Hkv|1, Sq, Skv]``."""
+    expected = f"[{batch}|1, {num_q_heads}|{num_kv_heads}|1, {q_len}, {kv_len}]"
+    if len(x.shape) != 4:
+        raise ValueError(f"{name} must have rank 4 {expected}, got shape {tuple(x.shape)}")
+    b, h, sq, skv = x.shape
+    if b not in (batch, 1) or h not in (num_q_heads, num_kv_heads, 1) or (sq, skv) != (q_len, kv_len):
+        raise ValueError(f"{name} of shape {tuple(x.shape)} does not broadcast as {expected}")
+
+
+def _static_float(name: str, value: Any) -> float | None:
+    """A Python number as float; ``None`` for ``None``. Traced values are rejected: dispatch needs them."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except Exception as e:  # a tracer raises a ConcretizationTypeError here
+        raise TypeError(f"{name} must be a Python number (static), got {type(value).__name__}") from e
+
+
+def validate_attention(
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any = None,
+    bias: Any = None,
+    deterministic: bool = True,
+    dropout_rng: Any = None,
+    softmax_aux: Any = None,
+    softmax_scale: float | None = None,
+    logits_soft_cap: float | None = None,
+    dtype: Any = jnp.bfloat16,
+    softmax_dtype: Any = None,
+    dropout_prob: float = 0.0,
+    causal: bool = False,
+    sliding_window: int | tuple[int, int] | None = None,
+) -> AttentionFeatures:
+    """Checks every argument against DESIGN §1 and returns the call's features.
+
+    Raises:
+      ValueError: wrong ranks or shapes, ``Hq % Hkv != 0``, ``logits_soft_cap <= 0``, ``dropout_prob``
+        outside ``[0, 1)``, dropout without ``dropout_rng``, negative or malformed windows, a non-finite
+        ``softmax_scale``.
+      TypeError: non-floating query/key/value/bias/sinks, mismatched input dtypes, a non-boolean mask,
+        a non-floating ``dtype``.
+    """
+    _check_rank("query", query, 4, "[batch, q_len, num_q_heads, head_dim]")
+    _check_rank("key", key, 4, "[batch, kv_len, num_kv_heads, head_dim]")
+    _check_rank("value", value, 4, "[batch, kv_len, num_kv_heads, v_head_dim]")
+    batch, q_len, num_q_heads, head_dim = query.shape
+    kb, kv_len, num_kv_heads, k_head_dim = key.shape
+    if not _is_floating(query.dtype):
+        raise TypeError(f"query must be floating point, got {query.dtype}")
+    for name, x in (("key", key), ("value", value)):
+        if x.dtype != query.dtype:
+            raise TypeError(f"{name} dtype {x.dtype} differs from query dtype {query.dtype}")
+    if kb != batch or value.shape[0] != batch:
+        raise ValueError(
+            f"batch sizes differ: query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
+        )
+    if k_head_dim != head_dim:
+        raise ValueError(f"key head_dim {k_head_dim} != query head_dim {head_dim} (query {tuple(query.shape)}, key {tuple(key.shape)})")
+    if value.shape[1] != kv_len or value.shape[2] != num_kv_heads:
+        raise ValueError(f"value shape {tuple(value.shape)} must match key {tuple(key.shape)} in kv_len and num_kv_heads")
+    if min(batch, q_len, kv_len, num_q_heads, num_kv_heads, head_dim, value.shape[3]) < 1:
+        raise ValueError(f"empty dimension: query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}")
+    if num_q_heads % num_kv_heads:
+        raise ValueError(
+            f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads ({num_kv_heads})"
+        )
+
+    compute_dtype = canonical_dtype(dtype, query.dtype)
+    if not _is_floating(compute_dtype):
+        raise TypeError(f"dtype must be a floating dtype, got {compute_dtype}")
+    softmax_compute = canonical_dtype(softmax_dtype, jnp.float32)
+    if not _is_floating(softmax_compute):
+        raise TypeError(f"softmax_dtype must be a floating dtype, got {softmax_compute}")
+
+    dims = (batch, num_q_heads, num_kv_heads, q_len, kv_len)
+    mask_layout = bias_layout = None
+    if attention_mask is not None:
+        if attention_mask.dtype != jnp.bool_:
+            raise TypeError(f"attention_mask must be boolean (True = may attend), got {attention_mask.dtype}")
+        _check_operand("attention_mask", attention_mask, *dims)
+        mask_layout = operand_layout(attention_mask.shape, batch, num_q_heads, num_kv_heads)
+    if bias is not None:
+        if not _is_floating(bias.dtype):
+            raise TypeError(f"bias must be floating point, got {bias.dtype}")
+        _check_operand("bias", bias, *dims)
+        bias_layout = operand_layout(bias.shape, batch, num_q_heads, num_kv_heads)
+
+    num_sinks, sinks_per_head = 0, False
+    if softmax_aux is not None:
+        if not _is_floating(softmax_aux.dtype):
+            raise TypeError(f"softmax_aux must be floating point, got {softmax_aux.dtype}")
+        shape = tuple(softmax_aux.shape)
+        if len(shape) == 1 and shape[0] >= 1:
+            num_sinks = shape[0]
+        elif len(shape) == 2 and shape[0] == num_q_heads and shape[1] >= 1:
+            num_sinks, sinks_per_head = shape[1], True
+        else:
+            raise ValueError(
+                f"softmax_aux must have shape [num_q_heads={num_q_heads}, num_sinks] or [num_sinks], got {shape}"
+            )
+
+    scale = _static_float("softmax_scale", softmax_scale)
+    if scale is None:
+        scale = head_dim**-0.5
+    elif not math.isfinite(scale):
+        raise ValueError(f"softmax_scale must be finite, got {scale}")
+    cap = _static_float("logits_soft_cap", logits_soft_cap)
+    if cap is not None and not (cap > 0 and math.isfinite(cap)):
+        raise ValueError(f"logits_soft_cap must be a finite number > 0, got {cap}")
+    p = _static_float("dropout_prob", dropout_prob)
+    if not 0.0 <= p < 1.0:  # also rejects NaN
+        raise ValueError(f"dropout_prob must be in [0, 1), got {p}")
+    dropout = (not deterministic) and p > 0.0
+    if dropout and dropout_rng is None:
+        raise ValueError("dropout requested (deterministic=False, dropout_prob > 0) but dropout_rng is None")
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+
+    return AttentionFeatures(
+        batch=batch,
+        q_len=q_len,
+        kv_len=kv_len,
+        num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        v_head_dim=value.shape[3],
+        input_dtype=jnp.dtype(query.dtype).name,
+        dtype=compute_dtype.name,
+        softmax_dtype=softmax_compute.name,
+        softmax_scale=scale,
+        bias=bias_layout,
+        mask=mask_layout,
+        causal=bool(causal),
+        window=normalize_window(sliding_window),
+        logits_soft_cap=cap,
+        num_sinks=num_sinks,
+        sinks_per_head=sinks_per_head,
+        dropout=dropout,
+    )

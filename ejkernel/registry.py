@@ -1,0 +1,304 @@
+"""The kernel registry: specs, explicit priorities, platform detection and fallback (DESIGN §2).
+
+An *algorithm* ("attention") has one reference signature and an ``analyze`` function that validates a
+call and returns its static features. An *implementation* (``KernelSpec``) of it runs on some devices,
+has an explicit priority and declares capabilities. ``get_kernel`` returns a ``Kernel``: a callable with
+the algorithm's signature that, for each call and before tracing, picks the first capable implementation
+(highest priority first, the XLA ones last) and says why when it falls back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from ejkernel.errors import DuplicateKernelError, FallbackWarning, KernelNotFoundError, KernelUnavailableError
+
+__all__ = [
+    "Algorithm",
+    "KernelSpec",
+    "Kernel",
+    "Decision",
+    "register_algorithm",
+    "register_kernel",
+    "get_kernel",
+    "list_kernels",
+    "current_platform",
+    "KNOWN_PLATFORMS",
+]
+
+logger = logging.getLogger("ejkernel")
+
+# Platforms a user may name. A known platform with nothing registered falls back with a warning.
+KNOWN_PLATFORMS = ("xla", "pallas", "triton")
+FALLBACK_PLATFORM = "xla"
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    """One algorithm: the signature every implementation shares and how to read a call's features.
+
+    ``analyze(bound)`` takes the call's ``inspect.BoundArguments`` (defaults applied), validates it, and
+    returns ``(features, bound)``; it may rewrite arguments (attention resolves ``init_bias`` there).
+    """
+
+    name: str
+    signature: inspect.Signature
+    analyze: Callable[[inspect.BoundArguments], tuple[Any, inspect.BoundArguments]]
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+    """One implementation of an algorithm.
+
+    ``build(interpret)`` returns the implementation, a callable with the algorithm's signature.
+    ``devices`` are the platforms of ``current_platform()`` it runs on natively; ``uses_pallas`` ones also
+    run anywhere with ``interpret=True``. ``capabilities.unsupported_reasons(features)`` lists why a call
+    cannot be served (empty when it can). ``available()`` may add a hardware reason (e.g. GPU too old).
+    """
+
+    name: str
+    platform: str
+    priority: int
+    devices: frozenset[str]
+    build: Callable[[bool], Callable[..., Any]]
+    capabilities: Any
+    variant: str = "default"
+    uses_pallas: bool = False
+    description: str = ""
+    available: Callable[[], str | None] | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.name, self.platform, self.variant
+
+    @property
+    def label(self) -> str:
+        return self.platform if self.variant == "default" else f"{self.platform}:{self.variant}"
+
+    def hardware_reason(self, platform: str, interpret: bool) -> str | None:
+        """Why this implementation cannot run on ``platform`` (``None`` when it can)."""
+        if self.uses_pallas and interpret:
+            return None
+        if platform not in self.devices:
+            hint = " (interpret=True runs it anywhere)" if self.uses_pallas else ""
+            return f"needs a {'/'.join(sorted(self.devices))} device, this is {platform}{hint}"
+        if self.available is not None:
+            return self.available()
+        return None
+
+
+_ALGORITHMS: dict[str, Algorithm] = {}
+_KERNELS: dict[tuple[str, str, str], KernelSpec] = {}
+
+
+def register_algorithm(algorithm: Algorithm) -> Algorithm:
+    if algorithm.name in _ALGORITHMS:
+        raise DuplicateKernelError(f"algorithm {algorithm.name!r} is already registered")
+    _ALGORITHMS[algorithm.name] = algorithm
+    return algorithm
+
+
+def register_kernel(spec: KernelSpec) -> KernelSpec:
+    """Adds ``spec``; a second spec with the same (name, platform, variant) is rejected."""
+    _ensure_builtin_kernels()
+    if spec.name not in _ALGORITHMS:
+        raise KernelNotFoundError(f"no algorithm {spec.name!r}; known: {sorted(_ALGORITHMS)}")
+    if spec.key in _KERNELS:
+        raise DuplicateKernelError(f"kernel {spec.key} is already registered")
+    _KERNELS[spec.key] = spec
+    return spec
+
+
+def unregister_kernel(key: tuple[str, str, str]) -> None:
+    """Removes a spec (for tests and plugins that replace one)."""
+    del _KERNELS[key]
+
+
+def current_platform() -> str:
+    """The platform of the device JAX would place a computation on: cpu, cuda, rocm, tpu, ..."""
+    device = jax.config.jax_default_device
+    if device is None or isinstance(device, str):
+        device = jax.devices(device)[0] if isinstance(device, str) else jax.devices()[0]
+    platform = device.platform.lower()
+    if platform == "gpu":
+        version = str(getattr(device.client, "platform_version", "")).lower()
+        return "rocm" if "rocm" in version else "cuda"
+    return platform
+
+
+def _specs(name: str) -> list[KernelSpec]:
+    if name not in _ALGORITHMS:
+        raise KernelNotFoundError(f"no algorithm {name!r}; known: {sorted(_ALGORITHMS)}")
+    return sorted((s for s in _KERNELS.values() if s.name == name), key=lambda s: (-s.priority, s.platform, s.variant))
+
+
+def list_kernels(name: str | None = None) -> list[dict[str, Any]]:
+    """One record per registered implementation, with whether it can run here and, if not, why."""
+    _ensure_builtin_kernels()
+    platform = current_platform()
+    names = [name] if name is not None else sorted(_ALGORITHMS)
+    records = []
+    for n in names:
+        for spec in _specs(n):
+            reason = spec.hardware_reason(platform, interpret=False)
+            records.append(
+                {
+                    "name": spec.name,
+                    "platform": spec.platform,
+                    "variant": spec.variant,
+                    "devices": tuple(sorted(spec.devices)),
+                    "priority": spec.priority,
+                    "interpretable": spec.uses_pallas,
+                    "runnable": reason is None,
+                    "reason": reason,
+                    "description": spec.description,
+                }
+            )
+    return records
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """Which implementation serves a call, and why each better-ranked one did not."""
+
+    requested: str
+    chosen: KernelSpec
+    features: Any
+    rejected: tuple[tuple[str, str], ...]  # (implementation label, reason)
+    interpret: bool
+
+    @property
+    def platform(self) -> str:
+        return self.chosen.platform
+
+    @property
+    def is_fallback(self) -> bool:
+        """True when an explicitly requested platform could not serve the call."""
+        return self.requested != "auto" and self.chosen.platform != self.requested
+
+    def __str__(self) -> str:
+        lines = [f"{self.chosen.name}: {self.chosen.label}" + (" (interpret)" if self.interpret and self.chosen.uses_pallas else "")]
+        lines.append(f"  call: {self.features.describe() if hasattr(self.features, 'describe') else self.features}")
+        lines.extend(f"  skipped {label}: {reason}" for label, reason in self.rejected)
+        return "\n".join(lines)
+
+
+class Kernel:
+    """A callable with the algorithm's signature that dispatches each call to a capable implementation."""
+
+    def __init__(self, algorithm: Algorithm, requested: str, candidates: list[KernelSpec], rejected: list[tuple[str, str]], *, strict: bool, interpret: bool):
+        self.algorithm = algorithm
+        self.requested = requested
+        self.candidates = tuple(candidates)
+        self._hardware_rejected = tuple(rejected)
+        self.strict = strict
+        self.interpret = interpret
+        self.__signature__ = algorithm.signature
+        self.__name__ = algorithm.name
+        self.__doc__ = f"{algorithm.name} dispatched over {[s.label for s in candidates]} (requested {requested!r})."
+
+    def _bind(self, args: tuple, kwargs: dict) -> tuple[Any, inspect.BoundArguments]:
+        try:
+            bound = self.algorithm.signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{self.algorithm.name}(): {e}") from None
+        bound.apply_defaults()
+        return self.algorithm.analyze(bound)
+
+    def _decide(self, features: Any) -> Decision:
+        rejected = list(self._hardware_rejected)
+        for spec in self.candidates:
+            reasons = spec.capabilities.unsupported_reasons(features)
+            if not reasons:
+                return Decision(self.requested, spec, features, tuple(rejected), self.interpret)
+            rejected.append((spec.label, "; ".join(reasons)))
+        raise KernelUnavailableError(f"no implementation of {self.algorithm.name} serves {features}: {rejected}")
+
+    def explain(self, *args: Any, **kwargs: Any) -> Decision:
+        """The decision a call with these arguments would get (arrays or ``jax.ShapeDtypeStruct``)."""
+        features, _ = self._bind(args, kwargs)
+        return self._decide(features)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        features, bound = self._bind(args, kwargs)
+        decision = self._decide(features)
+        if self.candidates and decision.chosen.platform != self.candidates[0].platform:
+            feature_rejected = decision.rejected[len(self._hardware_rejected):]
+            message = f"{self.algorithm.name}: {decision.chosen.label} serves this call; " + "; ".join(
+                f"{label} cannot ({reason})" for label, reason in feature_rejected
+            )
+            if self.strict and decision.is_fallback:
+                raise KernelUnavailableError(message)
+            logger.info(message)
+            warnings.warn(message, FallbackWarning, stacklevel=2)
+        impl = _built(decision.chosen, self.interpret and decision.chosen.uses_pallas)
+        return impl(*bound.args, **bound.kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _built(spec: KernelSpec, interpret: bool) -> Callable[..., Any]:
+    return spec.build(interpret)
+
+
+def get_kernel(name: str, platform: str = "auto", *, strict: bool = False, interpret: bool = False) -> Kernel:
+    """The implementation of ``name`` for ``platform`` ("auto", "xla", "pallas", "triton").
+
+    "auto" considers every implementation that runs on the current device (with ``interpret=True``,
+    every Pallas one too), highest priority first. A named platform considers its own implementations,
+    then XLA's. If the named platform cannot run here, one ``FallbackWarning`` says so (``strict=True``
+    raises ``KernelUnavailableError`` instead); per-call feature fallback is decided at each call.
+    """
+    _ensure_builtin_kernels()
+    algorithm = _ALGORITHMS.get(name)
+    if algorithm is None:
+        raise KernelNotFoundError(f"no algorithm {name!r}; known: {sorted(_ALGORITHMS)}")
+    if platform != "auto" and platform not in KNOWN_PLATFORMS and not any(s.platform == platform for s in _specs(name)):
+        raise ValueError(f"unknown platform {platform!r}; expected 'auto' or one of {KNOWN_PLATFORMS}")
+    device_platform = current_platform()
+    specs = _specs(name)
+    rejected: list[tuple[str, str]] = []
+    if platform == "auto":
+        wanted = specs
+    else:
+        wanted = [s for s in specs if s.platform == platform]
+        wanted += [s for s in specs if s.platform == FALLBACK_PLATFORM and s.platform != platform]
+    candidates = []
+    for spec in wanted:
+        reason = spec.hardware_reason(device_platform, interpret)
+        if reason is None:
+            candidates.append(spec)
+        elif platform != "auto":
+            rejected.append((spec.label, reason))
+    if platform not in ("auto", FALLBACK_PLATFORM):
+        if not any(s.platform == platform for s in specs):
+            rejected.append((platform, f"no {name} implementation is registered for platform {platform!r}"))
+        if not any(s.platform == platform for s in candidates):
+            message = f"{name}: asked for {platform!r}, running {FALLBACK_PLATFORM!r} instead: " + "; ".join(
+                f"{label} {reason}" for label, reason in rejected
+            )
+            if strict:
+                raise KernelUnavailableError(message)
+            warnings.warn(message, FallbackWarning, stacklevel=2)
+            logger.info(message)
+    return Kernel(algorithm, platform, candidates, rejected, strict=strict, interpret=interpret)
+
+
+_BUILTINS_LOADED = False
+
+
+def _ensure_builtin_kernels() -> None:
+    """Registers the built-in implementations on first use (importing them has no other effect)."""
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        from ejkernel.kernels import _register_builtins
+
+        _register_builtins()
