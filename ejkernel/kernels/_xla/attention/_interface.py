@@ -128,7 +128,7 @@ def attention(
     causal: bool = False,
     sliding_window: int | tuple[int, int] | None = None,
 ) -> tuple[Float[Array, "batch q_len num_q_heads v_head_dim"], Float[Array, "batch num_q_heads q_len kv_len"]]:
-    """Multi-head attention with the semantics of ``docs/semantics.md`` (DESIGN §1), in plain XLA.
+    """Multi-head attention with the semantics of ``docs/semantics.rst`` (DESIGN §1), in plain XLA.
 
     Args:
       query: ``[B, Sq, Hq, D]``.
