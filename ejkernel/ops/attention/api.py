@@ -63,7 +63,7 @@ def attention(
     """Attention on the best implementation for this device and these arguments.
 
     The parameters and semantics are those of the XLA reference
-    (``ejkernel.kernels._xla.attention._interface.attention``; ``docs/semantics.md``), identical on every
+    (``ejkernel.kernels._xla.attention._interface.attention``; ``docs/semantics.rst``), identical on every
     backend. ``platform`` is "auto" (the best implementation registered for the device JAX would use),
     "xla", "pallas" (TPU) or "triton" (NVIDIA GPU). A platform that cannot run here, or cannot serve these
     arguments, hands the call to one that can (finally XLA) with a ``FallbackWarning``.
