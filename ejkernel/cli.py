@@ -24,14 +24,19 @@ def _info(args: argparse.Namespace) -> int:
         rows.append((r["name"], r["platform"], r["variant"], str(r["priority"]), ",".join(r["devices"]), runs, r["reason"] or ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ejkernel.check import run_check
+    from ejkernel.check import run_check, select_cases
 
-    results = run_check(interpret=args.interpret, platforms=args.platform or None, dtype=args.dtype)
+    try:
+        cases = select_cases(getattr(args, "case", None), quick=getattr(args, "quick", False))
+    except ValueError as e:
+        print(f"ejkernel check: {e}", file=sys.stderr)
+        return 2
+    results = run_check(interpret=args.interpret, platforms=args.platform or None, cases=cases, dtype=args.dtype)
     failures = 0
     for r in results:
         worst = max(r.errors, key=r.errors.get)
@@ -59,8 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--interpret", action="store_true", help="also run Pallas kernels in interpret mode")
     check.add_argument("--platform", action="append", help="only this platform (repeatable)")
     check.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="only this compute dtype")
+    check.add_argument("--case", action="append", help="only this case (repeatable; see ejkernel.check.CASES)")
+    check.add_argument("--quick", action="store_true", help="only a few representative cases (QUICK_CASES)")
     bench = sub.add_parser("bench", help="time implementations and baselines (see `ejkernel bench --help`)", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # argparse's REMAINDER rejects a leading option such as `bench --grid small`
+        return _bench(argparse.Namespace(bench_args=argv[1:]))
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info(args)
@@ -70,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     code = _info(args)
     print()
-    return code or _check(argparse.Namespace(interpret=False, platform=None, dtype=None))
+    return code or _check(argparse.Namespace(interpret=False, platform=None, dtype=None, case=None, quick=False))
 
 
 if __name__ == "__main__":

@@ -30,13 +30,15 @@ __all__ = [
     "register_kernel",
     "get_kernel",
     "list_kernels",
+    "kernel_specs",
+    "unregister_kernel",
     "current_platform",
     "KNOWN_PLATFORMS",
 ]
 
 logger = logging.getLogger("ejkernel")
 
-# Platforms a user may name. A known platform with nothing registered falls back with a warning.
+#: Platforms a user may name. A known platform with nothing registered falls back with a warning.
 KNOWN_PLATFORMS = ("xla", "pallas", "triton")
 FALLBACK_PLATFORM = "xla"
 
@@ -100,6 +102,7 @@ _KERNELS: dict[tuple[str, str, str], KernelSpec] = {}
 
 
 def register_algorithm(algorithm: Algorithm) -> Algorithm:
+    """Adds an algorithm (its reference signature and ``analyze``); a second one of the same name is rejected."""
     if algorithm.name in _ALGORITHMS:
         raise DuplicateKernelError(f"algorithm {algorithm.name!r} is already registered")
     _ALGORITHMS[algorithm.name] = algorithm
@@ -138,6 +141,12 @@ def _specs(name: str) -> list[KernelSpec]:
     if name not in _ALGORITHMS:
         raise KernelNotFoundError(f"no algorithm {name!r}; known: {sorted(_ALGORITHMS)}")
     return sorted((s for s in _KERNELS.values() if s.name == name), key=lambda s: (-s.priority, s.platform, s.variant))
+
+
+def kernel_specs(name: str) -> list[KernelSpec]:
+    """The registered implementations of ``name``, highest priority first (built-ins included)."""
+    _ensure_builtin_kernels()
+    return _specs(name)
 
 
 def list_kernels(name: str | None = None) -> list[dict[str, Any]]:
@@ -243,7 +252,7 @@ class Kernel:
         return impl(*bound.args, **bound.kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _built(spec: KernelSpec, interpret: bool) -> Callable[..., Any]:
     return spec.build(interpret)
 

@@ -8,6 +8,9 @@ import importlib
 # the kernel itself is imported by the spec's ``build`` on first use.
 _BUILTIN_SPEC_MODULES = (
     "ejkernel.kernels._xla.attention.spec",
+    "ejkernel.kernels._pallas.tpu.attention.spec",
+    "ejkernel.kernels._xla.attention.chunked_spec",
+    "ejkernel.kernels._triton.attention.spec",
 )
 
 

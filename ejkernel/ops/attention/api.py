@@ -80,7 +80,7 @@ def attention(
 def explain_attention(*args: Any, platform: str = "auto", interpret: bool = False, **kwargs: Any) -> Decision:
     """Which implementation ``attention(*args, **kwargs, platform=platform)`` would use, and why.
 
-    Arrays may be ``jax.ShapeDtypeStruct``s: only shapes, dtypes and Python arguments are read.
+    Arrays may be ``jax.ShapeDtypeStruct`` objects: only shapes, dtypes and Python arguments are read.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)  # the decision itself carries the reason

@@ -35,8 +35,8 @@ def add_sinks(out: Array, lse: Array, sinks_lse: Array) -> tuple[Array, Array]:
 
 
 def sink_logits(softmax_aux: Array, num_q_heads: int) -> Array:
-    """``softmax_aux`` of shape ``[Hq, n]`` or ``[n]`` as float32 ``[Hq, n]``."""
-    aux = softmax_aux.astype(jnp.float32)
+    """``softmax_aux`` of shape ``[Hq, n]`` or ``[n]`` as float32 ``[Hq, n]`` (float64 stays float64)."""
+    aux = softmax_aux.astype(jnp.promote_types(softmax_aux.dtype, jnp.float32))
     if aux.ndim == 1:
         aux = jnp.broadcast_to(aux[None, :], (num_q_heads, aux.shape[0]))
     return aux

@@ -47,6 +47,7 @@ def attention_from_features(
     """The computation, on already validated arguments."""
     dtype = jnp.dtype(f.dtype)
     softmax_dtype = jnp.dtype(f.softmax_dtype)
+    acc = jnp.promote_types(dtype, jnp.float32)  # float32 accumulation, float64 kept as float64
     b, sq, hq, d = query.shape
     hkv, g, skv = f.num_kv_heads, f.group_size, f.kv_len
     q = query.astype(dtype)
@@ -54,16 +55,16 @@ def attention_from_features(
     v = value.astype(dtype)
 
     if g == 1:
-        s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)[:, :, None]
+        s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=acc)[:, :, None]
     else:
         q = q.reshape(b, sq, hkv, g, d)
-        s = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
-    s = s * jnp.float32(f.softmax_scale)
+        s = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=acc)
+    s = s * jnp.asarray(f.softmax_scale, acc)
     if f.logits_soft_cap is not None:
-        cap = jnp.float32(f.logits_soft_cap)
+        cap = jnp.asarray(f.logits_soft_cap, acc)
         s = cap * jnp.tanh(s / cap)
     if bias is not None:
-        s = s + _grouped(bias.astype(jnp.float32), hkv, g)
+        s = s + _grouped(bias.astype(acc), hkv, g)
 
     valid = None
     if f.causal or f.window is not None:
@@ -103,9 +104,9 @@ def attention_from_features(
 
     weights = weights.astype(dtype)
     if g == 1:
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights[:, :, 0], v, preferred_element_type=jnp.float32)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights[:, :, 0], v, preferred_element_type=acc)
     else:
-        out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, v, preferred_element_type=jnp.float32)
+        out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, v, preferred_element_type=acc)
     out = out.reshape(b, sq, hq, v.shape[-1]).astype(dtype)
     return out, weights.reshape(b, hq, sq, skv)
 

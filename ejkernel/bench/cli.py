@@ -1,0 +1,267 @@
+"""``ejkernel bench``: time ejkernel's implementations and the baselines over named shape grids.
+
+    ejkernel bench [--grid small|fa3|decode|gqa ...] [--shape B,Sq,Skv,Hq,Hkv,D ...] [options]
+    ejkernel bench compare BASE.json NEW.json [--threshold 0.02] [--all]
+    ejkernel bench render RESULT.json [--out DIR]   (the table and plots again, e.g. where matplotlib is)
+
+Writes ``<out>/<name>.json`` (kept up to date while it runs), ``<name>.txt`` (the table) and
+``<name>.png`` plots (with matplotlib), and prints the table. ``run(argv)`` returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["run", "build_parser", "select_shapes"]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ejkernel.bench.grids import GRID_DESCRIPTIONS
+
+    grids = "; ".join(f"{name}: {text}" for name, text in GRID_DESCRIPTIONS.items())
+    p = argparse.ArgumentParser(
+        prog="ejkernel bench",
+        description="Time every ejkernel implementation that runs here and the baselines "
+        "(jax.nn XLA/cuDNN, tokamax) over shape grids. `ejkernel bench compare A.json B.json` diffs two runs; "
+        "`ejkernel bench render R.json` redraws a result's table and plots.",
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        choices=sorted(GRID_DESCRIPTIONS),
+        help=f"shape grid (repeatable; default small). {grids}",
+    )
+    p.add_argument(
+        "--shape", action="append", default=[], metavar="B,Sq,Skv,Hq,Hkv,D", help="a custom shape (repeatable)"
+    )
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--mode", default="both", choices=["fwd", "fwd+bwd", "both"])
+    p.add_argument("--causal", default="both", choices=["no", "yes", "both"])
+    p.add_argument("--max-seq", type=_positive_int, help="drop grid shapes whose longest sequence is longer")
+    p.add_argument("--min-seq", type=_positive_int, help="drop grid shapes whose longest sequence is shorter")
+    p.add_argument("--head-dim", type=_positive_int, action="append", help="keep only these head dims (repeatable)")
+    p.add_argument("--impl", action="append", help="only implementations whose name contains this (repeatable)")
+    p.add_argument("--skip-impl", action="append", help="no implementation whose name contains this (repeatable)")
+    p.add_argument("--warmup", type=_positive_int, default=2, help="warm-up calls after the first (default 2)")
+    p.add_argument("--rounds", type=_positive_int, default=5, help="timed rounds (default 5)")
+    p.add_argument("--calls", type=_positive_int, help="calls per round (default: a round lasts --target-round-ms)")
+    p.add_argument("--target-round-ms", type=float, default=50.0)
+    p.add_argument("--max-calls", type=_positive_int, default=100, help="most calls per round (default 100)")
+    p.add_argument(
+        "--rotate-mib", type=_positive_int, default=256, help="rotate input sets until they span this many MiB"
+    )
+    p.add_argument("--max-buffers", type=_positive_int, default=8)
+    p.add_argument(
+        "--budget-s", type=float, help="start no new configuration after this many seconds (the rest: skipped)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
+    p.add_argument("--name", help="output file stem (default bench_<platform>_<grids>)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-dispatch", action="store_true", help="skip the dispatch-overhead check")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def select_shapes(args: argparse.Namespace) -> list[Any]:
+    """Named grids (filtered by --max-seq/--min-seq/--head-dim) then custom shapes (never filtered)."""
+    from ejkernel.bench.grids import build_grid, filter_shapes, parse_shape
+
+    grids = args.grid or ([] if args.shape else ["small"])
+    shapes = []
+    for name in dict.fromkeys(grids):
+        shapes += filter_shapes(build_grid(name), max_seq=args.max_seq, min_seq=args.min_seq, head_dims=args.head_dim)
+    shapes += [parse_shape(s) for s in args.shape]
+    return shapes
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from ejkernel.bench.flops import MODES
+    from ejkernel.bench.runner import MIB, BenchConfig
+
+    return BenchConfig(
+        dtype=args.dtype,
+        modes=MODES if args.mode == "both" else (args.mode,),
+        causals={"no": (False,), "yes": (True,), "both": (False, True)}[args.causal],
+        warmup=args.warmup,
+        rounds=args.rounds,
+        calls=args.calls,
+        target_round_s=args.target_round_ms / 1e3,
+        max_calls=args.max_calls,
+        rotate_bytes=args.rotate_mib * MIB,
+        max_buffers=args.max_buffers,
+        budget_s=args.budget_s,
+        seed=args.seed,
+    )
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While running, SIGTERM (e.g. from ``timeout``) stops like Ctrl-C, so the partial table is written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_bench(argv: list[str]) -> int:
+    import dataclasses
+    import pathlib
+
+    from ejkernel.bench import report
+    from ejkernel.bench.environment import environment
+    from ejkernel.bench.implementations import all_candidates
+    from ejkernel.bench.plots import matplotlib_missing, write_plots
+    from ejkernel.bench.progress import ProgressBar
+    from ejkernel.bench.runner import run_benchmarks
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        shapes = select_shapes(args)
+    except ValueError as e:
+        parser.error(str(e))
+    if not shapes:
+        parser.error("no shapes left: the filters (--max-seq, --min-seq, --head-dim) removed every grid shape")
+    config = _config(args)
+    env = environment(argv, args.dtype)
+    candidates, not_run = all_candidates(args.impl, args.skip_impl)
+    if not candidates:
+        parser.error(f"no implementation left after --impl {args.impl} --skip-impl {args.skip_impl}")
+    grids = list(dict.fromkeys(s.grid for s in shapes))
+    stem = args.name or f"bench_{env['platform']}_{'+'.join(grids)}"
+    out = pathlib.Path(args.out)
+    json_path = out / f"{stem}.json"
+    config_record = {**dataclasses.asdict(config), "grids": grids, "implementations": [c.name for c in candidates]}
+    results: list[dict[str, Any]] = []
+
+    def snapshot(record: dict[str, Any]) -> None:
+        results.append(record)
+        report.write_json(
+            report.build_document(env, config_record, results, not_run=not_run, complete=False), json_path
+        )
+
+    progress = ProgressBar(enabled=not args.quiet)
+    interrupted = False
+    try:
+        with _sigterm_as_interrupt():
+            run_benchmarks(
+                shapes,
+                candidates,
+                config,
+                peak_tflops=env["peak"]["nominal_tflops"],
+                ceiling_tflops=env["peak"]["ceiling_tflops"],
+                progress=progress,
+                on_result=snapshot,
+            )
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: writing what was measured", file=sys.stderr)
+    dispatch = None
+    if not args.no_dispatch and not interrupted:
+        from ejkernel.bench.dispatch import dispatch_report
+
+        try:
+            dispatch = dispatch_report(dtype=args.dtype)
+        except Exception as e:  # the timings are still worth writing
+            dispatch = {"error": f"{type(e).__name__}: {e}"[:300]}
+    doc = report.build_document(
+        env, config_record, results, not_run=not_run, dispatch=dispatch, complete=not interrupted
+    )
+    report.write_json(doc, json_path)
+    text_path = report.write_text(doc, out / f"{stem}.txt")
+    print(text_path.read_text(), end="", flush=True)
+    written = [json_path, text_path]
+    if not args.no_plots:
+        missing = matplotlib_missing()
+        if missing:
+            print(missing, file=sys.stderr)
+        else:
+            written += write_plots(doc, out, stem)
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 130 if interrupted else 0
+
+
+def _run_compare(argv: list[str]) -> int:
+    from ejkernel.bench.compare import compare_results, format_comparison, has_regressions, load
+
+    p = argparse.ArgumentParser(
+        prog="ejkernel bench compare",
+        description="Diff two `ejkernel bench` JSON results; exit 1 when something got slower beyond the "
+        "noise (the [min, max] ranges of the two runs do not overlap) or stopped running.",
+    )
+    p.add_argument("base")
+    p.add_argument("new")
+    p.add_argument("--threshold", type=float, default=0.0, help="also require the medians to differ by this fraction")
+    p.add_argument("--all", action="store_true", help="show changes within noise too")
+    args = p.parse_args(argv)
+    base, new = load(args.base), load(args.new)
+    for doc, name in ((base, args.base), (new, args.new)):
+        env = doc.get("environment", {})
+        print(f"{name}: {env.get('device_kind')} jax {env.get('jax')} {env.get('date')}")
+    if base.get("environment", {}).get("device_kind") != new.get("environment", {}).get("device_kind"):
+        print("warning: the two runs are on different devices", file=sys.stderr)
+    rows = compare_results(base["results"], new["results"], args.threshold)
+    print(format_comparison(rows, show_all=args.all))
+    return 1 if has_regressions(rows) else 0
+
+
+def _run_render(argv: list[str]) -> int:
+    import pathlib
+
+    from ejkernel.bench import report
+    from ejkernel.bench.compare import load
+    from ejkernel.bench.plots import matplotlib_missing, write_plots
+
+    p = argparse.ArgumentParser(prog="ejkernel bench render", description="Redraw a result's table and plots.")
+    p.add_argument("result")
+    p.add_argument("--out", help="output folder (default: beside the JSON)")
+    args = p.parse_args(argv)
+    path = pathlib.Path(args.result)
+    doc = load(args.result)
+    out = pathlib.Path(args.out) if args.out else path.parent
+    text_path = report.write_text(doc, out / f"{path.stem}.txt")
+    print(text_path.read_text(), end="", flush=True)
+    written = [text_path]
+    missing = matplotlib_missing()
+    if missing:
+        print(missing, file=sys.stderr)
+    else:
+        written += write_plots(doc, out, path.stem)
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Entry point of ``ejkernel bench``; ``argv`` excludes the program and sub-command names."""
+    argv = list(sys.argv[2:] if argv is None else argv)
+    if argv and argv[0] == "compare":
+        return _run_compare(argv[1:])
+    if argv and argv[0] == "render":
+        return _run_render(argv[1:])
+    return _run_bench(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

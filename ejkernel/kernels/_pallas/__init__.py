@@ -1,0 +1,1 @@
+"""Pallas implementations, one folder per target (``tpu``: Mosaic). Nothing is imported eagerly."""

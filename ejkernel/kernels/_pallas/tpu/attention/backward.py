@@ -1,0 +1,261 @@
+"""The backward kernels: one for dq (and the bias gradient), one for dk/dv.
+
+Both recompute the probabilities of a tile from the saved log-sum-exp, ``p = exp(s - lse)``, and use
+``ds = p * (dp - di)`` with ``dp = do @ v.T`` and ``di = rowsum(o * do) - dlse`` (the lse cotangent enters
+there). With a soft cap, ``ds`` is multiplied by ``1 - tanh²`` before the products with k or q.
+
+- dq: grid ``(batch, q_head, q_block, kv_block)``, sequential over key blocks, ``dq`` accumulated in
+  float32 scratch. It also writes ``ds`` per tile (zeros for skipped tiles) when there is a bias: the bias
+  gradient, summed over broadcast axes by the caller.
+- dk/dv: grid ``(batch, kv_head, kv_block, group, q_block)``, sequential over the query heads of the group
+  and the query blocks, so each kv head's gradients are accumulated in scratch and written once: K/V are
+  never repeated and no per-query-head dk/dv is materialised.
+
+Skipped tiles are those the forward skips (``blocks.block_visited``); their index maps are clamped to a
+visited block so that they cost no DMA.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from ejkernel.kernels._pallas.tpu.attention import blocks as blk
+from ejkernel.kernels._pallas.tpu.attention.config import KernelConfig, kv_head
+from ejkernel.kernels._pallas.tpu.attention.forward import kv_index
+from ejkernel.kernels._pallas.tpu.attention.tiles import NN, NT, TN, block_logits, block_valid, dot, lanes
+
+__all__ = ["flash_backward_dq", "flash_backward_dkv"]
+
+
+def _tile_grads(q, k, v, do, lse, di, bias_ref, mask_ref, q_block, kv_block, masked: bool, cfg: KernelConfig):
+    """``p`` and the logits gradient ``ds`` (w.r.t. the capped, biased logits) and the raw one of a tile."""
+    bq, bk = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
+    s, t = block_logits(q, k, bias_ref, cfg)
+    p = jnp.exp(s - lanes(lse, bk))
+    if masked:
+        valid = block_valid(q_block, kv_block, s.shape, mask_ref, cfg, bq, bk)
+        p = jnp.where(valid, p, 0.0)
+    dp = dot(do, v, NT, cfg)
+    ds = p * (dp - lanes(di, bk))
+    ds_raw = ds if t is None else ds * (1.0 - t * t)
+    return p, ds, ds_raw
+
+
+def _split_refs(refs: list, cfg: KernelConfig) -> tuple[Any, Any, list]:
+    bias_ref = refs.pop(0) if cfg.bias_layout is not None else None
+    mask_ref = refs.pop(0) if cfg.mask_layout is not None else None
+    return bias_ref, mask_ref, refs
+
+
+def _when_visited(visit: Any, needs_mask: Any, step) -> None:
+    if needs_mask is True or needs_mask is False:
+        pl.when(visit)(lambda: step(needs_mask))
+    else:
+        pl.when(visit & needs_mask)(lambda: step(True))
+        pl.when(visit & jnp.logical_not(needs_mask))(lambda: step(False))
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, *refs, cfg: KernelConfig):
+    bias_ref, mask_ref, refs = _split_refs(list(refs), cfg)
+    dq_ref = refs.pop(0)
+    dbias_ref = refs.pop(0) if bias_ref is not None else None
+    (dq_acc,) = refs
+    bq, bk = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
+    q_block, kv_block = pl.program_id(2), pl.program_id(3)
+
+    @pl.when(kv_block == 0)
+    def _init():
+        dq_acc[...] = jnp.zeros(dq_acc.shape, jnp.float32)
+
+    args = (bq, bk, cfg.q_len, cfg.kv_len, cfg.causal, cfg.window)
+    visit = blk.block_visited(q_block, kv_block, *args)
+    needs_mask = blk.block_needs_mask(q_block, kv_block, *args, mask_ref is not None)
+
+    def step(masked: bool) -> None:
+        k = k_ref[...]
+        _, ds, ds_raw = _tile_grads(
+            q_ref[...], k, v_ref[...], do_ref[...], lse_ref[...], di_ref[...], bias_ref, mask_ref,
+            q_block, kv_block, masked, cfg,
+        )
+        if dbias_ref is not None:
+            dbias_ref[...] = ds
+        dq_acc[...] += dot(ds_raw.astype(k.dtype), k, NN, cfg)
+
+    if dbias_ref is not None:
+        @pl.when(jnp.logical_not(visit))
+        def _skipped():
+            dbias_ref[...] = jnp.zeros(dbias_ref.shape, dbias_ref.dtype)
+
+    _when_visited(visit, needs_mask, step)
+
+    @pl.when(kv_block == pl.num_programs(3) - 1)
+    def _finish():
+        dq_ref[...] = (dq_acc[...] * jnp.float32(cfg.softmax_scale)).astype(dq_ref.dtype)
+
+
+def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, *refs, cfg: KernelConfig):
+    bias_ref, mask_ref, refs = _split_refs(list(refs), cfg)
+    dk_ref, dv_ref, dk_acc, dv_acc = refs
+    bq, bk = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
+    kv_block, member, q_block = pl.program_id(2), pl.program_id(3), pl.program_id(4)
+    first_step = (member == 0) & (q_block == 0)
+    last_step = (member == pl.num_programs(3) - 1) & (q_block == pl.num_programs(4) - 1)
+
+    @pl.when(first_step)
+    def _init():
+        dk_acc[...] = jnp.zeros(dk_acc.shape, jnp.float32)
+        dv_acc[...] = jnp.zeros(dv_acc.shape, jnp.float32)
+
+    args = (bq, bk, cfg.q_len, cfg.kv_len, cfg.causal, cfg.window)
+    visit = blk.block_visited(q_block, kv_block, *args)
+    needs_mask = blk.block_needs_mask(q_block, kv_block, *args, mask_ref is not None)
+
+    def step(masked: bool) -> None:
+        q, do = q_ref[...], do_ref[...]
+        p, _, ds_raw = _tile_grads(
+            q, k_ref[...], v_ref[...], do, lse_ref[...], di_ref[...], bias_ref, mask_ref,
+            q_block, kv_block, masked, cfg,
+        )
+        dv_acc[...] += dot(p.astype(do.dtype), do, TN, cfg)
+        dk_acc[...] += dot(ds_raw.astype(q.dtype), q, TN, cfg)
+
+    _when_visited(visit, needs_mask, step)
+
+    @pl.when(last_step)
+    def _finish():
+        dk_ref[...] = (dk_acc[...] * jnp.float32(cfg.softmax_scale)).astype(dk_ref.dtype)
+        dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
+
+
+def _operand_specs(cfg: KernelConfig, bias, mask, index) -> tuple[list, list]:
+    bq, bk = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
+    specs, inputs = [], []
+    for x, layout in ((bias, cfg.bias_layout), (mask, cfg.mask_layout)):
+        if x is not None:
+            specs.append(pl.BlockSpec((None, None, bq, bk), index(layout)))
+            inputs.append(x)
+    return specs, inputs
+
+
+def flash_backward_dq(
+    cfg: KernelConfig, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, mask: jax.Array | None,
+    do: jax.Array, lse: jax.Array, di: jax.Array,
+) -> tuple[jax.Array, jax.Array | None]:
+    """``dq [B, Hq, Sq_pad, D]`` and, with a bias, ``ds [B, Hq, Sq_pad, Skv_pad]`` in float32.
+
+    ``lse`` and ``di`` are ``[B, Hq, Sq_pad, 128]`` float32 (lane-replicated); ``lse`` is ``+inf`` on rows
+    that must get no gradient (padding, rows with no allowed key).
+    """
+    batch, num_q_heads, q_pad, head_dim = q.shape
+    kv_pad, v_head_dim = k.shape[2], v.shape[3]
+    bq, bk = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
+    group = cfg.group_size
+
+    def q_map(b, h, i, j):
+        return b, h, i, 0
+
+    def kv_map(b, h, i, j):
+        return b, kv_head(h, group), kv_index(cfg, bq, bk, i, j), 0
+
+    def operand_index(layout):
+        def index(b, h, i, j):
+            ob, oh = cfg.operand_index(layout, b, h)
+            return ob, oh, i, kv_index(cfg, bq, bk, i, j)
+
+        return index
+
+    extra_specs, extra_inputs = _operand_specs(cfg, bias, mask, operand_index)
+    in_specs = [
+        pl.BlockSpec((None, None, bq, head_dim), q_map),
+        pl.BlockSpec((None, None, bk, head_dim), kv_map),
+        pl.BlockSpec((None, None, bk, v_head_dim), kv_map),
+        pl.BlockSpec((None, None, bq, v_head_dim), q_map),
+        pl.BlockSpec((None, None, bq, blk.LANES), q_map),
+        pl.BlockSpec((None, None, bq, blk.LANES), q_map),
+        *extra_specs,
+    ]
+    out_specs = [pl.BlockSpec((None, None, bq, head_dim), q_map)]
+    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
+    if bias is not None:
+        out_specs.append(pl.BlockSpec((None, None, bq, bk), lambda b, h, i, j: (b, h, i, j)))
+        out_shape.append(jax.ShapeDtypeStruct((batch, num_q_heads, q_pad, kv_pad), jnp.float32))
+    results = pl.pallas_call(
+        functools.partial(_dq_kernel, cfg=cfg),
+        grid=(batch, num_q_heads, q_pad // bq, kv_pad // bk),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        scratch_shapes=[pltpu.VMEM((bq, head_dim), jnp.float32)],
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+        interpret=cfg.interpret,
+        name="ejkernel_flash_backward_dq",
+    )(q, k, v, do, lse, di, *extra_inputs)
+    return results[0], (results[1] if bias is not None else None)
+
+
+def flash_backward_dkv(
+    cfg: KernelConfig, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, mask: jax.Array | None,
+    do: jax.Array, lse: jax.Array, di: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """``dk [B, Hkv, Skv_pad, D]`` and ``dv [B, Hkv, Skv_pad, Dv]``, summed over each kv head's group."""
+    batch, num_q_heads, q_pad, head_dim = q.shape
+    num_kv_heads, kv_pad, v_head_dim = k.shape[1], k.shape[2], v.shape[3]
+    bq, bk = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
+    group = cfg.group_size
+    num_q = q_pad // bq
+
+    def q_index(kv_block, q_block):
+        first, last = blk.q_block_range(kv_block, bq, bk, cfg.q_len, cfg.kv_len, cfg.causal, cfg.window)
+        num_real = (cfg.q_len + bq - 1) // bq
+        first = jnp.clip(first, 0, num_real - 1)
+        last = jnp.clip(jnp.maximum(last, first), 0, num_real - 1)
+        return jnp.clip(q_block, first, last)
+
+    def q_map(b, h, j, g, i):
+        return b, h * group + g, q_index(j, i), 0
+
+    def kv_map(b, h, j, g, i):
+        return b, h, j, 0
+
+    def operand_index(layout):
+        def index(b, h, j, g, i):
+            ob, oh = cfg.operand_index(layout, b, h * group + g)
+            return ob, oh, q_index(j, i), j
+
+        return index
+
+    extra_specs, extra_inputs = _operand_specs(cfg, bias, mask, operand_index)
+    in_specs = [
+        pl.BlockSpec((None, None, bq, head_dim), q_map),
+        pl.BlockSpec((None, None, bk, head_dim), kv_map),
+        pl.BlockSpec((None, None, bk, v_head_dim), kv_map),
+        pl.BlockSpec((None, None, bq, v_head_dim), q_map),
+        pl.BlockSpec((None, None, bq, blk.LANES), q_map),
+        pl.BlockSpec((None, None, bq, blk.LANES), q_map),
+        *extra_specs,
+    ]
+    out_specs = [
+        pl.BlockSpec((None, None, bk, head_dim), kv_map),
+        pl.BlockSpec((None, None, bk, v_head_dim), kv_map),
+    ]
+    out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
+    dk, dv = pl.pallas_call(
+        functools.partial(_dkv_kernel, cfg=cfg),
+        grid=(batch, num_kv_heads, kv_pad // bk, group, num_q),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        scratch_shapes=[pltpu.VMEM((bk, head_dim), jnp.float32), pltpu.VMEM((bk, v_head_dim), jnp.float32)],
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary", "arbitrary")
+        ),
+        interpret=cfg.interpret,
+        name="ejkernel_flash_backward_dkv",
+    )(q, k, v, do, lse, di, *extra_inputs)
+    return dk, dv

@@ -1,0 +1,1 @@
+"""Pallas-Triton kernels for NVIDIA GPUs (platform "triton"); imported lazily by their registry specs."""

@@ -1,0 +1,81 @@
+"""Block configurations of the Triton flash attention: a table measured on an H100, looked up by head dim.
+
+Each pass (forward, dK/dV, dQ) has its own ``PassConfig``. The table's rows come from
+``benchmarks/triton_gpu.py --sweep`` (see ``benchmarks/NOTES-triton.md``); nothing is tuned at import or
+trace time. Blocks are clipped to the (padded) sequence so short sequences use small tiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["PassConfig", "KernelConfig", "choose_config", "next_power_of_2", "padded_head_dim"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PassConfig:
+    """Tile sizes (powers of 2, at least 16) and Triton launch parameters of one kernel."""
+
+    block_q: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        for name in ("block_q", "block_k"):
+            b = getattr(self, name)
+            if b < 16 or b & (b - 1):
+                raise ValueError(f"{name} must be a power of 2 >= 16, got {b}")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    forward: PassConfig
+    dkv: PassConfig
+    dq: PassConfig
+
+    @property
+    def q_multiple(self) -> int:
+        """Sequences are padded to a multiple of every pass's query block."""
+        return max(self.forward.block_q, self.dkv.block_q, self.dq.block_q)
+
+    @property
+    def kv_multiple(self) -> int:
+        return max(self.forward.block_k, self.dkv.block_k, self.dq.block_k)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def padded_head_dim(d: int) -> int:
+    """Triton tiles need power-of-2 sizes and dots need K >= 16: 96 -> 128, 192 -> 256, 8 -> 16."""
+    return max(16, next_power_of_2(d))
+
+
+# (max padded head dim, itemsize) -> KernelConfig, measured on an H100 (bf16) for long sequences.
+_TABLE: dict[tuple[int, int], KernelConfig] = {
+    (64, 2): KernelConfig(PassConfig(128, 64, 4, 3), PassConfig(64, 128, 8, 2), PassConfig(128, 64, 8, 2)),
+    (128, 2): KernelConfig(PassConfig(128, 128, 8, 3), PassConfig(64, 128, 8, 2), PassConfig(128, 64, 8, 2)),
+    (256, 2): KernelConfig(PassConfig(128, 64, 8, 2), PassConfig(64, 64, 8, 2), PassConfig(64, 64, 8, 2)),
+    # float32 tiles take twice the shared memory (and true-fp32 dots): smaller tiles.
+    (64, 4): KernelConfig(PassConfig(64, 64, 4, 2), PassConfig(64, 64, 4, 2), PassConfig(64, 64, 4, 2)),
+    (128, 4): KernelConfig(PassConfig(64, 32, 4, 2), PassConfig(32, 64, 4, 2), PassConfig(64, 32, 4, 2)),
+    (256, 4): KernelConfig(PassConfig(32, 32, 4, 2), PassConfig(32, 32, 4, 2), PassConfig(32, 32, 4, 2)),
+}
+
+
+def _clip(p: PassConfig, q_len: int, kv_len: int) -> PassConfig:
+    return dataclasses.replace(
+        p,
+        block_q=max(16, min(p.block_q, next_power_of_2(q_len))),
+        block_k=max(16, min(p.block_k, next_power_of_2(kv_len))),
+    )
+
+
+def choose_config(head_dim: int, v_head_dim: int, q_len: int, kv_len: int, itemsize: int) -> KernelConfig:
+    """The table's row for the padded head dims and element size, clipped to the sequence lengths."""
+    d = max(padded_head_dim(head_dim), padded_head_dim(v_head_dim))
+    row = next(k for k in ((64, 0), (128, 0), (256, 0)) if d <= k[0])[0]
+    cfg = _TABLE[(row, 4 if itemsize >= 4 else 2)]
+    return KernelConfig(*(_clip(p, q_len, kv_len) for p in (cfg.forward, cfg.dkv, cfg.dq)))

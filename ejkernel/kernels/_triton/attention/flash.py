@@ -1,0 +1,89 @@
+"""The differentiable flash attention on padded operands: ``custom_vjp`` around the three kernels.
+
+``flash_with_lse(problem, config, q, k, v, bias, mask, sinks)`` takes operands already cast to the compute
+dtype and padded (sequences to block multiples, head dims to powers of 2; ``pad_operands`` does that) and
+returns the padded output and the natural-log log-sum-exp ``[B, Sq, Hq]``. Gradients flow to q, k, v,
+bias and sinks; the sinks' gradient needs no kernel: ``d sink_j = -sum_rows exp(sink_j - lse) * delta``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ejkernel.kernels._triton.attention.backward import dkv_call, dq_call
+from ejkernel.kernels._triton.attention.configs import KernelConfig
+from ejkernel.kernels._triton.attention.forward import forward_call
+from ejkernel.kernels._triton.attention.tiles import LOG2E, Problem
+
+__all__ = ["flash_with_lse", "pad_axis"]
+
+
+def pad_axis(x, axis: int, size: int, value=0):
+    """``x`` padded with ``value`` at the end of ``axis`` up to ``size`` (unchanged when already there)."""
+    if x.shape[axis] == size:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _sinks2(sinks, p: Problem):
+    """``[Hq, n]`` float32 sinks in base 2, padded with ``-inf`` to the kernel's power-of-2 width."""
+    return pad_axis(sinks.astype(jnp.float32) * LOG2E, 1, p.num_sinks, -jnp.inf)
+
+
+def _natural_lse(lse2):
+    return jnp.where(jnp.isposinf(lse2), -jnp.inf, lse2 / LOG2E).transpose(0, 2, 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def flash_with_lse(p: Problem, c: KernelConfig, q, k, v, bias, mask, sinks):
+    out, lse2 = forward_call(p, c.forward, q, k, v, bias, mask, None if sinks is None else _sinks2(sinks, p))
+    return out, _natural_lse(lse2)
+
+
+def _forward(p, c, q, k, v, bias, mask, sinks):
+    out, lse2 = forward_call(p, c.forward, q, k, v, bias, mask, None if sinks is None else _sinks2(sinks, p))
+    return (out, _natural_lse(lse2)), (q, k, v, bias, mask, sinks, out, lse2)
+
+
+def _backward(p: Problem, c: KernelConfig, residuals, cotangents):
+    q, k, v, bias, mask, sinks, out, lse2 = residuals
+    d_out, d_lse = cotangents
+    d_out = d_out.astype(q.dtype)
+    # delta = rowsum(dO * O) (FlashAttention-2's preprocessing), [B, Hq, Sq] float32, fused by XLA.
+    delta = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32), out.astype(jnp.float32))
+    # A cotangent on the lse adds d_lse * p to dS: the same as shifting delta by -d_lse.
+    lse_used = jnp.isfinite(lse2)
+    delta = delta - jnp.where(lse_used, d_lse.astype(jnp.float32).transpose(0, 2, 1), 0.0)
+    pk = dataclasses.replace(p, num_sinks=0)
+    dk, dv = dkv_call(pk, c.dkv, q, k, v, bias, mask, d_out, lse2, delta)
+    dq, dbias_full = dq_call(pk, c.dq, q, k, v, bias, mask, d_out, lse2, delta)
+    dbias = None if bias is None else _reduce_to(dbias_full, bias.shape, p).astype(bias.dtype)
+    dsinks = None
+    if sinks is not None:
+        rows = lse_used[:, :, : p.q_len]  # [B, Hq, Sq]: real rows with a denominator
+        lse = jnp.where(rows, lse2[:, :, : p.q_len] / LOG2E, 0.0)
+        weight = jnp.where(rows, delta[:, :, : p.q_len], 0.0)
+        prob = jnp.exp(sinks.astype(jnp.float32)[None, :, None, :] - lse[..., None])  # [B, Hq, Sq, n]
+        dsinks = -jnp.einsum("bhqn,bhq->hn", prob, weight).astype(sinks.dtype)
+    return dq, dk, dv, dbias, None, dsinks
+
+
+def _reduce_to(full, shape, p: Problem):
+    """Sums ``[B, Hq, Sq', Skv']`` to a bias shape ``[B|1, Hq|Hkv|1, Sq', Skv']``."""
+    if shape[0] == 1:
+        full = full.sum(0, keepdims=True)
+    if shape[1] == 1:
+        full = full.sum(1, keepdims=True)
+    elif shape[1] != p.num_q_heads:
+        b = full.shape[0]
+        full = full.reshape(b, p.num_kv_heads, p.group, *full.shape[2:]).sum(2)
+    return full
+
+
+flash_with_lse.defvjp(_forward, _backward)

@@ -1,0 +1,47 @@
+"""Developer and CI sessions: ``nox`` (tests, lint, docs) or ``nox -s <session>``.
+
+    nox -s tests -- tests/test_registry.py -x     # arguments after -- go to pytest
+    HYPOTHESIS_PROFILE=thorough nox -s tests      # ten times the property-test examples
+    nox -s benchmarks                             # not run by default: minutes of CPU
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "docs"]
+nox.options.reuse_existing_virtualenvs = True
+
+LINTED = ("ejkernel", "tests", "benchmarks")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite on the CPU (Pallas kernels in interpret mode), docs build included."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)  # HYPOTHESIS_PROFILE passes through from the environment
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """``ruff check`` with the configuration in pyproject.toml (the version bounds of the ``lint`` extra)."""
+    session.install("ruff>=0.15,<1")
+    session.run("ruff", "check", *LINTED, *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The HTML documentation, warnings as errors, into docs/_build/html."""
+    session.install("-e", ".[docs]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html", *session.posargs)
+
+
+@nox.session
+def benchmarks(session: nox.Session) -> None:
+    """Our XLA reference against jax.nn.dot_product_attention on this CPU (exits 1 above the 1.15x bar)."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/xla_reference_cpu.py", *session.posargs)
+
+
+# tpu_compile: full Mosaic compiles of the Pallas-TPU kernel without a TPU (needs jax[tpu], i.e. libtpu).
+# Added by the Pallas-TPU work; it installs its own extra and runs its compile checks.

@@ -1,0 +1,34 @@
+"""Test configuration: hypothesis profiles and a persistent compilation cache (tests only).
+
+Profiles: "ci" (default; keeps the suite inside the CI budget) and "thorough" (ten times the examples),
+chosen with ``HYPOTHESIS_PROFILE``. Tests scale their own example counts from ``settings().max_examples``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+from hypothesis import HealthCheck, settings
+
+CI_EXAMPLES = 10
+
+settings.register_profile(
+    "ci", max_examples=CI_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+settings.register_profile(
+    "thorough", max_examples=10 * CI_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Compilation dominates the suite's time; a cache makes reruns several times faster.
+_cache = pathlib.Path(os.environ.get("EJKERNEL_TEST_CACHE", pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"))
+jax.config.update("jax_compilation_cache_dir", str(_cache))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def examples(factor: float = 1.0) -> int:
+    """Example count for a test, scaled from the active profile."""
+    return max(1, int(settings().max_examples * factor))
