@@ -45,3 +45,20 @@ def benchmarks(session: nox.Session) -> None:
 
 # tpu_compile: full Mosaic compiles of the Pallas-TPU kernel without a TPU (needs jax[tpu], i.e. libtpu).
 # Added by the Pallas-TPU work; it installs its own extra and runs its compile checks.
+
+
+@nox.session(name="tpu_compile")
+def tpu_compile(session: nox.Session) -> None:
+    """Compiles every configuration the TPU flash attention claims, for v5e and v6e, without a TPU.
+
+    Installs libtpu through ``jax[tpu]`` pinned to the jax version the package resolved to, then runs
+    ``ejkernel.kernels._pallas.tpu.attention.compile_check`` (forward and forward+backward of each dtype,
+    head dim and feature class through the Mosaic compiler; catches layout errors and VMEM overuse).
+    Downloads ~210 MB and takes ~10 CPU-minutes: run it by hand or nightly, not in the per-commit CI.
+    """
+    session.install("-e", ".")
+    version = session.run("python", "-c", "import jax; print(jax.__version__)", silent=True).strip()
+    session.install(f"jax[tpu]=={version}")
+    topologies = session.posargs or ["v5e:2x2", "v6e:2x2"]
+    args = [a for t in topologies for a in ("--topology", t)]
+    session.run("python", "-m", "ejkernel.kernels._pallas.tpu.attention.compile_check", *args)

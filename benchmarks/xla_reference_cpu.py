@@ -115,6 +115,7 @@ def compare(fn_ours, fn_theirs, args, rounds: int, calls: int) -> tuple[float, f
 
 def run(shapes, rounds: int, calls: int) -> tuple[list[str], bool]:
     lines = [f"{'shape':38s} {'mode':8s} {'ours ms':>9s} {'jax.nn ms':>9s} {'ratio':>6s}"]
+    print(lines[0], flush=True)
     ok = True
     for s in shapes:
         q, k, v, cotangent = make_inputs(s)

@@ -109,8 +109,10 @@ def make_inputs(case: CheckCase, seed: int = 0) -> dict[str, Any]:
 _DIFF_ARGS = ("query", "key", "value", "bias", "softmax_aux")
 
 
-def _forward_and_vjp(fn, args: dict[str, Any], dtype: Any, cotangent: jax.Array) -> tuple[Any, dict[str, Any], Any]:
-    """``fn``'s output, its VJP with ``cotangent`` w.r.t. every differentiable argument, and its weights.
+def _forward_and_vjp(
+    fn, args: dict[str, Any], dtype: Any, cotangent: jax.Array, with_weights: bool = False
+) -> tuple[Any, dict[str, Any], Any]:
+    """``fn``'s output, its VJP with ``cotangent`` w.r.t. every differentiable argument, and (if asked) its weights.
 
     One jit per call: arrays are traced arguments, Python values (causal, window, ...) are baked in, so
     each case compiles once; dispatch (and any ``FallbackWarning``) happens while tracing.
@@ -126,7 +128,7 @@ def _forward_and_vjp(fn, args: dict[str, Any], dtype: Any, cotangent: jax.Array)
 
         out, vjp, weights = jax.vjp(forward, diff, has_aux=True)
         (grads,) = vjp(cotangent.astype(out.dtype))
-        return out, grads, weights
+        return out, grads, weights if with_weights else None
 
     return run(diff, arrays, cotangent)
 
@@ -140,7 +142,7 @@ def _oracle(args: dict[str, Any], cotangent: jax.Array) -> tuple[jax.Array, dict
     from ejkernel.kernels._xla.attention._interface import attention as reference
 
     with jax.default_matmul_precision("highest"):
-        return _forward_and_vjp(reference, args, jnp.float32, cotangent)
+        return _forward_and_vjp(reference, args, jnp.float32, cotangent, with_weights=True)
 
 
 def oracle(args: dict[str, Any], cotangent: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ejkernel.bench import compare, flops, grids, implementations, runner, timing
-from ejkernel.bench.cli import run
+from ejkernel.bench.cli import build_parser, run, select_shapes
 from ejkernel.bench.dispatch import dispatch_report, lowered_text, normalize_hlo, same_program
 from ejkernel.bench.progress import ProgressBar
 
@@ -147,8 +147,13 @@ def test_compare_flags_only_beyond_noise():
     assert compare.classify(base, _record(0.7, 0.6, 0.8)) == "improvement"
     assert compare.classify(base, _record(1.15, 1.12, 1.18), threshold=0.2) == "noise"  # disjoint but small
     rows = compare.compare_results(
-        [base, _record(2.0, 1.9, 2.1, impl="jax.nn:xla"), _record(1, 1, 1, impl="gone")],
-        [_record(1.3, 1.2, 1.4), _record(0, 0, 0, impl="jax.nn:xla", status="n/a"), _record(1, 1, 1, impl="new")],
+        [base, _record(2.0, 1.9, 2.1, impl="jax.nn:xla"), _record(1, 1, 1, impl="gone"), _record(1, 1, 1, impl="late")],
+        [
+            _record(1.3, 1.2, 1.4),
+            _record(0, 0, 0, impl="jax.nn:xla", status="n/a"),
+            _record(1, 1, 1, impl="new"),
+            _record(0, 0, 0, impl="late", status="skipped"),
+        ],
     )
     verdicts = {r["impl"]: r["verdict"] for r in rows}
     assert verdicts == {
@@ -156,6 +161,7 @@ def test_compare_flags_only_beyond_noise():
         "jax.nn:xla": "broken",
         "new": "only in new",
         "gone": "only in base",
+        "late": "not measured (skipped)",
     }
     assert compare.has_regressions(rows)
     assert "REGRESSION" in compare.format_comparison(rows)
@@ -266,6 +272,17 @@ def test_progress_bar_writes_lines_off_a_terminal():
     assert lines[1].startswith("[##########] 10/10")
 
 
+def test_cli_shape_selection():
+    args = build_parser().parse_args(
+        ["--grid", "fa3", "--max-seq", "1024", "--head-dim", "256", "--shape", "1,1,64,4,1,32"]
+    )
+    shapes = select_shapes(args)
+    assert [(s.grid, s.q_len, s.head_dim) for s in shapes] == [("fa3", 512, 256), ("fa3", 1024, 256), ("custom", 1, 32)]
+    assert {s.grid for s in select_shapes(build_parser().parse_args([]))} == {"small"}
+    with pytest.raises(SystemExit):
+        run(["--grid", "fa3", "--max-seq", "16"])  # nothing left: a usage error, not an empty run
+
+
 # --- end to end ----------------------------------------------------------------------------------
 
 
@@ -303,3 +320,5 @@ def test_end_to_end_one_shape_one_round(tmp_path, capsys):
     path = str(tmp_path / "tiny.json")
     assert run(["compare", path, path]) == 0
     assert "no change beyond noise" in capsys.readouterr().out
+    assert run(["render", path, "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "tiny.txt").read_text() == table

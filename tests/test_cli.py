@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import pathlib
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -18,30 +20,44 @@ from ejkernel.ops.attention.features import AttentionCapabilities
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def _off_by_a_thousandth(*args, **kwargs):
+    out, weights = reference(*args, **kwargs)
+    return out * jnp.asarray(1.001, out.dtype), weights
+
+
+def _wrong_sink_gradient(*args, **kwargs):
+    """Exact forward, but the sinks' gradient is 1.5 times too large."""
+    bound = inspect.signature(reference).bind(*args, **kwargs)
+    aux = bound.arguments.get("softmax_aux")
+    if aux is not None:
+        bound.arguments["softmax_aux"] = aux + 0.5 * (aux - jax.lax.stop_gradient(aux))
+    return reference(*bound.args, **bound.kwargs)
+
+
 @pytest.fixture
-def wrong_kernel():
-    """A CPU implementation whose output is off by 0.1%: far beyond the float32 tolerance."""
+def register_wrong():
+    """Registers a deliberately wrong CPU implementation under ``platform`` for one test."""
+    keys = []
 
-    def build(interpret):
-        @functools.wraps(reference)
-        def impl(*args, **kwargs):
-            out, weights = reference(*args, **kwargs)
-            return out * jnp.asarray(1.001, out.dtype), weights
+    def register(platform, wrong):
+        def build(interpret):
+            return functools.wraps(reference)(wrong)
 
-        return impl
+        spec = registry.KernelSpec(
+            name="attention",
+            platform=platform,
+            priority=900,
+            devices=frozenset({"cpu"}),
+            build=build,
+            capabilities=AttentionCapabilities(),
+            description="deliberately wrong",
+        )
+        registry.register_kernel(spec)
+        keys.append(spec.key)
 
-    spec = registry.KernelSpec(
-        name="attention",
-        platform="testwrong",
-        priority=900,
-        devices=frozenset({"cpu"}),
-        build=build,
-        capabilities=AttentionCapabilities(),
-        description="deliberately wrong",
-    )
-    registry.register_kernel(spec)
-    yield spec
-    registry.unregister_kernel(spec.key)
+    yield register
+    for key in keys:
+        registry.unregister_kernel(key)
 
 
 def test_info_lists_xla_as_runnable():
@@ -72,13 +88,25 @@ def test_check_quick_passes(capsys):
         assert any(line.startswith("PASS  xla") and f" {name} " in line for line in lines), name
 
 
-def test_check_fails_on_a_wrong_implementation(wrong_kernel, capsys):
+def test_check_fails_on_a_wrong_implementation(register_wrong, capsys):
+    register_wrong("testwrong", _off_by_a_thousandth)
     code = cli.main(["check", "--platform", "testwrong", "--dtype", "float32", "--case", "plain"])
     out = capsys.readouterr().out
     assert code == 1, out
     assert out.splitlines()[0].startswith("FAIL  testwrong plain")
     assert "served by testwrong" in out
     assert out.splitlines()[-1] == "0/1 passed"
+
+
+def test_check_catches_a_wrong_sink_gradient(register_wrong, capsys):
+    """The sinks' gradient is measured against the size of its terms; a real error still fails."""
+    register_wrong("testwrongsinks", _wrong_sink_gradient)
+    code = cli.main(["check", "--platform", "testwrongsinks", "--case", "sinks", "--case", "shared_sinks+gqa"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1
+    failures = [line for line in lines if line.startswith("FAIL")]
+    assert len(failures) == 4, lines  # both cases, float32 and bfloat16
+    assert all("(dsoftmax_aux)" in line for line in failures), failures
 
 
 def test_check_rejects_an_unknown_case(capsys):

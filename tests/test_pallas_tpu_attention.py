@@ -154,7 +154,7 @@ def test_lse_gradient():
 
     got = jax.grad(lambda *x: loss(kernel, *x), argnums=(0, 1, 2))(args["query"], args["key"], args["softmax_aux"])
     want = jax.grad(lambda *x: loss(ref, *x), argnums=(0, 1, 2))(args["query"], args["key"], args["softmax_aux"])
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert relative_error(g, w) < 1e-5
 
 

@@ -3,7 +3,8 @@
 Each run measured a configuration in several rounds; its [min, max] per-call range is its noise. A change
 is a **regression** only when the new run's fastest round is slower than the base run's slowest (the two
 ranges do not overlap) and the medians differ by more than ``threshold``; an **improvement** is the mirror
-image. Anything else is within noise. A configuration that ran before and is n/a now is flagged too.
+image. Anything else is within noise. A configuration that ran before and is n/a now is flagged "broken";
+one the new run skipped (time budget) is "not measured", not a regression.
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ def compare_results(
                 new_range=[r["min_ms"], r["max_ms"]],
                 verdict=classify(b, r, threshold),
             )
-        elif b["status"] == "ok":
+        elif b["status"] == "ok" and r["status"] == "n/a":
             row.update(base_ms=b["median_ms"], verdict="broken", reason=r.get("reason"))
+        elif b["status"] == "ok":  # skipped (time budget) or timed under another name: no verdict
+            row.update(base_ms=b["median_ms"], verdict=f"not measured ({r['status']})", reason=r.get("reason"))
         elif r["status"] == "ok":
             row.update(new_ms=r["median_ms"], verdict="now runs")
         else:

@@ -43,6 +43,13 @@ def _cudnn_version() -> str | None:
         return None
 
 
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # not on every OS
+        return None
+
+
 def peak_rates(device_kind: str, dtype: str) -> dict[str, Any]:
     """Nominal peak and measured ceiling (TFLOP/s) for this device and dtype; ``None`` where unknown."""
     peak = device_peak(device_kind)
@@ -78,5 +85,6 @@ def environment(bench_argv: list[str], dtype: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "host": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "load_average": _load_average(),  # other work on the host inflates and spreads the times
         "peak": peak_rates(device.device_kind, dtype),
     }

@@ -47,24 +47,30 @@ def plot_grid(results: Sequence[dict[str, Any]], title: str, path: str | pathlib
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 2, squeeze=False)
     for row, (mode, causal) in enumerate(panels):
-        lines: dict[str, list[tuple[int, float, float | None]]] = {}
+        lines: dict[str, list[tuple[int, float, float, float, float | None]]] = {}
         for i, r in enumerate(results):
             if r["status"] == "ok" and r["mode"] == mode and r["causal"] == causal:
                 name = f"{r['impl']} {r['series']}".strip()
-                lines.setdefault(name, []).append((r["x"], r["tflops"], ratio.get(i)))
+                lines.setdefault(name, []).append((r["x"], r["tflops"], r["tflops_min"], r["tflops_max"], ratio.get(i)))
         tf_ax, sp_ax = axes[row]
         for name, points in lines.items():
             points.sort()
             xs = [p[0] for p in points]
-            tf_ax.plot(xs, [p[1] for p in points], marker="o", label=name)
-            if not name.startswith(BASELINE + " ") and any(p[2] is not None for p in points):
-                sp = [(p[0], p[2]) for p in points if p[2] is not None]
+            ys = [p[1] for p in points]
+            spread = [
+                [y - p[2] for y, p in zip(ys, points, strict=True)],
+                [p[3] - y for y, p in zip(ys, points, strict=True)],
+            ]
+            tf_ax.errorbar(xs, ys, yerr=spread, marker="o", capsize=3, label=name)  # bars: slowest..fastest round
+            if not name.startswith(BASELINE + " ") and any(p[4] is not None for p in points):
+                sp = [(p[0], p[4]) for p in points if p[4] is not None]
                 sp_ax.plot([p[0] for p in sp], [p[1] for p in sp], marker="o", label=name)
         what = f"{mode}{', causal' if causal else ''}"
-        tf_ax.set(title=f"TFLOP/s, {what}", ylabel="TFLOP/s", yscale="log")
+        tf_ax.set(title=f"TFLOP/s (median; bars: min..max round), {what}", ylabel="TFLOP/s")
+        tf_ax.set_ylim(bottom=0)
         sp_ax.set(title=f"speedup over {BASELINE}, {what}", ylabel="x faster")
         sp_ax.axhline(1.0, color="gray", linewidth=0.8)
-        ticks = sorted({x for points in lines.values() for x, _, _ in points})
+        ticks = sorted({x for points in lines.values() for x, *_ in points})
         for ax in (tf_ax, sp_ax):
             ax.set_xscale("log", base=2)
             ax.minorticks_off()

@@ -99,7 +99,8 @@ def format_header(doc: dict[str, Any]) -> str:
         *([] if doc.get("complete", True) else ["INCOMPLETE: the run was interrupted; what was measured follows"]),
         f"device: {env['device_kind']} ({env['platform']}) x{env['device_count']}; jax {env['jax']} jaxlib {env['jaxlib']}"
         + (f"; driver {env['driver']}" if env.get("driver") else "")
-        + (f"; cuDNN {env['cudnn']}" if env.get("cudnn") else ""),
+        + (f"; cuDNN {env['cudnn']}" if env.get("cudnn") else "")
+        + (f"; host load {env['load_average'][0]:g} on {env['cpu_count']} CPUs" if env.get("load_average") else ""),
     ]
     if peak.get("nominal_tflops"):
         ceiling = f", measured matmul ceiling {peak['ceiling_tflops']:g}" if peak.get("ceiling_tflops") else ""

@@ -2,8 +2,9 @@
 
 It materialises the ``[B, Hq, Sq, Skv]`` weights, so memory grows as ``Sq * Skv``; it is one jitted
 computation that XLA fuses (logits, cap, bias, mask and softmax in one pass). K/V are never repeated
-per query head: query heads are grouped as ``[B, Sq, Hkv, G, D]`` and contracted against ``[B, Skv,
-Hkv, D]`` directly.
+per query head: the query heads of a group are laid out as ``[B, Hkv, G * Sq, D]`` and contracted
+against ``[B, Skv, Hkv, D]`` directly. The layout was measured on the CPU for every GQA ratio
+(``benchmarks/xla_reference_cpu.py``; it is faster than ``jax.nn.dot_product_attention`` there).
 """
 
 from __future__ import annotations
@@ -25,12 +26,21 @@ from ejkernel.ops.attention.validation import validate_attention
 __all__ = ["attention", "attention_from_features"]
 
 
-def _grouped(x: Array, num_kv_heads: int, group: int) -> Array:
-    """``[b, h, Sq, Skv]`` with ``h`` in (1, Hkv, Hq) as ``[b, Hkv|1, G|1, Sq, Skv]``."""
-    b, h = x.shape[:2]
-    if h == num_kv_heads * group and group > 1:
-        return x.reshape(b, num_kv_heads, group, *x.shape[2:])
-    return x[:, :, None]
+def _per_query_head(x: Array, num_q_heads: int) -> Array:
+    """``[b, h, Sq, Skv]`` with ``h`` in (1, Hkv, Hq) as ``[b, Hq|1, Sq, Skv]`` (a kv head serves its group)."""
+    h = x.shape[1]
+    if h in (1, num_q_heads):
+        return x
+    return jnp.repeat(x, num_q_heads // h, axis=1)
+
+
+def _rows(x: Array, drop: tuple[int, ...]) -> Array:
+    """Drops the size-1 axes ``drop`` of the full ``[B, Hq, Sq, Skv]`` shape from ``x`` (broadcastable to it).
+
+    XLA on the CPU runs the softmax's fused loops several times slower on shapes with a size-1 axis
+    (``[B, Hkv, G, Sq, Skv]`` with ``G = 1`` or ``Hkv = 1``, or ``B = 1``), so they are squeezed away.
+    """
+    return jnp.squeeze(x, axis=drop) if drop else x
 
 
 def attention_from_features(
@@ -44,41 +54,45 @@ def attention_from_features(
     softmax_aux: Array | None,
     dropout_prob: float,
 ) -> tuple[Array, Array]:
-    """The computation, on already validated arguments."""
+    """The computation, on already validated arguments.
+
+    Query heads are laid out as ``[B, Hkv, G * Sq, D]`` so that each product is one batched matmul per
+    kv head, against K and V as they are (never repeated per query head). The softmax runs on the
+    ``[B, Hq, Sq, Skv]`` logits, a free reshape of the products' ``[B, Hkv, G * Sq, Skv]``.
+    """
     dtype = jnp.dtype(f.dtype)
     softmax_dtype = jnp.dtype(f.softmax_dtype)
     acc = jnp.promote_types(dtype, jnp.float32)  # float32 accumulation, float64 kept as float64
     b, sq, hq, d = query.shape
     hkv, g, skv = f.num_kv_heads, f.group_size, f.kv_len
-    q = query.astype(dtype)
+    full = (b, hq, sq, skv)
+    drop = tuple(axis for axis in range(3) if full[axis] == 1)
+    q = query.astype(dtype).reshape(b, sq, hkv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, hkv, g * sq, d)
     k = key.astype(dtype)
     v = value.astype(dtype)
 
-    if g == 1:
-        s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=acc)[:, :, None]
-    else:
-        q = q.reshape(b, sq, hkv, g, d)
-        s = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=acc)
+    s = jnp.einsum("bhqd,bkhd->bhqk", q, k, preferred_element_type=acc)
+    s = _rows(s.reshape(full), drop)
     s = s * jnp.asarray(f.softmax_scale, acc)
     if f.logits_soft_cap is not None:
         cap = jnp.asarray(f.logits_soft_cap, acc)
         s = cap * jnp.tanh(s / cap)
     if bias is not None:
-        s = s + _grouped(bias.astype(acc), hkv, g)
+        s = s + _rows(_per_query_head(bias.astype(acc), hq), drop)
 
     valid = None
     if f.causal or f.window is not None:
         q_idx = jnp.arange(sq)[:, None]
         k_idx = jnp.arange(skv)[None, :]
-        valid = allowed(q_idx, k_idx, sq, skv, f.causal, f.window)
+        valid = _rows(allowed(q_idx, k_idx, sq, skv, f.causal, f.window)[None, None], drop)
     if attention_mask is not None:
-        m = _grouped(attention_mask, hkv, g)
+        m = _rows(_per_query_head(attention_mask, hq), drop)
         valid = m if valid is None else (m & valid)
 
     s = s.astype(softmax_dtype)
     sinks = None
     if softmax_aux is not None:
-        sinks = sink_logits(softmax_aux, hq).reshape(1, hkv, g, 1, -1).astype(softmax_dtype)
+        sinks = _rows(sink_logits(softmax_aux, hq)[None, :, None, :], drop).astype(softmax_dtype)
 
     if valid is None:
         row_max = jnp.max(s, axis=-1, keepdims=True)
@@ -99,16 +113,14 @@ def attention_from_features(
     weights = e / jnp.where(denom == 0, 1, denom)
 
     if f.dropout:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_prob, weights.shape)
-        weights = jnp.where(keep, weights / (1.0 - dropout_prob), 0)
+        # Drawn as [B, Hkv, G, Sq, Skv] (the same element order as [B, Hq, Sq, Skv]): one draw per weight.
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_prob, (b, hkv, g, sq, skv))
+        weights = jnp.where(keep.reshape(weights.shape), weights / (1.0 - dropout_prob), 0)
 
     weights = weights.astype(dtype)
-    if g == 1:
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights[:, :, 0], v, preferred_element_type=acc)
-    else:
-        out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, v, preferred_element_type=acc)
-    out = out.reshape(b, sq, hq, v.shape[-1]).astype(dtype)
-    return out, weights.reshape(b, hq, sq, skv)
+    out = jnp.einsum("bhqk,bkhd->bhqd", weights.reshape(b, hkv, g * sq, skv), v, preferred_element_type=acc)
+    out = out.reshape(b, hkv, g, sq, -1).transpose(0, 3, 1, 2, 4).reshape(b, sq, hq, -1).astype(dtype)
+    return out, weights.reshape(full)
 
 
 def attention(

@@ -7,6 +7,9 @@ there). With a soft cap, ``ds`` is multiplied by ``1 - tanh²`` before the produ
 - dq: grid ``(batch, q_head, q_block, kv_block)``, sequential over key blocks, ``dq`` accumulated in
   float32 scratch. It also writes ``ds`` per tile (zeros for skipped tiles) when there is a bias: the bias
   gradient, summed over broadcast axes by the caller.
+- dbias (a bias broadcast over batch or heads only): grid ``(bias batch, bias head, q_block, kv_block,
+  reduced)``, the last axis walking the (batch, query head) pairs that share the bias tile, summing ``ds``
+  in float32 scratch: the gradient costs the bias's own size, not ``[B, Hq, Sq, Skv]``.
 - dk/dv: grid ``(batch, kv_head, kv_block, group, q_block)``, sequential over the query heads of the group
   and the query blocks, so each kv head's gradients are accumulated in scratch and written once: K/V are
   never repeated and no per-query-head dk/dv is materialised.
@@ -30,7 +33,7 @@ from ejkernel.kernels._pallas.tpu.attention.config import KernelConfig, kv_head
 from ejkernel.kernels._pallas.tpu.attention.forward import kv_index
 from ejkernel.kernels._pallas.tpu.attention.tiles import NN, NT, TN, block_logits, block_valid, dot, lanes
 
-__all__ = ["flash_backward_dq", "flash_backward_dkv"]
+__all__ = ["flash_backward_dq", "flash_backward_dkv", "flash_backward_dbias"]
 
 
 def _tile_grads(q, k, v, do, lse, di, bias_ref, mask_ref, q_block, kv_block, masked: bool, cfg: KernelConfig):
@@ -64,7 +67,7 @@ def _when_visited(visit: Any, needs_mask: Any, step) -> None:
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, *refs, cfg: KernelConfig):
     bias_ref, mask_ref, refs = _split_refs(list(refs), cfg)
     dq_ref = refs.pop(0)
-    dbias_ref = refs.pop(0) if bias_ref is not None else None
+    dbias_ref = refs.pop(0) if _bias_grad_in_dq(cfg) else None
     (dq_acc,) = refs
     bq, bk = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
     q_block, kv_block = pl.program_id(2), pl.program_id(3)
@@ -84,7 +87,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, *refs, cfg: KernelC
             q_block, kv_block, masked, cfg,
         )
         if dbias_ref is not None:
-            dbias_ref[...] = ds
+            dbias_ref[...] = ds.astype(dbias_ref.dtype)
         dq_acc[...] += dot(ds_raw.astype(k.dtype), k, NN, cfg)
 
     if dbias_ref is not None:
@@ -143,11 +146,17 @@ def _operand_specs(cfg: KernelConfig, bias, mask, index) -> tuple[list, list]:
     return specs, inputs
 
 
+def _bias_grad_in_dq(cfg: KernelConfig) -> bool:
+    """A ``[B, Hq, ...]`` bias gets its gradient tile by tile from the dq kernel; a broadcast one from
+    ``flash_backward_dbias``, which sums over the broadcast axes in VMEM."""
+    return cfg.bias_layout is not None and cfg.bias_full
+
+
 def flash_backward_dq(
     cfg: KernelConfig, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, mask: jax.Array | None,
     do: jax.Array, lse: jax.Array, di: jax.Array,
 ) -> tuple[jax.Array, jax.Array | None]:
-    """``dq [B, Hq, Sq_pad, D]`` and, with a bias, ``ds [B, Hq, Sq_pad, Skv_pad]`` in float32.
+    """``dq [B, Hq, Sq_pad, D]`` and, for a ``[B, Hq, ...]`` bias, its gradient (in the bias dtype).
 
     ``lse`` and ``di`` are ``[B, Hq, Sq_pad, 128]`` float32 (lane-replicated); ``lse`` is ``+inf`` on rows
     that must get no gradient (padding, rows with no allowed key).
@@ -182,9 +191,9 @@ def flash_backward_dq(
     ]
     out_specs = [pl.BlockSpec((None, None, bq, head_dim), q_map)]
     out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
-    if bias is not None:
+    if _bias_grad_in_dq(cfg):
         out_specs.append(pl.BlockSpec((None, None, bq, bk), lambda b, h, i, j: (b, h, i, j)))
-        out_shape.append(jax.ShapeDtypeStruct((batch, num_q_heads, q_pad, kv_pad), jnp.float32))
+        out_shape.append(jax.ShapeDtypeStruct(bias.shape, bias.dtype))
     results = pl.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg),
         grid=(batch, num_q_heads, q_pad // bq, kv_pad // bk),
@@ -196,7 +205,7 @@ def flash_backward_dq(
         interpret=cfg.interpret,
         name="ejkernel_flash_backward_dq",
     )(q, k, v, do, lse, di, *extra_inputs)
-    return results[0], (results[1] if bias is not None else None)
+    return results[0], (results[1] if _bias_grad_in_dq(cfg) else None)
 
 
 def flash_backward_dkv(
@@ -259,3 +268,97 @@ def flash_backward_dkv(
         name="ejkernel_flash_backward_dkv",
     )(q, k, v, do, lse, di, *extra_inputs)
     return dk, dv
+
+
+def _dbias_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, bias_ref, *refs, cfg: KernelConfig):
+    mask_ref = refs[0] if cfg.mask_layout is not None else None
+    dbias_ref, acc = refs[-2:]
+    bq, bk = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
+    q_block, kv_block, pair = pl.program_id(2), pl.program_id(3), pl.program_id(4)
+
+    @pl.when(pair == 0)
+    def _init():
+        acc[...] = jnp.zeros(acc.shape, jnp.float32)
+
+    args = (bq, bk, cfg.q_len, cfg.kv_len, cfg.causal, cfg.window)
+    visit = blk.block_visited(q_block, kv_block, *args)
+    needs_mask = blk.block_needs_mask(q_block, kv_block, *args, mask_ref is not None)
+
+    def step(masked: bool) -> None:
+        _, ds, _ = _tile_grads(
+            q_ref[...], k_ref[...], v_ref[...], do_ref[...], lse_ref[...], di_ref[...], bias_ref, mask_ref,
+            q_block, kv_block, masked, cfg,
+        )
+        acc[...] += ds
+
+    _when_visited(visit, needs_mask, step)
+
+    @pl.when(pair == pl.num_programs(4) - 1)
+    def _finish():
+        dbias_ref[...] = acc[...].astype(dbias_ref.dtype)
+
+
+def flash_backward_dbias(
+    cfg: KernelConfig, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, mask: jax.Array | None,
+    do: jax.Array, lse: jax.Array, di: jax.Array,
+) -> jax.Array:
+    """The gradient of a bias broadcast over batch and/or heads, in its own shape and dtype."""
+    batch, num_q_heads, q_pad, head_dim = q.shape
+    kv_pad, v_head_dim = k.shape[2], v.shape[3]
+    bias_batch, bias_heads = bias.shape[:2]
+    bq, bk = cfg.blocks.block_q_bwd, cfg.blocks.block_k_bwd
+    group = cfg.group_size
+    batches_per_tile = batch if bias_batch == 1 else 1
+    heads_per_tile = num_q_heads // bias_heads
+
+    def pair_of(bb, hb, r):
+        """The (batch, query head) that reduction step ``r`` of bias tile (bb, hb) reads."""
+        if heads_per_tile == 1:
+            r_b, r_h = r, 0
+        else:
+            r_b = jax.lax.div(r, jnp.int32(heads_per_tile))
+            r_h = jax.lax.rem(r, jnp.int32(heads_per_tile))
+        return bb + r_b, hb * heads_per_tile + r_h
+
+    def q_map(bb, hb, i, j, r):
+        b, h = pair_of(bb, hb, r)
+        return b, h, i, 0
+
+    def kv_map(bb, hb, i, j, r):
+        b, h = pair_of(bb, hb, r)
+        return b, kv_head(h, group), kv_index(cfg, bq, bk, i, j), 0
+
+    def bias_map(bb, hb, i, j, r):
+        return bb, hb, i, j
+
+    def mask_map(bb, hb, i, j, r):
+        b, h = pair_of(bb, hb, r)
+        mb, mh = cfg.operand_index(cfg.mask_layout, b, h)
+        return mb, mh, i, j
+
+    in_specs = [
+        pl.BlockSpec((None, None, bq, head_dim), q_map),
+        pl.BlockSpec((None, None, bk, head_dim), kv_map),
+        pl.BlockSpec((None, None, bk, v_head_dim), kv_map),
+        pl.BlockSpec((None, None, bq, v_head_dim), q_map),
+        pl.BlockSpec((None, None, bq, blk.LANES), q_map),
+        pl.BlockSpec((None, None, bq, blk.LANES), q_map),
+        pl.BlockSpec((None, None, bq, bk), bias_map),
+    ]
+    inputs = [q, k, v, do, lse, di, bias]
+    if mask is not None:
+        in_specs.append(pl.BlockSpec((None, None, bq, bk), mask_map))
+        inputs.append(mask)
+    return pl.pallas_call(
+        functools.partial(_dbias_kernel, cfg=cfg),
+        grid=(bias_batch, bias_heads, q_pad // bq, kv_pad // bk, batches_per_tile * heads_per_tile),
+        in_specs=in_specs,
+        out_specs=pl.BlockSpec((None, None, bq, bk), bias_map),
+        out_shape=jax.ShapeDtypeStruct(bias.shape, bias.dtype),
+        scratch_shapes=[pltpu.VMEM((bq, bk), jnp.float32)],
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "parallel", "parallel", "arbitrary")
+        ),
+        interpret=cfg.interpret,
+        name="ejkernel_flash_backward_dbias",
+    )(*inputs)

@@ -82,7 +82,7 @@ def vmem_bytes(
     kernel: str, block_q: int, block_k: int, head_dim: int, v_head_dim: int, itemsize: int,
     bias_itemsize: int = 0, has_mask: bool = False,
 ) -> int:
-    """Estimated VMEM of one kernel (``"forward"``, ``"dq"``, ``"dkv"``) for one block configuration.
+    """Estimated VMEM of one kernel (``"forward"``, ``"dq"``, ``"dkv"``, ``"dbias"``) for one block configuration.
 
     Pipelined operands count twice (double buffering); the float32 ``[block_q, block_k]`` temporaries
     (logits, probabilities, their gradients and transposes) are counted explicitly.
@@ -107,6 +107,11 @@ def vmem_bytes(
         out = 2 * block_k * (head_dim + v_head_dim) * itemsize
         scratch = block_k * (head_dim + v_head_dim) * 4
         temporaries = 8 * tile * 4
+    elif kernel == "dbias":  # only with a broadcast bias: its gradient tile is summed in VMEM
+        inputs = q_side + kv_side + 2 * block_q * v_head_dim * itemsize + 2 * row_stats
+        out = 2 * tile * bias_itemsize
+        scratch = tile * 4
+        temporaries = 5 * tile * 4
     else:
         raise ValueError(f"unknown kernel {kernel!r}")
     return inputs + operands + out + scratch + temporaries
@@ -142,7 +147,7 @@ def choose_block_sizes(
     """
     args = (q_len, kv_len, head_dim, v_head_dim, itemsize, bias_itemsize, has_mask)
     block_q, block_k = _fit(("forward",), *args)
-    block_q_bwd, block_k_bwd = _fit(("dq", "dkv"), *args)
+    block_q_bwd, block_k_bwd = _fit(("dq", "dkv", "dbias") if bias_itemsize else ("dq", "dkv"), *args)
     return BlockSizes(block_q, block_k, block_q_bwd, block_k_bwd)
 
 

@@ -142,7 +142,7 @@ def _function_and_args(c: Config, sharding: Any = None) -> tuple[Any, list[jax.S
 
     def forward(*xs):
         *diff, m = xs
-        out, _ = flash_attention(**dict(zip(names, diff)), attention_mask=m, **static)
+        out, _ = flash_attention(**dict(zip(names, diff, strict=True)), attention_mask=m, **static)
         return out
 
     if not c.backward:
@@ -170,6 +170,23 @@ def compile_config(c: Config, topology: str) -> Any:
     return jax.jit(fn).trace(*args).lower().compile()
 
 
+def _vmem_canary_fails(topology: str) -> bool:
+    """Whether a deliberately oversized tile (1024 x 1024 float32 at D=256, ~20 MiB of VMEM) is rejected.
+
+    Proves that the compile checks VMEM at all, so that the matrix compiling is evidence of fitting.
+    """
+    canary = Config("vmem_canary", dtype="float32", head_dim=256, q_len=2048, kv_len=2048, batch=1,
+                    num_q_heads=1, num_kv_heads=1, backward=False, block_sizes=BlockSizes(1024, 1024, 1024, 1024))
+    try:
+        compile_config(canary, topology)
+    except Exception as e:
+        if "RESOURCE_EXHAUSTED" in str(e) or "Vmem" in str(e):
+            print(f"{topology}: oversized canary rejected as expected ({type(e).__name__})", flush=True)
+            return True
+        raise
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topology", action="append", help="e.g. v5e:2x2 (repeatable); none = lower only")
@@ -186,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                 failures += 1
                 print(f"FAIL {target or 'lower'} {c.label}: {type(e).__name__}: {str(e)[:2000]}", flush=True)
         print(f"{target or 'lower'}: {len(configs)} configurations in {time.perf_counter() - start:.1f} s", flush=True)
+        if target is not None and not _vmem_canary_fails(target):
+            failures += 1
+            print(f"FAIL {target}: the oversized canary compiled, so this compile cannot detect VMEM overuse")
     print("failures:", failures)
     return 1 if failures else 0
 

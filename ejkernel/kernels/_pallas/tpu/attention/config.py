@@ -50,6 +50,7 @@ class KernelConfig:
     blocks: BlockSizes
     interpret: Any = False
     count_visits: bool = False
+    bias_full: bool = False  # the bias is [B, Hq, ...] (no broadcast axis): its gradient needs no reduction
 
     @property
     def group_size(self) -> int:

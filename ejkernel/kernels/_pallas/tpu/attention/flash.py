@@ -5,7 +5,7 @@ this module transposes from the library's ``[B, S, H, D]``, pads, and slices the
 padding never reaches the caller and its gradients are dropped by autodiff of the pad itself.
 
 The ``custom_vjp`` saves the output and the per-row log-sum-exp; its backward runs the dq and dk/dv
-kernels, and computes the sink gradient in XLA from the lse alone:
+kernels (and the dbias kernel for a broadcast bias), and computes the sink gradient in XLA from the lse alone:
 ``d aux[h, j] = -sum_rows exp(aux[h, j] - lse) * di`` with ``di = rowsum(o * do) - dlse``.
 """
 
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ejkernel.kernels._pallas.tpu.attention.backward import flash_backward_dkv, flash_backward_dq
+from ejkernel.kernels._pallas.tpu.attention.backward import flash_backward_dbias, flash_backward_dkv, flash_backward_dq
 from ejkernel.kernels._pallas.tpu.attention.blocks import LANES, round_up
 from ejkernel.kernels._pallas.tpu.attention.config import KernelConfig
 from ejkernel.kernels._pallas.tpu.attention.forward import flash_forward
@@ -83,7 +83,9 @@ def _core_bwd(cfg: KernelConfig, residuals, cotangents):
     d_out = d_out.astype(v.dtype)
     dq, ds = flash_backward_dq(cfg, q, k, v, bias, mask, d_out, lse_tiles, di_tiles)
     dk, dv = flash_backward_dkv(cfg, q, k, v, bias, mask, d_out, lse_tiles, di_tiles)
-    d_bias = None if bias is None else _reduce_to(ds, bias.shape, cfg).astype(bias.dtype)
+    d_bias = ds
+    if bias is not None and d_bias is None:
+        d_bias = flash_backward_dbias(cfg, q, k, v, bias, mask, d_out, lse_tiles, di_tiles)
     d_sinks = None
     if sinks is not None:
         # [Hq, n]: -sum over batch and rows of exp(aux - lse) * di (padded/empty rows have di = 0).
@@ -93,18 +95,6 @@ def _core_bwd(cfg: KernelConfig, residuals, cotangents):
 
 
 flash_core.defvjp(_core_fwd, _core_bwd)
-
-
-def _reduce_to(ds: Array, shape: tuple[int, ...], cfg: KernelConfig) -> Array:
-    """Sums ``[B, Hq, ...]`` over the axes a ``[B|1, Hq|Hkv|1, ...]`` operand was broadcast along."""
-    b, h = shape[:2]
-    if b == 1 and ds.shape[0] != 1:
-        ds = jnp.sum(ds, axis=0, keepdims=True)
-    if h == 1 and ds.shape[1] != 1:
-        ds = jnp.sum(ds, axis=1, keepdims=True)
-    elif h != ds.shape[1]:
-        ds = ds.reshape(ds.shape[0], h, cfg.group_size, *ds.shape[2:]).sum(axis=2)
-    return ds
 
 
 def flash_with_lse(cfg: KernelConfig, query: Array, key: Array, value: Array, bias: Array | None,

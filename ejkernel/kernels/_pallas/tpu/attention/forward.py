@@ -80,11 +80,12 @@ def _forward_kernel(sink_ref, q_ref, k_ref, v_ref, *refs, cfg: KernelConfig):
 
     @pl.when(kv_block == pl.num_programs(3) - 1)
     def _finish():
-        l = l_ref[...]
-        seen = l > 0
-        inv = jnp.where(seen, 1.0 / jnp.where(seen, l, 1.0), 0.0)
+        denom = l_ref[...]
+        seen = denom > 0
+        safe = jnp.where(seen, denom, 1.0)
+        inv = jnp.where(seen, 1.0 / safe, 0.0)
         o_ref[...] = (acc_ref[...] * lanes(inv, acc_ref.shape[-1])).astype(o_ref.dtype)
-        lse_ref[...] = jnp.where(seen, m_ref[...] + jnp.log(jnp.where(seen, l, 1.0)), -jnp.inf)
+        lse_ref[...] = jnp.where(seen, m_ref[...] + jnp.log(safe), -jnp.inf)
 
 
 def kv_index(cfg: KernelConfig, block_q: int, block_k: int, q_block: Any, kv_block: Any) -> Any:

@@ -65,6 +65,7 @@ def kernel_config(f: AttentionFeatures, block_sizes: BlockSizes | None, interpre
         dtype=f.dtype,
         blocks=block_sizes,
         interpret=interpret,
+        bias_full=f.bias is not None and (f.bias[0] == "B" or f.batch == 1) and (f.bias[1] == "q" or f.num_q_heads == 1),
     )
 
 
