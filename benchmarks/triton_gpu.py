@@ -59,6 +59,8 @@ PARITY_CASES = (
     CheckCase("d96", batch=2, q_len=777, kv_len=777, num_q_heads=4, num_kv_heads=4, head_dim=96, causal=True),
     CheckCase("d192", batch=1, q_len=640, kv_len=640, num_q_heads=4, num_kv_heads=2, head_dim=192),
     CheckCase("d256", batch=1, q_len=640, kv_len=700, num_q_heads=4, num_kv_heads=4, head_dim=256, causal=True),
+    CheckCase("d256+bias+mask", batch=1, q_len=400, kv_len=500, num_q_heads=4, num_kv_heads=2, head_dim=256, bias_shape="B,q", mask_shape="1,kv"),
+    CheckCase("d128+bias+causal", batch=1, q_len=1024, kv_len=1024, num_q_heads=4, num_kv_heads=4, head_dim=128, bias_shape="1,q", causal=True),
     CheckCase("dv!=d", batch=2, q_len=333, kv_len=555, num_q_heads=4, num_kv_heads=2, head_dim=128, v_head_dim=64),
     CheckCase("decode", batch=4, q_len=1, kv_len=1000, num_q_heads=8, num_kv_heads=2, head_dim=128, causal=True),
     CheckCase("all", batch=2, q_len=500, kv_len=530, num_q_heads=4, num_kv_heads=2, head_dim=64, v_head_dim=32,
@@ -73,15 +75,17 @@ def log(*a):
 
 
 # ---------------------------------------------------------------------------------------------- parity
-def parity() -> list[dict]:
+def parity(names=(), dtypes=()) -> list[dict]:
     rows = []
     for case in PARITY_CASES:
+        if names and case.name not in names:
+            continue
         args = make_inputs(case, 0)
         shape = (case.batch, case.q_len, case.num_q_heads, case.v_head_dim or case.head_dim)
         cot = jnp.asarray(np.random.default_rng(np.random.SeedSequence([0, 1])).standard_normal(shape, dtype=np.float32))
         reference = reference_for(args, cot)
-        dtypes = ["bfloat16", "float32"] + (["float16"] if case.name in FLOAT16_CASES else [])
-        for dtype in dtypes:
+        wanted = ["bfloat16", "float32"] + (["float16"] if case.name in FLOAT16_CASES else [])
+        for dtype in [d for d in wanted if not dtypes or d in dtypes]:
             t0 = time.perf_counter()
             try:
                 r = run_case("triton", case, dtype, reference=reference)
@@ -170,11 +174,12 @@ def bench_shape(name, b, s, h, d, causal, calls, rounds, impls=None, config=None
 MAIN_SHAPES = (("B2 S8192 H16 D128", 2, 8192, 16, 128), ("B4 S4096 H16 D64", 4, 4096, 16, 64))
 
 
-def bench(calls, rounds, grid_seqs, grid_dims, grid) -> list[dict]:
-    rows = []
+def bench(calls, rounds, grid_seqs, grid_dims, grid, rows=None, save=lambda: None) -> list[dict]:
+    rows = [] if rows is None else rows
     for name, b, s, h, d in MAIN_SHAPES:
         for causal in (False, True):
             rows += bench_shape(name, b, s, h, d, causal, calls, rounds)
+            save()
     if grid:
         for d in grid_dims:
             for s in grid_seqs:
@@ -182,16 +187,25 @@ def bench(calls, rounds, grid_seqs, grid_dims, grid) -> list[dict]:
                 for causal in (False, True):
                     rows += bench_shape(f"FA3 D{d} S{s}", b, s, h, d, causal, calls, rounds,
                                         impls=("ejkernel-triton", "jax.nn-cudnn"))
+                    save()
     return rows
 
 
 # ---------------------------------------------------------------------------------------------- sweep
+# Candidates per head dim (the first sweep's losers dropped; see NOTES-triton.md).
 SWEEP = {
-    "forward": [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3),
-                (64, 128, 4, 3), (128, 64, 4, 4)],
-    "dkv": [(64, 128, 8, 2), (32, 128, 4, 3), (64, 128, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3),
-            (16, 128, 4, 3)],
-    "dq": [(128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 128, 4, 3), (128, 32, 4, 3)],
+    128: {"forward": [(128, 128, 8, 3), (128, 128, 4, 3), (128, 64, 4, 3)],
+          "dkv": [(32, 64, 4, 3), (32, 64, 4, 4), (32, 64, 8, 3), (64, 64, 8, 3), (32, 128, 8, 3), (16, 64, 4, 3),
+                  (32, 32, 4, 3)],
+          "dq": [(128, 128, 8, 2), (128, 64, 8, 3), (128, 128, 4, 2), (64, 128, 8, 2), (128, 32, 8, 3)]},
+    64: {"forward": [(64, 64, 4, 3), (128, 128, 4, 3), (64, 64, 4, 4), (64, 64, 8, 3), (64, 32, 4, 3), (128, 64, 4, 2)],
+         "dkv": [(64, 64, 4, 3), (64, 64, 8, 3), (32, 64, 4, 4), (64, 128, 8, 3), (128, 64, 8, 3)],
+         "dq": [(128, 64, 4, 3), (128, 64, 4, 4), (128, 128, 4, 3), (64, 64, 8, 3)]},
+    256: {"forward": [(64, 64, 4, 3), (64, 64, 4, 2), (64, 64, 8, 2), (64, 32, 4, 3), (32, 64, 4, 3), (64, 64, 8, 3)],
+          "dkv": [(32, 64, 4, 3), (32, 64, 8, 2), (32, 64, 8, 3), (16, 64, 8, 2), (32, 32, 4, 3), (32, 32, 8, 3),
+                  (64, 32, 8, 2), (16, 32, 4, 3)],
+          "dq": [(128, 32, 4, 3), (64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 4, 3), (32, 64, 4, 3), (128, 32, 8, 2),
+                 (64, 64, 4, 2)]},
 }
 SWEEP_SHAPES = (("B2 S8192 H16 D128", 2, 8192, 16, 128), ("B4 S4096 H16 D64", 4, 4096, 16, 64),
                 ("B4 S4096 H8 D256", 4, 4096, 8, 256))
@@ -211,7 +225,7 @@ def sweep(calls, rounds, shapes=SWEEP_SHAPES, causals=(False,)) -> list[dict]:
                         head_dim=d, v_head_dim=d, softmax_scale=d ** -0.5, causal=causal)
             out, lse2 = jax.jit(lambda q, k, v: forward_call(p, PassConfig(64, 64), q, k, v, None, None, None))(q, k, v)
             delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32), out.astype(jnp.float32))
-            for pass_name, candidates in SWEEP.items():
+            for pass_name, candidates in SWEEP[d].items():
                 for cand in candidates:
                     c = PassConfig(*cand)
                     if pass_name == "forward":
@@ -262,12 +276,15 @@ def table(rows: list[dict]) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parity", action="store_true")
+    ap.add_argument("--parity-cases", default="", help="';'-separated case names (default: all)")
+    ap.add_argument("--parity-dtypes", default="", help="comma-separated dtypes (default: all)")
+    ap.add_argument("--report", default="", help="only render the text report of a saved JSON file")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--sweep-shapes", default="", help="comma-separated indices into SWEEP_SHAPES")
     ap.add_argument("--sweep-causal", action="store_true")
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--grid", action="store_true")
-    ap.add_argument("--grid-seqs", default="512,1024,4096,16384")
+    ap.add_argument("--grid-seqs", default="1024,4096,16384")
     ap.add_argument("--grid-dims", default="64,128,256")
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
@@ -275,6 +292,9 @@ def main(argv=None):
     ap.add_argument("--tag", default="triton_gpu")
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore", FallbackWarning)
+    if a.report:
+        report(json.loads(pathlib.Path(a.report).read_text()), pathlib.Path(a.report).with_suffix(".txt"))
+        return
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     result = dict(environment=environment())
@@ -285,17 +305,22 @@ def main(argv=None):
         (out / f"{a.tag}.json").write_text(json.dumps(result, indent=1, default=str))
 
     if a.parity:
-        result["parity"] = parity()
+        result["parity"] = parity([n for n in a.parity_cases.split(";") if n], [d for d in a.parity_dtypes.split(",") if d])
         save(result)
     if a.sweep:
         shapes = SWEEP_SHAPES if not a.sweep_shapes else tuple(SWEEP_SHAPES[int(i)] for i in a.sweep_shapes.split(","))
         result["sweep"] = sweep(a.calls, a.rounds, shapes, (False, True) if a.sweep_causal else (False,))
         save(result)
     if a.bench:
-        result["bench"] = bench(a.calls, a.rounds, [int(x) for x in a.grid_seqs.split(",")],
-                                [int(x) for x in a.grid_dims.split(",")], a.grid)
+        result["bench"] = []
+        bench(a.calls, a.rounds, [int(x) for x in a.grid_seqs.split(",")], [int(x) for x in a.grid_dims.split(",")],
+              a.grid, rows=result["bench"], save=lambda: save(result))
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    (out / f"{a.tag}.json").write_text(json.dumps(result, indent=1, default=str))
+    save(result)
+    report(result, out / f"{a.tag}.txt")
+
+
+def report(result: dict, path: pathlib.Path) -> None:
     lines = [f"# {result['environment']['device']}  jax {result['environment']['jax']}  {result['environment']['date']}"]
     if "parity" in result:
         bad = [r for r in result["parity"] if not r["passed"]]
@@ -311,7 +336,7 @@ def main(argv=None):
         lines.append("TFLOP/s (bf16):")
         lines.append(table(result["bench"]))
     text = "\n".join(lines)
-    (out / f"{a.tag}.txt").write_text(text + "\n")
+    path.write_text(text + "\n")
     log(text)
 
 

@@ -247,10 +247,10 @@ def _explain(seq, heads=8, **kwargs):
 
 
 def test_dispatch_switches_at_the_documented_size():
-    assert DENSE_SCORE_LIMIT == 8 * 4096 * 4096
-    assert _explain(4096).chosen.variant == "chunked"
-    assert _explain(4095).chosen.variant == "default"
-    assert _explain(4096, heads=4).chosen.variant == "default"
+    assert DENSE_SCORE_LIMIT == 8 * 1024 * 1024
+    assert _explain(1024).chosen.variant == "chunked"
+    assert _explain(1023).chosen.variant == "default"
+    assert _explain(1024, heads=4).chosen.variant == "default"
     assert _explain(16384, platform="xla").chosen.variant == "chunked"
     assert _explain(16384, softmax_dtype=jnp.bfloat16).chosen.variant == "default"  # float32 softmax only
     assert "below" in str(_explain(128))

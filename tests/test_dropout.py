@@ -95,7 +95,7 @@ def test_same_rng_same_result_and_key_kinds():
     assert raw.dtype == jnp.uint32 and raw.shape == (2,)
     first = _dropped(inputs, typed, 0.4)
     again = _dropped(inputs, typed, 0.4)
-    for x, y in zip(first, again):
+    for x, y in zip(first, again, strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     other = _dropped(inputs, jax.random.key(43), 0.4)
     assert not np.array_equal(np.asarray(first[1]), np.asarray(other[1]))
@@ -115,7 +115,7 @@ def test_no_dropout_when_deterministic_or_zero_rate():
     base = attention(**inputs, dtype=jnp.float32)
     for kw in (dict(deterministic=True, dropout_prob=0.5, dropout_rng=jax.random.key(0)),
                dict(deterministic=False, dropout_prob=0.0, dropout_rng=None)):
-        for x, y in zip(attention(**inputs, dtype=jnp.float32, **kw), base):
+        for x, y in zip(attention(**inputs, dtype=jnp.float32, **kw), base, strict=True):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 

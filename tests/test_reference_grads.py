@@ -47,7 +47,7 @@ def _differentiable(inputs, features):
     fixed = {n: x for n, x in inputs.items() if n not in names}
 
     def f(*args):
-        return attention(**dict(zip(names, args)), **fixed, dtype=jnp.float64, softmax_dtype=jnp.float64,
+        return attention(**dict(zip(names, args, strict=True)), **fixed, dtype=jnp.float64, softmax_dtype=jnp.float64,
                          **features.static_kwargs())
 
     return f, tuple(inputs[n] for n in names), names
@@ -87,7 +87,7 @@ def test_rows_without_keys_have_zero_finite_gradients(x64, name):
         out, weights = f(*a)
         return jnp.sum(out * cot_out) + jnp.sum(weights * cot_w)
 
-    grads = dict(zip(names, jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))(*args)))
+    grads = dict(zip(names, jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))(*args), strict=True))
     for n, g in grads.items():
         assert g.shape == inputs[n].shape and np.all(np.isfinite(g)), f"{n}: non-finite gradient"
         assert np.any(g != 0), f"{n}: gradient identically zero"

@@ -8,13 +8,21 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import examples
-from hypothesis import settings
 from strategies import (
-    SHAPES, Features, assert_close, check_case, features, jit_attention, make_inputs, run_xla, seeds, tril_mask,
+    SHAPES,
+    Features,
+    assert_close,
+    check_case,
+    features,
+    jit_attention,
+    make_inputs,
+    run_xla,
+    seeds,
+    tril_mask,
 )
 
 shapes = st.sampled_from(SHAPES)
@@ -61,7 +69,7 @@ def test_causal_equals_explicit_lower_triangle(shape, features, seed):
     tril = tril_mask(shape[1], shape[2])[None, None]
     explicit["attention_mask"] = tril if "attention_mask" not in inputs else inputs["attention_mask"] & tril
     expected = run_xla(explicit, _no_structure(features), jnp.float32)
-    for got, want, what in zip(run_xla(inputs, features, jnp.float32), expected, ("output", "weights")):
+    for got, want, what in zip(run_xla(inputs, features, jnp.float32), expected, ("output", "weights"), strict=True):
         assert_close(got, want, F32, f"causal vs lower-triangular mask: {what}")
 
 
@@ -113,7 +121,9 @@ def test_minus_infinity_sink_is_no_sink(shape, features, num_sinks, per_head, se
     sinks = np.full((shape[3], num_sinks) if per_head else (num_sinks,), -np.inf, np.float32)
     if "softmax_aux" in inputs:  # -inf sinks appended to finite ones change nothing either
         aux = inputs["softmax_aux"]
-        sinks = np.concatenate([aux, sinks if aux.ndim == 1 else np.full((shape[3], num_sinks), -np.inf, np.float32)], -1)
+        if aux.ndim != sinks.ndim:  # a shared [n] sink is the same sink in every row of [Hq, n]
+            aux, sinks = (np.broadcast_to(x, (shape[3], x.shape[-1])) for x in (aux, sinks))
+        sinks = np.concatenate([aux, sinks], -1)
     kind = ("per_head" if sinks.ndim == 2 else "shared", sinks.shape[-1])
     got = run_xla(dict(inputs, softmax_aux=sinks), dataclasses.replace(features, sinks=kind), jnp.float32)
     assert_close(got[0], expected[0], F32, "-inf sink: output")

@@ -26,6 +26,7 @@ from ejkernel.kernels._triton.attention.configs import PassConfig
 from ejkernel.kernels._triton.attention.forward import _split_refs
 from ejkernel.kernels._triton.attention.tiles import (
     Problem,
+    dot,
     key_blocks,
     logits,
     operand_index,
@@ -64,7 +65,7 @@ def _dkv_kernel(*refs, p: Problem, c: PassConfig):
             do = do_ref[b, pl.ds(q_first, bq), h, :]
             lse = lse_ref[b, h, pl.ds(q_first, bq)]
             delta = delta_ref[b, h, pl.ds(q_first, bq)]
-            st = lax.dot_general(k, q, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+            st = dot(k, q, transpose_b=True)
             bias = None
             if bias_ref is not None:
                 bi, hi_ = operand_index(p.bias_layout, b, h, p.group)
@@ -78,10 +79,10 @@ def _dkv_kernel(*refs, p: Problem, c: PassConfig):
                 q_idx = q_first + lax.broadcasted_iota(jnp.int32, (bk, bq), 1)
                 s2 = jnp.where(valid_tile(p, q_idx, k_idx, mask), s2, -jnp.inf)
             pt = jnp.exp2(s2 - lse[None, :])
-            dv = dv + jnp.dot(pt.astype(do.dtype), do, preferred_element_type=jnp.float32)
-            dpt = lax.dot_general(v, do, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+            dv = dv + dot(pt.astype(do.dtype), do)
+            dpt = dot(v, do, transpose_b=True)
             dst = _logit_grad(p, pt * (dpt - delta[None, :]), t)
-            dk = dk + jnp.dot(dst.astype(q.dtype), q, preferred_element_type=jnp.float32)
+            dk = dk + dot(dst.astype(q.dtype), q)
             return dk, dv
 
         carry = lax.fori_loop(lo, interior_lo, functools.partial(body, masked=True), carry)
@@ -119,7 +120,7 @@ def _dq_kernel(*refs, p: Problem, c: PassConfig):
         k_first = kb * bk
         k = k_ref[b, pl.ds(k_first, bk), hkv, :]
         v = v_ref[b, pl.ds(k_first, bk), hkv, :]
-        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        s = dot(q, k, transpose_b=True)
         bias = None
         if bias_ref is not None:
             bi, hi_ = operand_index(p.bias_layout, b, h, p.group)
@@ -133,12 +134,12 @@ def _dq_kernel(*refs, p: Problem, c: PassConfig):
             k_idx = k_first + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
             s2 = jnp.where(valid_tile(p, q_idx, k_idx, mask), s2, -jnp.inf)
         prob = jnp.exp2(s2 - lse[:, None])
-        dp = lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        dp = dot(do, v, transpose_b=True)
         ds = prob * (dp - delta[:, None])
         if dbias_ref is not None:
             dbias_ref[b, h, pl.ds(q_first, bq), pl.ds(k_first, bk)] = ds
         ds = _logit_grad(p, ds, t)
-        return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+        return dq + dot(ds.astype(k.dtype), k)
 
     lo, interior_lo, interior_hi, hi = key_blocks(p, q_first, bq, bk, dense=mask_ref is not None)
     dq = jnp.zeros((bq, p.head_dim), jnp.float32)

@@ -53,12 +53,13 @@ def padded_head_dim(d: int) -> int:
     return max(16, next_power_of_2(d))
 
 
-# (max padded head dim, itemsize) -> KernelConfig, measured on an H100 (bf16) for long sequences.
+# (max padded head dim, itemsize) -> KernelConfig: the fastest rows of ``benchmarks/triton_gpu.py --sweep`` on
+# an H100 (bf16, B2 S8192 H16 D128 / B4 S4096 H16 D64 / B4 S4096 H8 D256, non-causal; NOTES-triton.md).
 _TABLE: dict[tuple[int, int], KernelConfig] = {
-    (64, 2): KernelConfig(PassConfig(128, 64, 4, 3), PassConfig(64, 128, 8, 2), PassConfig(128, 64, 8, 2)),
-    (128, 2): KernelConfig(PassConfig(128, 128, 8, 3), PassConfig(64, 128, 8, 2), PassConfig(128, 64, 8, 2)),
-    (256, 2): KernelConfig(PassConfig(128, 64, 8, 2), PassConfig(64, 64, 8, 2), PassConfig(64, 64, 8, 2)),
-    # float32 tiles take twice the shared memory (and true-fp32 dots): smaller tiles.
+    (64, 2): KernelConfig(PassConfig(64, 64, 4, 3), PassConfig(64, 64, 4, 3), PassConfig(128, 64, 4, 3)),
+    (128, 2): KernelConfig(PassConfig(128, 128, 8, 3), PassConfig(32, 64, 4, 3), PassConfig(128, 128, 8, 2)),
+    (256, 2): KernelConfig(PassConfig(64, 64, 4, 3), PassConfig(32, 64, 4, 3), PassConfig(128, 32, 4, 3)),
+    # float32 tiles take twice the shared memory (and IEEE fp32 dots): smaller tiles.
     (64, 4): KernelConfig(PassConfig(64, 64, 4, 2), PassConfig(64, 64, 4, 2), PassConfig(64, 64, 4, 2)),
     (128, 4): KernelConfig(PassConfig(64, 32, 4, 2), PassConfig(32, 64, 4, 2), PassConfig(64, 32, 4, 2)),
     (256, 4): KernelConfig(PassConfig(32, 32, 4, 2), PassConfig(32, 32, 4, 2), PassConfig(32, 32, 4, 2)),
@@ -73,9 +74,22 @@ def _clip(p: PassConfig, q_len: int, kv_len: int) -> PassConfig:
     )
 
 
-def choose_config(head_dim: int, v_head_dim: int, q_len: int, kv_len: int, itemsize: int) -> KernelConfig:
-    """The table's row for the padded head dims and element size, clipped to the sequence lengths."""
+def _with_dense_tiles(p: PassConfig, head_dim: int) -> PassConfig:
+    """A bias or mask tile is loaded (and pipelined) beside K/V: fewer stages and narrower key blocks."""
+    block_q = min(p.block_q, 64) if head_dim > 128 else p.block_q
+    return dataclasses.replace(p, block_q=block_q, block_k=min(p.block_k, 64), num_stages=min(p.num_stages, 2))
+
+
+def choose_config(head_dim: int, v_head_dim: int, q_len: int, kv_len: int, itemsize: int,
+                  dense_tiles: bool = False) -> KernelConfig:
+    """The table's row for the padded head dims and element size, clipped to the sequence lengths.
+
+    ``dense_tiles``: the call has a bias or a boolean mask (their tiles need shared memory too).
+    """
     d = max(padded_head_dim(head_dim), padded_head_dim(v_head_dim))
-    row = next(k for k in ((64, 0), (128, 0), (256, 0)) if d <= k[0])[0]
+    row = next(k for k in (64, 128, 256) if d <= k)
     cfg = _TABLE[(row, 4 if itemsize >= 4 else 2)]
-    return KernelConfig(*(_clip(p, q_len, kv_len) for p in (cfg.forward, cfg.dkv, cfg.dq)))
+    passes = (cfg.forward, cfg.dkv, cfg.dq)
+    if dense_tiles:
+        passes = tuple(_with_dense_tiles(p, d) for p in passes)
+    return KernelConfig(*(_clip(p, q_len, kv_len) for p in passes))

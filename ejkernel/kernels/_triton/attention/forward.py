@@ -18,7 +18,15 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from ejkernel.kernels._triton.attention.configs import PassConfig
-from ejkernel.kernels._triton.attention.tiles import NEG_INIT, Problem, key_blocks, logits, operand_index, valid_tile
+from ejkernel.kernels._triton.attention.tiles import (
+    NEG_INIT,
+    Problem,
+    dot,
+    key_blocks,
+    logits,
+    operand_index,
+    valid_tile,
+)
 
 __all__ = ["forward_call"]
 
@@ -58,7 +66,7 @@ def _forward_kernel(*refs, p: Problem, c: PassConfig):
         k_first = kb * bk
         k = k_ref[b, pl.ds(k_first, bk), hkv, :]
         v = v_ref[b, pl.ds(k_first, bk), hkv, :]
-        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        s = dot(q, k, transpose_b=True)
         bias = None
         if bias_ref is not None:
             bias = bias_ref[bias_idx[0], bias_idx[1], pl.ds(q_first, bq), pl.ds(k_first, bk)]
@@ -73,7 +81,7 @@ def _forward_kernel(*refs, p: Problem, c: PassConfig):
         alpha = jnp.exp2(m - m_new)
         prob = jnp.exp2(s2 - m_new[:, None])
         denom = denom * alpha + jnp.sum(prob, axis=1)
-        acc = acc * alpha[:, None] + jnp.dot(prob.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        acc = acc * alpha[:, None] + dot(prob.astype(v.dtype), v)
         return acc, m_new, denom
 
     lo, interior_lo, interior_hi, hi = key_blocks(p, q_first, bq, bk, dense=mask_ref is not None)

@@ -21,7 +21,7 @@ from jax import lax
 
 from ejkernel.ops.attention.masks import allowed, key_range
 
-__all__ = ["Problem", "LOG2E", "NEG_INIT", "key_blocks", "query_blocks", "operand_index", "logits", "valid_tile"]
+__all__ = ["dot", "Problem", "LOG2E", "NEG_INIT", "key_blocks", "query_blocks", "operand_index", "logits", "valid_tile"]
 
 LOG2E = math.log2(math.e)
 NEG_INIT = -1e30  # initial running max: below every finite logit, above -inf
@@ -56,6 +56,16 @@ class Problem:
     @property
     def offset(self) -> int:
         return self.kv_len - self.q_len
+
+
+def dot(a: Any, b: Any, transpose_b: bool = False) -> Any:
+    """``a @ b`` (``a @ b.T`` with ``transpose_b``) accumulated in float32.
+
+    float32 operands ask for HIGHEST precision: Triton's default for them is TF32 (~1e-3 error).
+    """
+    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    dims = (((1,), (1 if transpose_b else 0,)), ((), ()))
+    return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
 
 
 def _i32(x: Any) -> Any:

@@ -35,11 +35,12 @@ from ejkernel.ops.attention.validation import validate_attention
 
 __all__ = ["attention", "chunked_attention", "attention_from_features", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_KV"]
 
+# Chunk sizes measured on the CPU (B1 H8 D64, S = 4096: 512 x 256 and 256 x 512 tie, larger tiles are
+# slower). Each tile holds B * Hq * block_q * block_kv float32 logits; the default block_q halves (down
+# to 16) until that is at most TILE_ELEMENTS (4 MiB), so many heads or a large batch keep tiles small.
 DEFAULT_BLOCK_Q = 512
-DEFAULT_BLOCK_KV = 512
-# Largest score tile (B * Hq * block_q * block_kv elements, float32) the default block_q may produce;
-# block_q halves (down to 16) until a tile fits, so many heads or a large batch keep tiles bounded.
-TILE_ELEMENTS = 1 << 23
+DEFAULT_BLOCK_KV = 256
+TILE_ELEMENTS = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)

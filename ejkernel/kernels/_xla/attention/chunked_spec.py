@@ -1,8 +1,9 @@
 """Registry entry of the chunked XLA attention: chosen over the dense reference for large score matrices.
 
 The dense reference stays the choice (and the oracle) while its ``[B, Hq, Sq, Skv]`` score matrix is
-small: below ``DENSE_SCORE_LIMIT`` elements it is as fast or faster and returns the weights. At and above
-it, the chunked path serves the call in O(Sq + Skv) memory and returns ``(output, None)``.
+small: below ``DENSE_SCORE_LIMIT`` elements both paths are quick and the dense one also returns the
+weights. At and above it, the chunked path serves the call in O(Sq + Skv) memory, faster, and returns
+``(output, None)``.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 from ejkernel.ops.attention.features import AttentionCapabilities, AttentionFeatures
 from ejkernel.registry import KernelSpec
 
-# B * Hq * Sq * Skv at which the chunked path takes over: B1 H8 at S = 4096 (a 512 MiB float32 score
-# matrix per copy). Measured on the 2-core CPU (benchmarks/results/chunked_cpu.txt): below it the dense
-# path is faster; from S = 4096 the dense backward needs several GiB and the chunked one tens of MiB.
-DENSE_SCORE_LIMIT = 8 * 4096 * 4096
+# B * Hq * Sq * Skv at which the chunked path takes over: B1 H8 at S = 1024 (a 32 MiB float32 score
+# matrix). Measured on the 2-core CPU (benchmarks/results/chunked_cpu.txt, B1 H8 D64 bfloat16): from
+# S = 1024 on the chunked forward+backward is about 3x faster and the dense path's compiled memory grows
+# 4x per doubling (it no longer fits 24 GiB at S = 16384); below it both take a few milliseconds, so
+# the dense path keeps them and returns the weights as well.
+DENSE_SCORE_LIMIT = 8 * 1024 * 1024
 
 
 def dense_is_small(f: AttentionFeatures) -> str | None:

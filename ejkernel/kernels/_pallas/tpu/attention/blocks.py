@@ -5,7 +5,7 @@ sublanes, so both are multiples of 128 (queries as well, because the dk/dv kerne
 axis, i.e. transposes the tile). The heuristic (``choose_block_sizes``) takes the largest of 512, 256, 128
 that does not exceed the padded sequence, then halves the larger of the two until the estimated VMEM of
 every kernel (``vmem_bytes``) fits ``VMEM_BUDGET``, which sits below the 16 MiB that Mosaic scopes by
-default on v5e (32 MiB on v6e). Sequences are padded up to a multiple of their block; padded keys are
+default on v5e (v6e's compile allows its whole 128 MiB). Sequences are padded up to a multiple of their block; padded keys are
 masked inside the kernel and padded queries are sliced away, so the caller never sees them.
 
 Skipping: a pair is *visited* when causal/window allow at least one (real query, real key) in it; the

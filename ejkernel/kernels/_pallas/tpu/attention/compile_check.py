@@ -171,12 +171,14 @@ def compile_config(c: Config, topology: str) -> Any:
 
 
 def _vmem_canary_fails(topology: str) -> bool:
-    """Whether a deliberately oversized tile (1024 x 1024 float32 at D=256, ~20 MiB of VMEM) is rejected.
+    """Whether a deliberately oversized tile (4096 x 4096 float32 at D=256, ~290 MiB of VMEM) is rejected.
 
     Proves that the compile checks VMEM at all, so that the matrix compiling is evidence of fitting.
+    (v5e already rejects 1024 x 1024 tiles, ~20 MiB; v6e compiled 2048 x 2048 and rejected 4096 x 4096
+    against its 128 MiB of VMEM.)
     """
-    canary = Config("vmem_canary", dtype="float32", head_dim=256, q_len=2048, kv_len=2048, batch=1,
-                    num_q_heads=1, num_kv_heads=1, backward=False, block_sizes=BlockSizes(1024, 1024, 1024, 1024))
+    canary = Config("vmem_canary", dtype="float32", head_dim=256, q_len=4096, kv_len=4096, batch=1,
+                    num_q_heads=1, num_kv_heads=1, backward=False, block_sizes=BlockSizes(4096, 4096, 4096, 4096))
     try:
         compile_config(canary, topology)
     except Exception as e:
