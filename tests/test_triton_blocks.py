@@ -1,0 +1,156 @@
+"""Block arithmetic, configuration table and CUDA lowering of the Triton flash attention (CPU only).
+
+- ``tiles.key_blocks``/``query_blocks`` against brute force over ``masks.allowed``: every allowed pair is
+  visited, interior blocks need no mask (all pairs allowed, no padded key), skipped blocks hold no allowed
+  pair, and the forward's and the dK/dV kernel's views visit the same (query block, key block) pairs.
+- ``jax.jit(...).trace(...).lower(lowering_platforms=("cuda",))`` works on a CPU jaxlib for every config
+  class the kernel claims (forward and backward), and rejects a non-power-of-2 block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import examples
+from ejkernel.kernels._triton.attention import configs
+from ejkernel.kernels._triton.attention.configs import KernelConfig, PassConfig, choose_config
+from ejkernel.kernels._triton.attention.forward import forward_call
+from ejkernel.kernels._triton.attention.interface import flash_attention
+from ejkernel.kernels._triton.attention.tiles import Problem, key_blocks, query_blocks
+from ejkernel.ops.attention.masks import allowed
+
+
+def _problem(q_len, kv_len, bq, bk, causal, window):
+    def pad(n):
+        return -(-n // max(bq, bk)) * max(bq, bk)
+
+    return Problem(batch=1, q_len=q_len, kv_len=kv_len, q_len_pad=pad(q_len), kv_len_pad=pad(kv_len),
+                   num_q_heads=1, num_kv_heads=1, head_dim=16, v_head_dim=16, softmax_scale=1.0,
+                   causal=causal, window=window)
+
+
+@settings(max_examples=examples(3))
+@given(
+    q_len=st.integers(1, 150),
+    kv_len=st.integers(1, 150),
+    bq=st.sampled_from([16, 32]),
+    bk=st.sampled_from([16, 32]),
+    causal=st.booleans(),
+    window=st.none() | st.tuples(st.integers(0, 60), st.integers(0, 60)),
+    dense=st.booleans(),
+)
+def test_block_ranges_match_brute_force(q_len, kv_len, bq, bk, causal, window, dense):
+    p = _problem(q_len, kv_len, bq, bk, causal, window)
+    qi = np.arange(p.q_len_pad)[:, None]
+    kj = np.arange(p.kv_len_pad)[None, :]
+    ok = np.broadcast_to(np.asarray(allowed(qi, kj, q_len, kv_len, causal, window)), (p.q_len_pad, p.kv_len_pad))
+    ok = ok & (kj < kv_len)
+    nq, nk = p.q_len_pad // bq, p.kv_len_pad // bk
+    blocks = ok.reshape(nq, bq, nk, bk).transpose(0, 2, 1, 3)  # [qb, kb, bq, bk]
+    has, full = blocks.any((2, 3)), blocks.all((2, 3))
+    visited_fwd = np.zeros((nq, nk), bool)
+    for qb in range(nq):
+        lo, ilo, ihi, hi = (int(x) for x in key_blocks(p, jnp.int32(qb * bq), bq, bk, dense))
+        assert lo <= ilo <= ihi <= hi <= nk
+        visited_fwd[qb, lo:hi] = True
+        assert full[qb, ilo:ihi].all(), "an interior block needs a mask"
+        assert not has[qb, :lo].any() and not has[qb, hi:].any(), "a skipped block holds an allowed pair"
+        if dense:
+            assert ilo == ihi
+    # The dK/dV view: padded query rows carry zero cotangents, so only real rows need masking or visiting.
+    real = ok & (qi < q_len)
+    has_real = real.reshape(nq, bq, nk, bk).transpose(0, 2, 1, 3).any((2, 3))
+    full_real = (real | ((qi >= q_len) & (kj < kv_len))).reshape(nq, bq, nk, bk).transpose(0, 2, 1, 3).all((2, 3))
+    for kb in range(nk):
+        lo, ilo, ihi, hi = (int(x) for x in query_blocks(p, jnp.int32(kb * bk), bk, bq, dense))
+        assert lo <= ilo <= ihi <= hi <= nq
+        assert full_real[ilo:ihi, kb].all(), "an interior block needs a mask"
+        assert not has_real[:lo, kb].any() and not has_real[hi:, kb].any(), "a skipped block holds an allowed pair"
+        if dense:
+            assert ilo == ihi
+
+
+def test_pass_config_rejects_non_power_of_2_and_table_is_consistent():
+    with pytest.raises(ValueError, match="power of 2"):
+        PassConfig(48, 64)
+    for (d, itemsize), cfg in configs._TABLE.items():
+        for p in (cfg.forward, cfg.dkv, cfg.dq):
+            assert p.num_warps in (4, 8) and p.num_stages in (2, 3, 4), (d, itemsize, p)
+    c = choose_config(96, 96, 10, 1000, 2)
+    assert c.forward.block_q == 16 and c.forward.block_k <= 128
+    dense = choose_config(128, 128, 4096, 4096, 2, dense_tiles=True)
+    assert all(p.block_k <= 64 and p.num_stages <= 2 for p in (dense.forward, dense.dkv, dense.dq))
+
+
+# One entry per configuration class the kernel claims: head dims (incl. padded 96/192), dtypes, features.
+LOWER_CASES = [
+    dict(d=64, dtype=jnp.bfloat16),
+    dict(d=96, dtype=jnp.bfloat16, causal=True),
+    dict(d=128, dtype=jnp.bfloat16, sliding_window=(100, 20)),
+    dict(d=192, dtype=jnp.float16, causal=True, sliding_window=64),
+    dict(d=256, dtype=jnp.bfloat16, causal=True),
+    dict(d=128, dtype=jnp.float32, logits_soft_cap=5.0),
+    dict(d=256, dtype=jnp.float32),
+    dict(d=128, dv=64, dtype=jnp.bfloat16, bias=(1, 2), mask=(2, 1)),
+    dict(d=256, dtype=jnp.bfloat16, bias=(2, 4), mask=(1, 2)),
+    dict(d=64, dtype=jnp.bfloat16, sinks=(4, 2), causal=True, hkv=1),
+    dict(d=128, dtype=jnp.bfloat16, sinks=(3,), logits_soft_cap=30.0, bias=(1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", LOWER_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items() if k != "dtype") + f"-{jnp.dtype(c['dtype']).name}")
+def test_lowers_for_cuda_on_cpu(case):
+    case = dict(case)
+    d, dv, dtype = case.pop("d"), case.pop("dv", None), case.pop("dtype")
+    hkv = case.pop("hkv", 2)
+    b, sq, skv, hq = 2, 1000, 777, 4
+    spec = jax.ShapeDtypeStruct
+    q, k, v = spec((b, sq, hq, d), dtype), spec((b, skv, hkv, d), dtype), spec((b, skv, hkv, dv or d), dtype)
+    extra = {}
+    if "bias" in case:
+        bb, bh = case.pop("bias")
+        extra["bias"] = spec((bb, bh, sq, skv), dtype)
+    if "mask" in case:
+        mb, mh = case.pop("mask")
+        extra["attention_mask"] = spec((mb, mh, sq, skv), jnp.bool_)
+    if "sinks" in case:
+        extra["softmax_aux"] = spec(case.pop("sinks"), jnp.float32)
+
+    mask = extra.pop("attention_mask", None)
+
+    def loss(q, k, v, extra, mask):
+        return flash_attention(q, k, v, mask, **extra, dtype=dtype, **case)[0].astype(jnp.float32).sum()
+
+    grad = jax.grad(loss, argnums=(0, 1, 2, 3))
+    lowered = jax.jit(grad).trace(q, k, v, extra, mask).lower(lowering_platforms=("cuda",))
+    text = lowered.as_text()
+    assert text.count("ejk_flash_fwd") >= 1 and "ejk_flash_dkv" in text and "ejk_flash_dq" in text
+
+
+def test_lowering_rejects_non_power_of_2_blocks():
+    bad = PassConfig(32, 32)
+    object.__setattr__(bad, "block_q", 48)  # bypass the dataclass check: the lowering must refuse too
+    p = Problem(batch=1, q_len=96, kv_len=96, q_len_pad=96, kv_len_pad=96, num_q_heads=1, num_kv_heads=1,
+                head_dim=32, v_head_dim=32, softmax_scale=1.0)
+    x = jax.ShapeDtypeStruct((1, 96, 1, 32), jnp.bfloat16)
+    f = jax.jit(lambda q, k, v: forward_call(p, bad, q, k, v, None, None, None))
+    with pytest.raises(Exception, match="power of 2"):
+        f.trace(x, x, x).lower(lowering_platforms=("cuda",))
+
+
+def test_config_override_changes_nothing_but_blocks():
+    q = jax.random.normal(jax.random.key(0), (1, 50, 2, 16))
+    k = jax.random.normal(jax.random.key(1), (1, 60, 2, 16))
+    v = jax.random.normal(jax.random.key(2), (1, 60, 2, 16))
+    a = flash_attention(q, k, v, causal=True, dtype=jnp.float32, interpret=True)[0]
+    small = KernelConfig(PassConfig(16, 16), PassConfig(16, 16), PassConfig(16, 16))
+    c = flash_attention(q, k, v, causal=True, dtype=jnp.float32, config=small, interpret=True)[0]
+    np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-5)
+    assert dataclasses.is_dataclass(small)
