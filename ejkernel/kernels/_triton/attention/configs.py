@@ -58,7 +58,8 @@ def padded_head_dim(d: int) -> int:
 _TABLE: dict[tuple[int, int], KernelConfig] = {
     (64, 2): KernelConfig(PassConfig(64, 64, 4, 3), PassConfig(64, 64, 4, 3), PassConfig(128, 64, 4, 3)),
     (128, 2): KernelConfig(PassConfig(128, 128, 8, 3), PassConfig(32, 64, 4, 3), PassConfig(128, 128, 8, 2)),
-    (256, 2): KernelConfig(PassConfig(64, 64, 4, 3), PassConfig(32, 64, 4, 3), PassConfig(128, 32, 4, 3)),
+    # D256 backward rows from the session-end sweep (triton_sweep_call4): dK/dV 8 warps, dQ 64x64 2 stages.
+    (256, 2): KernelConfig(PassConfig(64, 64, 4, 3), PassConfig(32, 64, 8, 3), PassConfig(64, 64, 4, 2)),
     # float32 tiles take twice the shared memory (and IEEE fp32 dots): smaller tiles.
     (64, 4): KernelConfig(PassConfig(64, 64, 4, 2), PassConfig(64, 64, 4, 2), PassConfig(64, 64, 4, 2)),
     (128, 4): KernelConfig(PassConfig(64, 32, 4, 2), PassConfig(32, 64, 4, 2), PassConfig(64, 32, 4, 2)),
