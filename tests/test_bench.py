@@ -310,13 +310,14 @@ def test_end_to_end_one_shape_one_round(tmp_path, capsys):
             assert cudnn["status"] == "n/a" and "NVIDIA" in cudnn["reason"]
     table = (tmp_path / "tiny.txt").read_text()
     assert "ejkernel:xla" in table and "jax.nn:cudnn" in table
-    assert table in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert table in captured.out
     try:
         import matplotlib  # noqa: F401
 
         assert (tmp_path / "tiny.png").stat().st_size > 0
     except ImportError:
-        assert "matplotlib is not installed" in capsys.readouterr().err
+        assert "matplotlib is not installed" in captured.err
     path = str(tmp_path / "tiny.json")
     assert run(["compare", path, path]) == 0
     assert "no change beyond noise" in capsys.readouterr().out
