@@ -4,9 +4,9 @@ Each (path, length, mode) runs in its own process so that its peak resident memo
 own. Inputs are bfloat16 and every other argument is the default (``dtype=bfloat16``, non-causal unless
 the mode says so); "fwd+bwd" takes gradients w.r.t. q, k and v. Reported per row: XLA's compiled
 memory (``memory_analysis``: temporaries + arguments + outputs), the process's peak RSS, and the best
-time of three calls (two when the warm-up call took over 5 s) after a warm-up call. The dense path runs only where its compiled memory fits
-``--dense-limit-gib``; the "auto" rows call ``ejkernel.attention`` with no argument changes and name the
-implementation the registry chose. The dense worker also runs the chunked path on the same inputs and
+time of three calls (two when the warm-up call took over 5 s) after a warm-up call. The dense path runs
+only where its compiled memory fits ``--dense-limit-gib``; the "auto" rows call ``ejkernel.attention``
+with no argument changes and name the implementation the registry chose. The dense worker also runs the chunked path on the same inputs and
 reports their largest relative difference (output and gradients; both bfloat16).
 
     python benchmarks/chunked_cpu.py [--output benchmarks/results/chunked_cpu.txt]

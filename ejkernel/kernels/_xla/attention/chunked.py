@@ -228,22 +228,22 @@ def _forward(p: _Plan, qh, kh, vh, bias, mask, aux, rng) -> tuple[Array, Array]:
         q_tile = _slice(qh, q_start, p.block_q, 3)
 
         def kv_step(c: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
-            m, l, acc = carry
+            row_max, row_sum, acc = carry
             k_start = _block_start(c, p.block_kv, p.kv_len)
             s, _ = _tile_logits(q_tile, _slice(kh, k_start, p.block_kv, 2), _operand_tile(bias, q_start, k_start, p), p)
             valid = _tile_valid(i, c, q_start, k_start, _operand_tile(mask, q_start, k_start, p), p)
             tile_max = jnp.max(s if valid is None else jnp.where(valid, s, -jnp.inf), axis=-1)
-            m_new = jnp.maximum(m, tile_max)
-            shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # -inf while nothing was allowed yet
+            new_max = jnp.maximum(row_max, tile_max)
+            shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)  # -inf while nothing was allowed yet
             e = jnp.exp(s - shift[..., None])
             if valid is not None:
                 e = jnp.where(valid, e, 0.0)
-            alpha = jnp.exp(m - shift)
-            l = alpha * l + jnp.sum(e, axis=-1)
+            alpha = jnp.exp(row_max - shift)
+            row_sum = alpha * row_sum + jnp.sum(e, axis=-1)
             if p.dropout_prob:
                 e = e * _dropout_scale(rng, i, c, p)
             acc = alpha[..., None] * acc + _pv(e, _slice(vh, k_start, p.block_kv, 2), dtype)
-            return m_new, l, acc
+            return new_max, row_sum, acc
 
         init = (
             jnp.full((b, hkv, g, p.block_q), -jnp.inf, jnp.float32),
@@ -251,10 +251,10 @@ def _forward(p: _Plan, qh, kh, vh, bias, mask, aux, rng) -> tuple[Array, Array]:
             jnp.zeros((b, hkv, g, p.block_q, dv), jnp.float32),
         )
         first, stop = _kv_chunk_range(i, p)
-        m, l, acc = lax.fori_loop(first, stop, kv_step, init)
-        seen = l > 0
-        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), -jnp.inf)
-        out = acc / jnp.where(seen, l, 1.0)[..., None]
+        row_max, row_sum, acc = lax.fori_loop(first, stop, kv_step, init)
+        seen = row_sum > 0
+        lse = jnp.where(seen, row_max + jnp.log(jnp.where(seen, row_sum, 1.0)), -jnp.inf)
+        out = acc / jnp.where(seen, row_sum, 1.0)[..., None]
         if sinks_lse is not None:
             out, lse = add_sinks(out, lse, sinks_lse)
         return out.astype(dtype), lse
