@@ -15,7 +15,7 @@ from jaxtyping import Bool, Float, Key, UInt32
 from ejkernel.errors import FallbackWarning
 from ejkernel.kernels._xla.attention._interface import attention as _reference
 from ejkernel.ops.attention.features import AttentionFeatures
-from ejkernel.ops.attention.validation import validate_attention
+from ejkernel.ops.attention.validation import resolve_bias, validate_attention
 from ejkernel.registry import Algorithm, Decision, get_kernel
 
 __all__ = ["attention", "explain_attention", "ATTENTION", "analyze_attention"]
@@ -26,8 +26,7 @@ SIGNATURE = inspect.signature(_reference)
 def analyze_attention(bound: inspect.BoundArguments) -> tuple[AttentionFeatures, inspect.BoundArguments]:
     """Resolves ``init_bias`` (called only when bias and mask are both ``None``) and validates the call."""
     a = bound.arguments
-    if a["bias"] is None and a["attention_mask"] is None and a["init_bias"] is not None:
-        a["bias"] = a["init_bias"]()
+    a["bias"] = resolve_bias(a["bias"], a["attention_mask"], a["init_bias"])
     a["init_bias"] = None
     features = validate_attention(
         a["query"], a["key"], a["value"], a["attention_mask"], a["bias"], a["deterministic"],

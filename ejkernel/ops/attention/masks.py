@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["normalize_window", "allowed", "key_range", "block_has_allowed", "block_fully_allowed"]
+__all__ = ["normalize_window", "allowed", "key_range", "query_range", "block_has_allowed", "block_fully_allowed"]
 
 
 def normalize_window(sliding_window: Any) -> tuple[int, int] | None:
@@ -67,6 +67,24 @@ def key_range(q_lo: Any, q_hi: Any, q_len: int, kv_len: int, causal: bool, windo
     return k_lo, k_hi
 
 
+def query_range(k_lo: Any, k_hi: Any, q_len: int, kv_len: int, causal: bool, window: tuple[int, int] | None) -> tuple[Any, Any]:
+    """Inclusive ``[q_lo, q_hi]`` of queries that may attend some key in ``[k_lo, k_hi]`` (unclipped).
+
+    The inverse of ``key_range``: query ``i`` sits at key position ``i + offset``; causal needs
+    ``i >= j - offset`` and a window ``(left, right)`` needs ``j - offset - right <= i <= j - offset + left``.
+    """
+    offset = kv_len - q_len
+    q_lo = 0 * k_lo
+    q_hi = 0 * k_hi + (q_len - 1)
+    if window is not None:
+        left, right = window
+        q_lo = k_lo - offset - right
+        q_hi = k_hi - offset + left
+    if causal:
+        q_lo = _maximum(q_lo, k_lo - offset)
+    return q_lo, q_hi
+
+
 def block_has_allowed(q_lo, q_hi, k_lo, k_hi, q_len, kv_len, causal, window) -> Any:
     """Whether the block ``[q_lo, q_hi] x [k_lo, k_hi]`` (inclusive) holds at least one allowed pair.
 
@@ -90,8 +108,19 @@ def block_fully_allowed(q_lo, q_hi, k_lo, k_hi, q_len, kv_len, causal, window) -
 
 
 def _minimum(a: Any, b: Any) -> Any:
+    return _elementwise(min, np.minimum, "minimum", a, b)
+
+
+def _maximum(a: Any, b: Any) -> Any:
+    return _elementwise(max, np.maximum, "maximum", a, b)
+
+
+def _elementwise(python_op, numpy_op, jax_name: str, a: Any, b: Any) -> Any:
+    """Python ints stay ints, NumPy stays NumPy (host-side block counting), anything else goes to JAX."""
     if isinstance(a, (int, np.integer)) and isinstance(b, (int, np.integer)):
-        return min(a, b)
+        return python_op(a, b)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return numpy_op(a, b)
     import jax.numpy as jnp
 
-    return jnp.minimum(a, b)
+    return getattr(jnp, jax_name)(a, b)

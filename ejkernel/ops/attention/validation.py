@@ -15,12 +15,19 @@ import numpy as np
 from ejkernel.ops.attention.features import AttentionFeatures, operand_layout
 from ejkernel.ops.attention.masks import normalize_window
 
-__all__ = ["validate_attention", "canonical_dtype"]
+__all__ = ["validate_attention", "canonical_dtype", "resolve_bias"]
 
 
 def canonical_dtype(dtype: Any, default: Any) -> np.dtype:
     """``dtype`` as a NumPy dtype, ``default`` when it is ``None``."""
     return jnp.dtype(default if dtype is None else dtype)
+
+
+def resolve_bias(bias: Any, attention_mask: Any, init_bias: Any) -> Any:
+    """The bias a call uses: ``init_bias()`` only when ``bias`` and ``attention_mask`` are both ``None``."""
+    if bias is None and attention_mask is None and init_bias is not None:
+        return init_bias()
+    return bias
 
 
 def _is_floating(dtype: Any) -> bool:

@@ -24,7 +24,7 @@ from ejkernel.kernels._triton.attention.spec import CAPABILITIES
 from ejkernel.kernels._triton.attention.tiles import Problem
 from ejkernel.ops.attention.features import AttentionFeatures
 from ejkernel.ops.attention.merge import sink_logits
-from ejkernel.ops.attention.validation import validate_attention
+from ejkernel.ops.attention.validation import resolve_bias, validate_attention
 
 __all__ = ["flash_attention", "flash_attention_with_lse", "make_attention", "problem_for"]
 
@@ -89,8 +89,7 @@ def flash_attention_with_lse(
     interpret: bool = False,
 ) -> tuple[Float[Array, "batch q_len num_q_heads v_head_dim"], Float[Array, "batch q_len num_q_heads"]]:
     """``(out, lse)``; see ``flash_attention`` for the arguments."""
-    if bias is None and attention_mask is None and init_bias is not None:
-        bias = init_bias()
+    bias = resolve_bias(bias, attention_mask, init_bias)
     f = validate_attention(
         query, key, value, attention_mask, bias, deterministic, dropout_rng, softmax_aux,
         softmax_scale, logits_soft_cap, dtype, softmax_dtype, dropout_prob, causal, sliding_window,

@@ -19,7 +19,7 @@ from typing import Any
 import jax.numpy as jnp
 from jax import lax
 
-from ejkernel.ops.attention.masks import allowed, key_range
+from ejkernel.ops.attention.masks import allowed, key_range, query_range
 
 __all__ = ["dot", "Problem", "LOG2E", "NEG_INIT", "key_blocks", "query_blocks", "operand_index", "logits", "valid_tile"]
 
@@ -122,13 +122,9 @@ def query_blocks(p: Problem, k_first: Any, block_k: int, block_q: int, dense: bo
     Only real queries (``< q_len``) are visited: padded rows carry a zero cotangent.
     """
     k_last = k_first + block_k - 1
-    q_lo, q_hi = _i32(0), _i32(p.q_len - 1)
-    if p.causal:
-        q_lo = jnp.maximum(q_lo, k_first - p.offset)
-    if p.window is not None:
-        left, right = p.window
-        q_lo = jnp.maximum(q_lo, k_first - p.offset - right)
-        q_hi = jnp.minimum(q_hi, k_last - p.offset + left)
+    q_lo, q_hi = query_range(k_first, k_last, p.q_len, p.kv_len, p.causal, p.window)
+    q_lo = jnp.maximum(q_lo, 0)
+    q_hi = jnp.minimum(q_hi, p.q_len - 1)
     lo = _floor_div(q_lo, block_q)
     hi = jnp.where(q_hi < q_lo, lo, _floor_div(q_hi, block_q) + 1)
     if dense:

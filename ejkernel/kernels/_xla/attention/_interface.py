@@ -21,7 +21,7 @@ from jaxtyping import Bool, Float, Key, UInt32
 from ejkernel.ops.attention.features import AttentionFeatures
 from ejkernel.ops.attention.masks import allowed
 from ejkernel.ops.attention.merge import sink_logits
-from ejkernel.ops.attention.validation import validate_attention
+from ejkernel.ops.attention.validation import resolve_bias, validate_attention
 
 __all__ = ["attention", "attention_from_features"]
 
@@ -171,8 +171,7 @@ def attention(
     Raises:
       ValueError, TypeError: for bad input (see ``ejkernel.ops.attention.validation``), at trace time.
     """
-    if bias is None and attention_mask is None and init_bias is not None:
-        bias = init_bias()
+    bias = resolve_bias(bias, attention_mask, init_bias)
     f = validate_attention(
         query, key, value, attention_mask, bias, deterministic, dropout_rng, softmax_aux,
         softmax_scale, logits_soft_cap, dtype, softmax_dtype, dropout_prob, causal, sliding_window,

@@ -31,7 +31,7 @@ from jaxtyping import Bool, Float, Key, UInt32
 from ejkernel.ops.attention.features import AttentionFeatures
 from ejkernel.ops.attention.masks import allowed, block_has_allowed
 from ejkernel.ops.attention.merge import add_sinks, sink_logits
-from ejkernel.ops.attention.validation import validate_attention
+from ejkernel.ops.attention.validation import resolve_bias, validate_attention
 
 __all__ = ["attention", "chunked_attention", "attention_from_features", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_KV"]
 
@@ -359,8 +359,7 @@ def chunked_attention(
     The softmax is float32 (``softmax_dtype`` other than float32 is a ``ValueError``). Differentiable
     (reverse mode) in query, key, value, bias, softmax_aux and, through ``lse``, as well.
     """
-    if bias is None and attention_mask is None and init_bias is not None:
-        bias = init_bias()
+    bias = resolve_bias(bias, attention_mask, init_bias)
     f = validate_attention(
         query, key, value, attention_mask, bias, deterministic, dropout_rng, softmax_aux,
         softmax_scale, logits_soft_cap, dtype, softmax_dtype, dropout_prob, causal, sliding_window,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ejkernel.ops.attention.masks import block_fully_allowed, key_range
+from ejkernel.ops.attention.masks import block_fully_allowed, key_range, query_range
 
 __all__ = [
     "LANES",
@@ -185,25 +185,6 @@ def kv_block_range(q_block: Any, block_q: int, block_k: int, q_len: int, kv_len:
     # A query block made only of padding, or a key range that is empty, visits nothing.
     empty = (q_lo >= q_len) | (k_lo > k_hi)
     return first, _where(empty, first - 1, last)
-
-
-def query_range(k_lo: Any, k_hi: Any, q_len: int, kv_len: int, causal: bool,
-                window: tuple[int, int] | None) -> tuple[Any, Any]:
-    """Inclusive ``[q_lo, q_hi]`` of queries that may attend some key in ``[k_lo, k_hi]`` (unclipped).
-
-    The inverse of ``masks.key_range``: query ``i`` sits at key position ``i + offset``; causal needs
-    ``i >= j - offset`` and a window ``(left, right)`` needs ``j - offset - right <= i <= j - offset + left``.
-    """
-    offset = kv_len - q_len
-    q_lo = 0 * k_lo
-    q_hi = 0 * k_hi + (q_len - 1)
-    if window is not None:
-        left, right = window
-        q_lo = k_lo - offset - right
-        q_hi = k_hi - offset + left
-    if causal:
-        q_lo = _max(q_lo, k_lo - offset)
-    return q_lo, q_hi
 
 
 def q_block_range(kv_block: Any, block_q: int, block_k: int, q_len: int, kv_len: int, causal: bool,

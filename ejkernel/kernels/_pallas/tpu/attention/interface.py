@@ -29,7 +29,7 @@ from ejkernel.kernels._pallas.tpu.attention.flash import flash_with_lse
 from ejkernel.kernels._pallas.tpu.attention.spec import CAPABILITIES
 from ejkernel.ops.attention.features import AttentionFeatures
 from ejkernel.ops.attention.merge import sink_logits
-from ejkernel.ops.attention.validation import validate_attention
+from ejkernel.ops.attention.validation import resolve_bias, validate_attention
 
 __all__ = ["flash_attention", "flash_attention_with_lse", "make_attention", "kernel_config"]
 
@@ -91,8 +91,7 @@ def flash_attention_with_lse(
     interpret: Any = False,
 ) -> tuple[Float[Array, "batch q_len num_q_heads v_head_dim"], Float[Array, "batch q_len num_q_heads"]]:
     """``(out, lse)``; see ``flash_attention`` for the arguments."""
-    if bias is None and attention_mask is None and init_bias is not None:
-        bias = init_bias()
+    bias = resolve_bias(bias, attention_mask, init_bias)
     f = validate_attention(
         query, key, value, attention_mask, bias, deterministic, dropout_rng, softmax_aux,
         softmax_scale, logits_soft_cap, dtype, softmax_dtype, dropout_prob, causal, sliding_window,
@@ -172,14 +171,8 @@ def make_attention(interpret: Any) -> Callable[..., tuple[Array, None]]:
         sliding_window: int | tuple[int, int] | None = None,
     ) -> tuple[Float[Array, "batch q_len num_q_heads v_head_dim"], Float[Array, "batch num_q_heads q_len kv_len"]]:
         """Pallas-TPU flash attention (DESIGN §1 semantics); returns ``(output, None)``: no weights."""
-        if bias is None and attention_mask is None and init_bias is not None:
-            bias = init_bias()
-        validate_attention(
-            query, key, value, attention_mask, bias, deterministic, dropout_rng, softmax_aux,
-            softmax_scale, logits_soft_cap, dtype, softmax_dtype, dropout_prob, causal, sliding_window,
-        )
         return flash_attention(
-            query, key, value, attention_mask, bias, None, deterministic, dropout_rng, softmax_aux,
+            query, key, value, attention_mask, bias, init_bias, deterministic, dropout_rng, softmax_aux,
             softmax_scale, logits_soft_cap, dtype, softmax_dtype, dropout_prob, causal, sliding_window,
             interpret=interpret,
         )
