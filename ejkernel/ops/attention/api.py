@@ -13,14 +13,13 @@ from jax.typing import DTypeLike
 from jaxtyping import Bool, Float, Key, UInt32
 
 from ejkernel.errors import FallbackWarning
-from ejkernel.kernels._xla.attention._interface import attention as _reference
 from ejkernel.ops.attention.features import AttentionFeatures
+from ejkernel.ops.attention.signature import SIGNATURE
 from ejkernel.ops.attention.validation import resolve_bias, validate_attention
 from ejkernel.registry import Algorithm, Decision, get_kernel
 
 __all__ = ["attention", "explain_attention", "ATTENTION", "analyze_attention"]
 
-SIGNATURE = inspect.signature(_reference)
 
 
 def analyze_attention(bound: inspect.BoundArguments) -> tuple[AttentionFeatures, inspect.BoundArguments]:

@@ -31,6 +31,7 @@ from jaxtyping import Bool, Float, Key, UInt32
 from ejkernel.ops.attention.features import AttentionFeatures
 from ejkernel.ops.attention.masks import allowed, block_has_allowed
 from ejkernel.ops.attention.merge import add_sinks, sink_logits
+from ejkernel.ops.attention.signature import with_reference_signature
 from ejkernel.ops.attention.validation import resolve_bias, validate_attention
 
 __all__ = ["attention", "chunked_attention", "attention_from_features", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_KV"]
@@ -370,33 +371,18 @@ def chunked_attention(
     )
 
 
-def attention(
-    query: Float[Array, "batch q_len num_q_heads head_dim"],
-    key: Float[Array, "batch kv_len num_kv_heads head_dim"],
-    value: Float[Array, "batch kv_len num_kv_heads v_head_dim"],
-    attention_mask: Bool[Array, "#batch mask_heads q_len kv_len"] | None = None,
-    bias: Float[Array, "#batch bias_heads q_len kv_len"] | None = None,
-    init_bias: Callable[[], Float[Array, "#batch bias_heads q_len kv_len"]] | None = None,
-    deterministic: bool = True,
-    dropout_rng: Key[Array, ""] | UInt32[Array, "2"] | None = None,
-    softmax_aux: Float[Array, "num_q_heads num_sinks"] | Float[Array, "num_sinks"] | None = None,
-    softmax_scale: float | None = None,
-    logits_soft_cap: float | None = None,
-    dtype: DTypeLike | None = jnp.bfloat16,
-    softmax_dtype: DTypeLike | None = None,
-    dropout_prob: float = 0.0,
-    causal: bool = False,
-    sliding_window: int | tuple[int, int] | None = None,
-) -> tuple[Float[Array, "batch q_len num_q_heads v_head_dim"], Float[Array, "batch num_q_heads q_len kv_len"]]:
-    """Attention with the reference's semantics (DESIGN §1) in O(Sq + Skv) memory, forward and backward.
+def _attention_without_lse(*args: Any) -> tuple[Array, None]:
+    out, _ = chunked_attention(*args)
+    return out, None
+
+
+attention = with_reference_signature(
+    _attention_without_lse,
+    doc="""Attention with the reference's semantics (DESIGN §1) in O(Sq + Skv) memory, forward and backward.
 
     Parameters are the reference's (``ejkernel.kernels._xla.attention._interface.attention``). Like a
     fused kernel it returns ``(output, None)``: the weights are never materialised. Dropout has the
     reference's semantics and statistics but its own random bits. ``softmax_dtype`` must be float32
     (``None``). For ``lse`` or chunk sizes, use ``chunked_attention``.
-    """
-    out, _ = chunked_attention(
-        query, key, value, attention_mask, bias, init_bias, deterministic, dropout_rng, softmax_aux,
-        softmax_scale, logits_soft_cap, dtype, softmax_dtype, dropout_prob, causal, sliding_window,
-    )
-    return out, None
+    """,
+)

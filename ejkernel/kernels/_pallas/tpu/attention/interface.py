@@ -15,6 +15,7 @@ registry they go to XLA before tracing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from ejkernel.kernels._pallas.tpu.attention.flash import flash_with_lse
 from ejkernel.kernels._pallas.tpu.attention.spec import CAPABILITIES
 from ejkernel.ops.attention.features import AttentionFeatures
 from ejkernel.ops.attention.merge import sink_logits
+from ejkernel.ops.attention.signature import with_reference_signature
 from ejkernel.ops.attention.validation import resolve_bias, validate_attention
 
 __all__ = ["flash_attention", "flash_attention_with_lse", "make_attention", "kernel_config"]
@@ -151,31 +153,8 @@ def flash_attention(
 
 def make_attention(interpret: Any) -> Callable[..., tuple[Array, None]]:
     """The registered implementation: the reference signature, heuristic block sizes."""
-
-    def attention(
-        query: Float[Array, "batch q_len num_q_heads head_dim"],
-        key: Float[Array, "batch kv_len num_kv_heads head_dim"],
-        value: Float[Array, "batch kv_len num_kv_heads v_head_dim"],
-        attention_mask: Bool[Array, "#batch mask_heads q_len kv_len"] | None = None,
-        bias: Float[Array, "#batch bias_heads q_len kv_len"] | None = None,
-        init_bias: Callable[[], Float[Array, "#batch bias_heads q_len kv_len"]] | None = None,
-        deterministic: bool = True,
-        dropout_rng: Key[Array, ""] | UInt32[Array, "2"] | None = None,
-        softmax_aux: Float[Array, "num_q_heads num_sinks"] | Float[Array, "num_sinks"] | None = None,
-        softmax_scale: float | None = None,
-        logits_soft_cap: float | None = None,
-        dtype: DTypeLike | None = jnp.bfloat16,
-        softmax_dtype: DTypeLike | None = None,
-        dropout_prob: float = 0.0,
-        causal: bool = False,
-        sliding_window: int | tuple[int, int] | None = None,
-    ) -> tuple[Float[Array, "batch q_len num_q_heads v_head_dim"], Float[Array, "batch num_q_heads q_len kv_len"]]:
-        """Pallas-TPU flash attention (DESIGN §1 semantics); returns ``(output, None)``: no weights."""
-        return flash_attention(
-            query, key, value, attention_mask, bias, init_bias, deterministic, dropout_rng, softmax_aux,
-            softmax_scale, logits_soft_cap, dtype, softmax_dtype, dropout_prob, causal, sliding_window,
-            interpret=interpret,
-        )
-
-    return attention
+    return with_reference_signature(
+        functools.partial(flash_attention, interpret=interpret),
+        doc="Pallas-TPU flash attention (DESIGN §1 semantics); returns ``(output, None)``: no weights.",
+    )
 
