@@ -207,8 +207,30 @@ SWEEP = {
           "dq": [(128, 32, 4, 3), (64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 4, 3), (32, 64, 4, 3), (128, 32, 8, 2),
                  (64, 64, 4, 2)]},
 }
+# Short sequences (FA3-grid shapes, S <= 1024): the long-sequence winners first, then smaller tiles, which
+# give more programs per SM and skip more of a causal mask.
+SWEEP_SHORT = {
+    64: {"forward": [(64, 64, 4, 3), (128, 64, 4, 3), (64, 32, 4, 3), (32, 64, 4, 3), (64, 64, 4, 2), (128, 128, 4, 3),
+                     (64, 128, 4, 3), (32, 32, 4, 2)],
+         "dkv": [(64, 64, 4, 3), (32, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3),
+                 (64, 64, 4, 2)],
+         "dq": [(128, 64, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3), (32, 64, 4, 3), (128, 128, 4, 3), (64, 128, 4, 3)]},
+    128: {"forward": [(128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (64, 128, 4, 3), (64, 128, 8, 3),
+                      (32, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 2)],
+          "dkv": [(32, 64, 4, 3), (64, 64, 4, 3), (32, 32, 4, 3), (16, 64, 4, 3), (64, 64, 8, 3), (32, 128, 8, 3),
+                  (64, 32, 4, 3)],
+          "dq": [(128, 128, 8, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (32, 64, 4, 3),
+                 (64, 32, 4, 3)]},
+    256: {"forward": [(64, 64, 4, 3), (32, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 3), (64, 64, 8, 3), (32, 64, 4, 2)],
+          "dkv": [(32, 64, 8, 3), (16, 64, 8, 3), (32, 32, 8, 3), (16, 32, 4, 3), (32, 64, 4, 3), (16, 64, 4, 3)],
+          "dq": [(64, 64, 4, 2), (32, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 3), (64, 64, 8, 2), (32, 64, 4, 2)]},
+}
+SHORT_SWEEP_LEN = 1024
 SWEEP_SHAPES = (("B2 S8192 H16 D128", 2, 8192, 16, 128), ("B4 S4096 H16 D64", 4, 4096, 16, 64),
-                ("B4 S4096 H8 D256", 4, 4096, 8, 256))
+                ("B4 S4096 H8 D256", 4, 4096, 8, 256),
+                ("B32 S512 H32 D64", 32, 512, 32, 64), ("B32 S512 H16 D128", 32, 512, 16, 128),
+                ("B32 S512 H8 D256", 32, 512, 8, 256), ("B16 S1024 H32 D64", 16, 1024, 32, 64),
+                ("B16 S1024 H16 D128", 16, 1024, 16, 128), ("B16 S1024 H8 D256", 16, 1024, 8, 256))
 
 
 def sweep(calls, rounds, shapes=SWEEP_SHAPES, causals=(False,)) -> list[dict]:
@@ -225,7 +247,7 @@ def sweep(calls, rounds, shapes=SWEEP_SHAPES, causals=(False,)) -> list[dict]:
                         head_dim=d, v_head_dim=d, softmax_scale=d ** -0.5, causal=causal)
             out, lse2 = jax.jit(lambda q, k, v: forward_call(p, PassConfig(64, 64), q, k, v, None, None, None))(q, k, v)
             delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32), out.astype(jnp.float32))
-            for pass_name, candidates in SWEEP[d].items():
+            for pass_name, candidates in (SWEEP_SHORT if s <= SHORT_SWEEP_LEN else SWEEP)[d].items():
                 for cand in candidates:
                     c = PassConfig(*cand)
                     if pass_name == "forward":

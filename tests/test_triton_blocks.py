@@ -85,6 +85,10 @@ def test_pass_config_rejects_non_power_of_2_and_table_is_consistent():
             assert p.num_warps in (4, 8) and p.num_stages in (2, 3, 4), (d, itemsize, p)
     c = choose_config(96, 96, 10, 1000, 2)
     assert c.forward.block_q == 16 and c.forward.block_k <= 128
+    long_row, short = choose_config(128, 128, 4096, 4096, 2, causal=True), choose_config(128, 128, 512, 512, 2, causal=True)
+    assert short.forward == PassConfig(64, 64, 4, 3) and short.dkv == long_row.dkv
+    assert long_row.forward == PassConfig(128, 128, 8, 3)
+    assert choose_config(128, 128, 512, 512, 4, causal=True) == choose_config(128, 128, 512, 512, 4)  # f32: one row
     dense = choose_config(128, 128, 4096, 4096, 2, dense_tiles=True)
     assert all(p.block_k <= 64 and p.num_stages <= 2 for p in (dense.forward, dense.dkv, dense.dq))
 

@@ -1,4 +1,4 @@
-"""Block configurations of the Triton flash attention: a table measured on an H100, looked up by head dim.
+"""Block configurations of the Triton flash attention: a table measured on an H100, looked up by head dim and length range.
 
 Each pass (forward, dK/dV, dQ) has its own ``PassConfig``. The table's rows come from
 ``benchmarks/triton_gpu.py --sweep`` (see ``benchmarks/NOTES-triton.md``); nothing is tuned at import or
@@ -66,6 +66,16 @@ _TABLE: dict[tuple[int, int], KernelConfig] = {
     (256, 4): KernelConfig(PassConfig(32, 32, 4, 2), PassConfig(32, 32, 4, 2), PassConfig(32, 32, 4, 2)),
 }
 
+# Short sequences (max(Sq, Skv) <= SHORT_LEN), 2-byte dtypes: the passes whose winner differs from the long
+# row above by more than a few percent in the S512/S1024 sweep (triton_sweep_call7). Smaller tiles win where
+# a causal mask lets them skip more work; every other pass keeps its long-sequence row.
+SHORT_LEN = 1024
+_SHORT: dict[tuple[int, bool], dict[str, PassConfig]] = {
+    (64, True): {"dkv": PassConfig(32, 64, 4, 3), "dq": PassConfig(64, 32, 4, 3)},
+    (128, False): {"dq": PassConfig(64, 64, 4, 2)},
+    (128, True): {"forward": PassConfig(64, 64, 4, 3), "dq": PassConfig(64, 64, 4, 2)},
+}
+
 
 def _clip(p: PassConfig, q_len: int, kv_len: int) -> PassConfig:
     return dataclasses.replace(
@@ -82,14 +92,17 @@ def _with_dense_tiles(p: PassConfig, head_dim: int) -> PassConfig:
 
 
 def choose_config(head_dim: int, v_head_dim: int, q_len: int, kv_len: int, itemsize: int,
-                  dense_tiles: bool = False) -> KernelConfig:
-    """The table's row for the padded head dims and element size, clipped to the sequence lengths.
+                  dense_tiles: bool = False, causal: bool = False) -> KernelConfig:
+    """The table's row for the padded head dims, element size and length range, clipped to the sequences.
 
     ``dense_tiles``: the call has a bias or a boolean mask (their tiles need shared memory too).
+    ``causal``: selects the short-sequence causal rows (measured with a causal mask).
     """
     d = max(padded_head_dim(head_dim), padded_head_dim(v_head_dim))
     row = next(k for k in (64, 128, 256) if d <= k)
     cfg = _TABLE[(row, 4 if itemsize >= 4 else 2)]
+    if itemsize < 4 and max(q_len, kv_len) <= SHORT_LEN:
+        cfg = dataclasses.replace(cfg, **_SHORT.get((row, causal), {}))
     passes = (cfg.forward, cfg.dkv, cfg.dq)
     if dense_tiles:
         passes = tuple(_with_dense_tiles(p, d) for p in passes)

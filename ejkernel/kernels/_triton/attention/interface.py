@@ -43,7 +43,7 @@ def problem_for(f: AttentionFeatures, config: KernelConfig | None, interpret: bo
         raise NotImplementedError("Triton flash attention cannot serve this call: " + "; ".join(reasons))
     if config is None:
         config = choose_config(f.head_dim, f.v_head_dim, f.q_len, f.kv_len, jnp.dtype(f.dtype).itemsize,
-                               dense_tiles=f.bias is not None or f.mask is not None)
+                               dense_tiles=f.bias is not None or f.mask is not None, causal=f.causal)
     window = None
     if f.window is not None:  # wider than both sequences is the same as unbounded; keeps int32 arithmetic safe
         widest = f.q_len + f.kv_len
