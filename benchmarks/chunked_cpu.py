@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     import jax
 
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-    from ejkernel.kernels._xla.attention.chunked_spec import DENSE_SCORE_LIMIT
+    from ejkernel.kernels._xla.attention.chunk_policy import CPU
+
+    DENSE_SCORE_LIMIT = CPU.dense_score_limit
 
     lines = [
         f"# {datetime.datetime.now().isoformat(timespec='seconds')}  jax {jax.__version__}  "

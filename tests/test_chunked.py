@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 import ejkernel
 from ejkernel.check import relative_error
 from ejkernel.errors import FallbackWarning
-from ejkernel.kernels._xla.attention import chunked
+from ejkernel.kernels._xla.attention import chunk_policy, chunked, chunked_spec
 from ejkernel.kernels._xla.attention._interface import attention as reference
 from ejkernel.kernels._xla.attention.chunked import chunked_attention
-from ejkernel.kernels._xla.attention.chunked_spec import DENSE_SCORE_LIMIT, SPEC
+from ejkernel.kernels._xla.attention.chunked_spec import SPEC
 from ejkernel.ops.attention.masks import allowed, normalize_window
 from ejkernel.ops.attention.merge import merge_partials
 
@@ -241,13 +241,46 @@ def test_composes_with_jit_and_vmap():
         assert relative_error(got[n], want) <= F32_TOL
 
 
+def test_decoding_stays_dense():
+    # One query row against 2**20 keys: 2**23 logits, past the CPU limit, but fewer than K and V hold.
+    q = jax.ShapeDtypeStruct((1, 1, 8, 64), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((1, 1 << 20, 2, 64), jnp.bfloat16)
+    decision = ejkernel.explain(q, kv, kv)
+    assert decision.chosen.variant == "default"
+    assert "no larger than K and V" in str(decision)
+
+
+def test_accelerator_policy(monkeypatch):
+    monkeypatch.setattr(chunked_spec, "current_platform", lambda: "cuda")
+    assert _explain(8192, heads=4).chosen.variant == "default"  # 2**28 logits: below the accelerator's limit
+    assert _explain(8192, heads=8).chosen.variant == "chunked"  # 2**29: at it
+    assert "on cuda" in str(_explain(4096))
+
+
+@pytest.mark.parametrize("platform, batch, heads, seq, want", [
+    ("cpu", 1, 8, 4096, (512, 256)),
+    ("cpu", 16, 16, 4096, (16, 256)),  # 16 * 16 * 16 * 256 = 2**20 logits: the CPU tile budget
+    ("cuda", 4, 16, 4096, (2048, 1024)),
+    ("cuda", 16, 16, 1024, (512, 1024)),
+    ("tpu", 1, 8, 100, (100, 100)),  # clipped to the sequences
+])
+def test_default_blocks(platform, batch, heads, seq, want):
+    f = features_of(batch, seq, heads)
+    assert chunk_policy.default_blocks(f, chunk_policy.policy_for(platform)) == want
+
+
+def features_of(batch, seq, heads):
+    sds = jax.ShapeDtypeStruct((batch, seq, heads, 64), jnp.bfloat16)
+    return ejkernel.explain(sds, sds, sds).features
+
+
 def _explain(seq, heads=8, **kwargs):
     sds = jax.ShapeDtypeStruct((1, seq, heads, 64), jnp.bfloat16)
     return ejkernel.explain(sds, sds, sds, **kwargs)
 
 
 def test_dispatch_switches_at_the_documented_size():
-    assert DENSE_SCORE_LIMIT == 8 * 1024 * 1024
+    assert chunk_policy.CPU.dense_score_limit == 8 * 1024 * 1024
     assert _explain(1024).chosen.variant == "chunked"
     assert _explain(1023).chosen.variant == "default"
     assert _explain(1024, heads=4).chosen.variant == "default"

@@ -28,20 +28,15 @@ from jax import Array, lax
 from jax.typing import DTypeLike
 from jaxtyping import Bool, Float, Key, UInt32
 
+from ejkernel.kernels._xla.attention.chunk_policy import default_blocks, policy_for
 from ejkernel.ops.attention.features import AttentionFeatures
 from ejkernel.ops.attention.masks import allowed, block_has_allowed
 from ejkernel.ops.attention.merge import add_sinks, sink_logits
 from ejkernel.ops.attention.signature import with_reference_signature
 from ejkernel.ops.attention.validation import resolve_bias, validate_attention
+from ejkernel.registry import current_platform
 
-__all__ = ["attention", "chunked_attention", "attention_from_features", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_KV"]
-
-# Chunk sizes measured on the CPU (B1 H8 D64, S = 4096: 512 x 256 and 256 x 512 tie, larger tiles are
-# slower). Each tile holds B * Hq * block_q * block_kv float32 logits; the default block_q halves (down
-# to 16) until that is at most TILE_ELEMENTS (4 MiB), so many heads or a large batch keep tiles small.
-DEFAULT_BLOCK_Q = 512
-DEFAULT_BLOCK_KV = 256
-TILE_ELEMENTS = 1 << 20
+__all__ = ["attention", "chunked_attention", "attention_from_features"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,13 +279,6 @@ def _core(p: _Plan) -> Callable[..., tuple[Array, Array]]:
     return core
 
 
-def _default_block_q(f: AttentionFeatures, block_kv: int) -> int:
-    block_q = DEFAULT_BLOCK_Q
-    while block_q > 16 and f.batch * f.num_q_heads * block_q * block_kv > TILE_ELEMENTS:
-        block_q //= 2
-    return block_q
-
-
 def attention_from_features(
     f: AttentionFeatures,
     query: Array,
@@ -308,8 +296,9 @@ def attention_from_features(
     """The computation on validated arguments: ``(out [B, Sq, Hq, Dv], lse [B, Hq, Sq] float32)``."""
     if f.softmax_dtype != "float32":
         raise ValueError(f"the chunked path computes the softmax in float32, got softmax_dtype {f.softmax_dtype}")
-    block_kv = min(block_kv or DEFAULT_BLOCK_KV, f.kv_len)
-    block_q = min(block_q or _default_block_q(f, block_kv), f.q_len)
+    default_q, default_kv = default_blocks(f, policy_for(current_platform()))
+    block_kv = min(block_kv or default_kv, f.kv_len)
+    block_q = min(block_q or default_q, f.q_len)
     if block_q < 1 or block_kv < 1:
         raise ValueError(f"block sizes must be >= 1, got block_q={block_q}, block_kv={block_kv}")
     b, sq, hq, d = query.shape
@@ -353,8 +342,8 @@ def chunked_attention(
 ) -> tuple[Float[Array, "batch q_len num_q_heads v_head_dim"], Float[Array, "batch num_q_heads q_len"]]:
     """Chunked attention returning ``(output, lse)``: the per-row log-sum-exp of the logits, in float32.
 
-    Parameters as the reference's, plus the chunk sizes (defaults: ``DEFAULT_BLOCK_KV`` keys, and
-    ``DEFAULT_BLOCK_Q`` queries halved while a float32 tile exceeds ``TILE_ELEMENTS``). ``lse`` is
+    Parameters as the reference's, plus the chunk sizes (defaults: ``chunk_policy.default_blocks`` for the
+    current device: 512 x 256 on a CPU, up to 2048 x 1024 on an accelerator, smaller with many heads). ``lse`` is
     ``-inf`` on rows with no allowed key (whose output is zero) and includes the sinks; results over
     disjoint key sets (computed without sinks) combine with ``ejkernel.ops.attention.merge.merge_partials``.
     The softmax is float32 (``softmax_dtype`` other than float32 is a ``ValueError``). Differentiable

@@ -1,30 +1,28 @@
 """Registry entry of the chunked XLA attention: chosen over the dense reference for large score matrices.
 
 The dense reference stays the choice (and the oracle) while its ``[B, Hq, Sq, Skv]`` score matrix is
-small: below ``DENSE_SCORE_LIMIT`` elements both paths are quick and the dense one also returns the
-weights. At and above it, the chunked path serves the call in O(Sq + Skv) memory, faster, and returns
-``(output, None)``.
+small: below the device's ``chunk_policy`` limit (2**23 elements on a CPU, 2**29 on an accelerator), or
+smaller than K and V themselves (decoding), the dense path is as fast or faster and also returns the
+weights. Above it, the chunked path serves the call in O(Sq + Skv) memory and returns ``(output, None)``.
 """
 
 from __future__ import annotations
 
+from ejkernel.kernels._xla.attention.chunk_policy import dense_score_elements, input_elements, policy_for
 from ejkernel.ops.attention.features import AttentionCapabilities, AttentionFeatures
-from ejkernel.registry import KernelSpec
-
-# B * Hq * Sq * Skv at which the chunked path takes over: B1 H8 at S = 1024 (a 32 MiB float32 score
-# matrix). Measured on the 2-core CPU (benchmarks/results/chunked_cpu.txt, B1 H8 D64 bfloat16): from
-# S = 1024 on the chunked forward+backward is about 3x faster and the dense path's compiled memory grows
-# 4x per doubling (it no longer fits 24 GiB at S = 16384); below it both take a few milliseconds, so
-# the dense path keeps them and returns the weights as well.
-DENSE_SCORE_LIMIT = 8 * 1024 * 1024
+from ejkernel.registry import KernelSpec, current_platform
 
 
 def dense_is_small(f: AttentionFeatures) -> str | None:
-    """Refuses calls whose dense score matrix is below ``DENSE_SCORE_LIMIT`` elements."""
-    elements = f.batch * f.num_q_heads * f.q_len * f.kv_len
-    if elements < DENSE_SCORE_LIMIT:
+    """Refuses calls whose dense score matrix is below the device's limit or below the K/V inputs' size."""
+    platform = current_platform()
+    limit = policy_for(platform).dense_score_limit
+    elements = dense_score_elements(f)
+    if elements < limit:
+        return f"dense score matrix of {elements} elements is below {limit} on {platform}: the dense reference serves it"
+    if elements <= input_elements(f):
         return (
-            f"dense score matrix of {elements} elements is below {DENSE_SCORE_LIMIT}: "
+            f"dense score matrix of {elements} elements is no larger than K and V ({input_elements(f)}): "
             "the dense reference serves it"
         )
     return None
