@@ -20,6 +20,7 @@ the device name, jax version and date.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -63,6 +64,9 @@ PARITY_CASES = (
     CheckCase("d128+bias+causal", batch=1, q_len=1024, kv_len=1024, num_q_heads=4, num_kv_heads=4, head_dim=128, bias_shape="1,q", causal=True),
     CheckCase("dv!=d", batch=2, q_len=333, kv_len=555, num_q_heads=4, num_kv_heads=2, head_dim=128, v_head_dim=64),
     CheckCase("decode", batch=4, q_len=1, kv_len=1000, num_q_heads=8, num_kv_heads=2, head_dim=128, causal=True),
+    CheckCase("decode-split", batch=2, q_len=1, kv_len=20000, num_q_heads=32, num_kv_heads=8, head_dim=128),
+    CheckCase("decode-sq4+window+sinks", batch=2, q_len=4, kv_len=5000, num_q_heads=16, num_kv_heads=4, head_dim=128,
+              causal=True, sliding_window=(1000, 0), sinks="per_head"),
     CheckCase("all", batch=2, q_len=500, kv_len=530, num_q_heads=4, num_kv_heads=2, head_dim=64, v_head_dim=32,
               causal=True, sliding_window=(300, 10), bias_shape="1,kv", mask_shape="B,1", logits_soft_cap=4.0,
               sinks="per_head", softmax_scale=0.3),
@@ -191,6 +195,43 @@ def bench(calls, rounds, grid_seqs, grid_dims, grid, rows=None, save=lambda: Non
     return rows
 
 
+DECODE_LENGTHS = (4096, 16384, 131072)
+DECODE_FORWARD = ((16, 128, 8, 3), (16, 64, 4, 3), (16, 128, 4, 3))
+
+
+def decode_bench(calls, rounds, save=lambda: None, rows=None) -> list[dict]:
+    """One decoding step, B8 Hq32 Hkv8 D128 bf16 (the harness's decode grid): ms and K/V GB/s per
+    implementation; ours with the automatic plan, without key splits, and with other forward tiles."""
+    rows = [] if rows is None else rows
+    b, hq, hkv, d = 8, 32, 8, 128
+    for skv in DECODE_LENGTHS:
+        ks = jax.random.split(jax.random.key(skv), 3)
+        q = jax.random.normal(ks[0], (b, 1, hq, d), jnp.bfloat16)
+        k = jax.random.normal(ks[1], (b, skv, hkv, d), jnp.bfloat16)
+        v = jax.random.normal(ks[2], (b, skv, hkv, d), jnp.bfloat16)
+        base = choose_config(d, d, 1, skv, 2)
+        impls = {
+            "jax.nn-cudnn": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn"),
+            "jax.nn-xla": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"),
+            "ours auto": lambda q, k, v: flash_attention(q, k, v)[0],
+            "ours 1 split": lambda q, k, v: flash_attention(q, k, v, config=dataclasses.replace(base, kv_splits=1))[0],
+        }
+        for fw in DECODE_FORWARD[1:]:
+            cfg = dataclasses.replace(base, forward=PassConfig(*fw))
+            impls[f"ours fwd {fw}"] = lambda q, k, v, cfg=cfg: flash_attention(q, k, v, config=cfg)[0]
+        for impl, fn in impls.items():
+            row = dict(shape=f"decode B{b} Skv{skv} H{hq}/{hkv} D{d}", impl=impl)
+            try:
+                t = time_fn(jax.jit(fn), (q, k, v), calls, rounds)
+                row.update(ms=t * 1e3, gbps=2 * k.size * 2 / t / 1e9)
+            except Exception as e:  # noqa: BLE001
+                row.update(ms=None, error=f"{type(e).__name__}: {str(e)[:300]}")
+            log(f"decode Skv{skv:<7d} {impl:28s} " + (f"{row['ms']:8.4f} ms {row['gbps']:7.0f} GB/s" if row["ms"] else row["error"][:150]))
+            rows.append(row)
+            save()
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- sweep
 # Candidates per head dim (the first sweep's losers dropped; see NOTES-triton.md).
 SWEEP = {
@@ -305,6 +346,7 @@ def main(argv=None):
     ap.add_argument("--sweep-shapes", default="", help="comma-separated indices into SWEEP_SHAPES")
     ap.add_argument("--sweep-causal", action="store_true")
     ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--decode", action="store_true", help="decoding steps: ours (plans) beside cuDNN and XLA")
     ap.add_argument("--grid", action="store_true")
     ap.add_argument("--grid-seqs", default="1024,4096,16384")
     ap.add_argument("--grid-dims", default="64,128,256")
@@ -337,6 +379,9 @@ def main(argv=None):
         result["bench"] = []
         bench(a.calls, a.rounds, [int(x) for x in a.grid_seqs.split(",")], [int(x) for x in a.grid_dims.split(",")],
               a.grid, rows=result["bench"], save=lambda: save(result))
+    if a.decode:
+        result["decode"] = []
+        decode_bench(a.calls, a.rounds, save=lambda: save(result), rows=result["decode"])
     result["seconds"] = round(time.perf_counter() - t0, 1)
     save(result)
     report(result, out / f"{a.tag}.txt")
@@ -357,6 +402,10 @@ def report(result: dict, path: pathlib.Path) -> None:
     if "bench" in result:
         lines.append("TFLOP/s (bf16):")
         lines.append(table(result["bench"]))
+    if "decode" in result:
+        lines.append("decoding step, bf16 (ms; K/V GB/s):")
+        lines += [f"  {r['shape']:32s} {r['impl']:28s} " + (f"{r['ms']:8.4f} ms {r['gbps']:7.0f} GB/s" if r.get("ms") else "error")
+                  for r in result["decode"]]
     text = "\n".join(lines)
     path.write_text(text + "\n")
     log(text)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["PassConfig", "KernelConfig", "choose_config", "next_power_of_2", "padded_head_dim"]
+__all__ = [
+    "PassConfig", "KernelConfig", "choose_config", "decode_splits", "next_power_of_2", "padded_head_dim",
+    "DECODE_MAX_ROWS",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +33,13 @@ class PassConfig:
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
+    """One ``PassConfig`` per kernel; ``kv_splits`` fixes the decoding forward's key split (``None``: chosen
+    by ``decode_splits``)."""
+
     forward: PassConfig
     dkv: PassConfig
     dq: PassConfig
+    kv_splits: int | None = None
 
     @property
     def q_multiple(self) -> int:
@@ -107,3 +114,18 @@ def choose_config(head_dim: int, v_head_dim: int, q_len: int, kv_len: int, items
     if dense_tiles:
         passes = tuple(_with_dense_tiles(p, d) for p in passes)
     return KernelConfig(*(_clip(p, q_len, kv_len) for p in passes))
+
+
+# Decoding (``interface.decode_problem``): at most this many query rows (Sq x GQA group) per kv head are
+# folded into one query block, and the keys are split until about TARGET_PROGRAMS programs run (two per
+# SM on an H100's 132), keeping at least MIN_BLOCKS_PER_SPLIT key blocks per program.
+DECODE_MAX_ROWS = 64
+TARGET_PROGRAMS = 264
+MIN_BLOCKS_PER_SPLIT = 8
+MAX_SPLITS = 64
+
+
+def decode_splits(programs: int, kv_blocks: int) -> int:
+    """How many key ranges a decoding forward with ``programs`` (batch x kv head) programs splits into."""
+    want = -(-TARGET_PROGRAMS // max(programs, 1))
+    return max(1, min(want, kv_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))

@@ -1,9 +1,13 @@
 """The differentiable flash attention on padded operands: ``custom_vjp`` around the three kernels.
 
 ``flash_with_lse(problem, config, q, k, v, bias, mask, sinks)`` takes operands already cast to the compute
-dtype and padded (sequences to block multiples, head dims to powers of 2; ``pad_operands`` does that) and
+dtype and padded (sequences to block multiples, head dims to powers of 2; the interface does that) and
 returns the padded output and the natural-log log-sum-exp ``[B, Sq, Hq]``. Gradients flow to q, k, v,
 bias and sinks; the sinks' gradient needs no kernel: ``d sink_j = -sum_rows exp(sink_j - lse) * delta``.
+
+``decode_with_lse`` is the same function for few query rows (decoding): its forward folds the GQA group
+into the query rows (each K/V block is read once per kv head, not once per query head) and splits the
+keys over several programs whose float32 partials are merged here; its backward is ``flash_with_lse``'s.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from ejkernel.kernels._triton.attention.backward import dkv_call, dq_call
 from ejkernel.kernels._triton.attention.configs import KernelConfig
 from ejkernel.kernels._triton.attention.forward import forward_call
 from ejkernel.kernels._triton.attention.tiles import LOG2E, Problem
+from ejkernel.ops.attention.merge import add_sinks
 
-__all__ = ["flash_with_lse", "pad_axis"]
+__all__ = ["flash_with_lse", "decode_with_lse", "pad_axis"]
 
 
 def pad_axis(x, axis: int, size: int, value=0):
@@ -72,6 +77,59 @@ def _backward(p: Problem, c: KernelConfig, residuals, cotangents):
         prob = jnp.exp(sinks.astype(jnp.float32)[None, :, None, :] - lse[..., None])  # [B, Hq, Sq, n]
         dsinks = -jnp.einsum("bhqn,bhq->hn", prob, weight).astype(sinks.dtype)
     return dq, dk, dv, dbias, None, dsinks
+
+
+def _merge_splits(out, lse2):
+    """Merges ``[n, B, R, H, Dv]`` float32 partials with base-2 ``lse2 [n, B, H, R]`` (``+inf`` = empty)."""
+    lse2 = jnp.where(jnp.isposinf(lse2), -jnp.inf, lse2)
+    top = jnp.max(lse2, axis=0)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    weight = jnp.exp2(lse2 - top)  # 0 for an empty split
+    total = jnp.sum(weight, axis=0)
+    some = total > 0
+    weight = weight / jnp.where(some, total, 1.0)
+    out = jnp.einsum("nbrhd,nbhr->brhd", out, weight)
+    return out, jnp.where(some, top + jnp.log2(jnp.where(some, total, 1.0)), jnp.inf)
+
+
+def _decode_forward(p: Problem, pp: Problem, c: KernelConfig, q, k, v, sinks):
+    """Standard-layout ``(out [B, Sq_pad, Hq, Dv], lse2 [B, Hq, Sq_pad])`` through the packed problem ``pp``."""
+    b, sq, g, hkv = p.batch, p.q_len, p.group, p.num_kv_heads
+    rows = sq * g
+    qp = q[:, :sq].reshape(b, sq, hkv, g, -1).transpose(0, 1, 3, 2, 4).reshape(b, rows, hkv, -1)
+    out, lse2 = forward_call(pp, c.forward, pad_axis(qp, 1, pp.q_len_pad), k, v, None, None, None)
+    if pp.kv_splits > 1:
+        out, lse2 = _merge_splits(out, lse2)
+    out = out[:, :rows].reshape(b, sq, g, hkv, -1).transpose(0, 1, 3, 2, 4).reshape(b, sq, p.num_q_heads, -1)
+    lse2 = lse2[:, :, :rows].reshape(b, hkv, sq, g).transpose(0, 1, 3, 2).reshape(b, p.num_q_heads, sq)
+    if sinks is not None:  # folded in once per row, after the keys (merge.add_sinks, in natural log)
+        lse = jnp.where(jnp.isposinf(lse2), -jnp.inf, lse2 / LOG2E).transpose(0, 2, 1)
+        sinks_lse = jax.nn.logsumexp(sinks.astype(jnp.float32), axis=-1)
+        out, lse = add_sinks(out, lse, sinks_lse[None, None, :])
+        lse2 = jnp.where(jnp.isneginf(lse), jnp.inf, lse * LOG2E).transpose(0, 2, 1)
+    out = pad_axis(out.astype(q.dtype), 1, p.q_len_pad)
+    return out, pad_axis(lse2, 2, p.q_len_pad, jnp.inf)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def decode_with_lse(p: Problem, pp: Problem, c: KernelConfig, q, k, v, sinks):
+    """``flash_with_lse`` without bias or mask, computed through the packed, key-split problem ``pp``."""
+    out, lse2 = _decode_forward(p, pp, c, q, k, v, sinks)
+    return out, _natural_lse(lse2)
+
+
+def _decode_fwd(p, pp, c, q, k, v, sinks):
+    out, lse2 = _decode_forward(p, pp, c, q, k, v, sinks)
+    return (out, _natural_lse(lse2)), (q, k, v, None, None, sinks, out, lse2)
+
+
+def _decode_bwd(p, pp, c, residuals, cotangents):
+    del pp
+    dq, dk, dv, _, _, dsinks = _backward(p, c, residuals, cotangents)
+    return dq, dk, dv, dsinks
+
+
+decode_with_lse.defvjp(_decode_fwd, _decode_bwd)
 
 
 def _reduce_to(full, shape, p: Problem):

@@ -60,6 +60,8 @@ def _forward_kernel(*refs, p: Problem, c: PassConfig):
     bias_idx = operand_index(p.bias_layout, b, h, p.group) if bias_ref is not None else None
     mask_idx = operand_index(p.mask_layout, b, h, p.group) if mask_ref is not None else None
     q_idx = q_first + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+    if p.pack > 1:
+        q_idx = lax.div(q_idx, p.pack)
 
     def body(kb, carry, masked: bool):
         acc, m, denom = carry
@@ -85,6 +87,14 @@ def _forward_kernel(*refs, p: Problem, c: PassConfig):
         return acc, m_new, denom
 
     lo, interior_lo, interior_hi, hi = key_blocks(p, q_first, bq, bk, dense=mask_ref is not None)
+    split = None
+    if p.kv_splits > 1:  # this program's share of the key blocks
+        split = pl.program_id(2)
+        per_split = -(-(p.kv_len_pad // bk) // p.kv_splits)
+        lo = jnp.maximum(lo, split * per_split)
+        hi = jnp.maximum(jnp.minimum(hi, (split + 1) * per_split), lo)
+        interior_lo = jnp.clip(interior_lo, lo, hi)
+        interior_hi = jnp.clip(interior_hi, interior_lo, hi)
     carry = (acc, m, denom)
     carry = lax.fori_loop(lo, interior_lo, functools.partial(body, masked=True), carry)
     carry = lax.fori_loop(interior_lo, interior_hi, functools.partial(body, masked=False), carry)
@@ -92,20 +102,32 @@ def _forward_kernel(*refs, p: Problem, c: PassConfig):
 
     nonempty = denom > 0
     inv_l = jnp.where(nonempty, 1.0 / jnp.where(nonempty, denom, 1.0), 0.0)
-    o_ref[b, pl.ds(q_first, bq), h, :] = (acc * inv_l[:, None]).astype(o_ref.dtype)
-    lse_ref[b, h, pl.ds(q_first, bq)] = jnp.where(nonempty, m + jnp.log2(jnp.where(nonempty, denom, 1.0)), jnp.inf)
+    out = (acc * inv_l[:, None]).astype(o_ref.dtype)
+    lse2 = jnp.where(nonempty, m + jnp.log2(jnp.where(nonempty, denom, 1.0)), jnp.inf)
+    if split is None:
+        o_ref[b, pl.ds(q_first, bq), h, :] = out
+        lse_ref[b, h, pl.ds(q_first, bq)] = lse2
+    else:
+        o_ref[split, b, pl.ds(q_first, bq), h, :] = out
+        lse_ref[split, b, h, pl.ds(q_first, bq)] = lse2
 
 
 def forward_call(p: Problem, c: PassConfig, q, k, v, bias, mask, sinks):
-    """``(out, lse2)`` for padded operands (``bias``/``mask``/``sinks`` may be ``None``)."""
+    """``(out, lse2)`` for padded operands (``bias``/``mask``/``sinks`` may be ``None``).
+
+    With ``p.kv_splits > 1`` both gain a leading split axis and ``out`` is float32: per-split partials,
+    each normalised over its own keys, for ``flash.decode_with_lse`` to merge.
+    """
     operands = [x for x in (q, k, v, bias, mask, sinks) if x is not None]
+    splits = (p.kv_splits,) if p.kv_splits > 1 else ()
     out_shape = (
-        jax.ShapeDtypeStruct((p.batch, p.q_len_pad, p.num_q_heads, p.v_head_dim), q.dtype),
-        jax.ShapeDtypeStruct((p.batch, p.num_q_heads, p.q_len_pad), jnp.float32),
+        jax.ShapeDtypeStruct((*splits, p.batch, p.q_len_pad, p.num_q_heads, p.v_head_dim),
+                             jnp.float32 if splits else q.dtype),
+        jax.ShapeDtypeStruct((*splits, p.batch, p.num_q_heads, p.q_len_pad), jnp.float32),
     )
     return pl.pallas_call(
         functools.partial(_forward_kernel, p=p, c=c),
-        grid=(p.q_len_pad // c.block_q, p.batch * p.num_q_heads),
+        grid=(p.q_len_pad // c.block_q, p.batch * p.num_q_heads, *splits),
         out_shape=out_shape,
         compiler_params=plgpu.CompilerParams(num_warps=c.num_warps, num_stages=c.num_stages),
         interpret=p.interpret,

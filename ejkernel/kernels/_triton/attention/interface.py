@@ -11,6 +11,7 @@ Calls outside ``spec.CAPABILITIES`` raise ``NotImplementedError`` here; through 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -20,8 +21,15 @@ from jax import Array
 from jax.typing import DTypeLike
 from jaxtyping import Bool, Float, Key, UInt32
 
-from ejkernel.kernels._triton.attention.configs import KernelConfig, choose_config, next_power_of_2, padded_head_dim
-from ejkernel.kernels._triton.attention.flash import flash_with_lse, pad_axis
+from ejkernel.kernels._triton.attention.configs import (
+    DECODE_MAX_ROWS,
+    KernelConfig,
+    choose_config,
+    decode_splits,
+    next_power_of_2,
+    padded_head_dim,
+)
+from ejkernel.kernels._triton.attention.flash import decode_with_lse, flash_with_lse, pad_axis
 from ejkernel.kernels._triton.attention.spec import CAPABILITIES
 from ejkernel.kernels._triton.attention.tiles import Problem
 from ejkernel.ops.attention.features import AttentionFeatures
@@ -29,7 +37,7 @@ from ejkernel.ops.attention.merge import sink_logits
 from ejkernel.ops.attention.signature import with_reference_signature
 from ejkernel.ops.attention.validation import resolve_bias, validate_attention
 
-__all__ = ["flash_attention", "flash_attention_with_lse", "make_attention", "problem_for"]
+__all__ = ["flash_attention", "flash_attention_with_lse", "make_attention", "problem_for", "decode_problem"]
 
 
 def _round_up(n: int, m: int) -> int:
@@ -68,6 +76,28 @@ def problem_for(f: AttentionFeatures, config: KernelConfig | None, interpret: bo
         interpret=bool(interpret),
     )
     return p, config
+
+
+def decode_problem(f: AttentionFeatures, p: Problem, c: KernelConfig) -> tuple[Problem, KernelConfig] | None:
+    """The packed, key-split forward problem for a decoding call, or ``None`` for the ordinary kernels.
+
+    Decoding: at most ``DECODE_MAX_ROWS`` query rows per kv head (Sq x group), no bias and no mask, and
+    either a GQA group to fold or keys to split.
+    """
+    rows = f.q_len * f.group_size
+    if rows > DECODE_MAX_ROWS or f.bias is not None or f.mask is not None:
+        return None
+    forward = dataclasses.replace(c.forward, block_q=max(16, next_power_of_2(rows)))
+    kv_blocks = p.kv_len_pad // forward.block_k
+    splits = c.kv_splits or decode_splits(f.batch * f.num_kv_heads, kv_blocks)
+    splits = max(1, min(splits, kv_blocks))
+    if f.group_size == 1 and splits == 1:
+        return None
+    pp = dataclasses.replace(
+        p, q_len_pad=forward.block_q, num_q_heads=f.num_kv_heads, num_sinks=0, pack=f.group_size,
+        kv_splits=splits,
+    )
+    return pp, dataclasses.replace(c, forward=forward)
 
 
 def flash_attention_with_lse(
@@ -109,7 +139,11 @@ def flash_attention_with_lse(
     b = None if bias is None else seq_pad(bias, 2, 3)
     m = None if attention_mask is None else seq_pad(attention_mask, 2, 3, False)
     sinks = None if softmax_aux is None else sink_logits(softmax_aux, f.num_q_heads)
-    out, lse = flash_with_lse(p, c, q, k, v, b, m, sinks)
+    decode = decode_problem(f, p, c)
+    if decode is not None:
+        out, lse = decode_with_lse(p, decode[0], decode[1], q, k, v, sinks)
+    else:
+        out, lse = flash_with_lse(p, c, q, k, v, b, m, sinks)
     return out[:, : f.q_len, :, : f.v_head_dim], lse[:, : f.q_len]
 
 

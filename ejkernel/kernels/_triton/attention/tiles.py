@@ -48,6 +48,11 @@ class Problem:
     mask_layout: tuple[str, str] | None = None
     num_sinks: int = 0  # padded (power of 2), 0 without sinks
     interpret: bool = False
+    # Decoding layout (forward only, ``flash.decode_with_lse``): ``pack`` query rows per position (the GQA
+    # group folded into the rows, so ``num_q_heads`` is then the kv head count) and the keys split into
+    # ``kv_splits`` ranges, each a separate program writing a float32 partial.
+    pack: int = 1
+    kv_splits: int = 1
 
     @property
     def group(self) -> int:
@@ -94,6 +99,8 @@ def key_blocks(p: Problem, q_first: Any, block_q: int, block_k: int, dense: bool
     ``dense`` (a boolean mask is present): no block is interior, every visited block is masked.
     """
     q_last = q_first + block_q - 1
+    if p.pack > 1:  # rows -> query positions
+        q_first, q_last = lax.div(_i32(q_first), _i32(p.pack)), lax.div(_i32(q_last), _i32(p.pack))
     k_lo, k_hi = key_range(q_first, q_last, p.q_len, p.kv_len, p.causal, p.window)
     k_hi = jnp.minimum(k_hi, p.kv_len - 1)
     lo = _floor_div(k_lo, block_k)

@@ -1,0 +1,134 @@
+"""The Triton kernel's decoding forward (GQA group folded into the query rows, keys split over programs).
+
+Same oracle and tolerances as ``test_triton_attention``: forward and gradients (the backward is the ordinary
+kernels') against the float32 XLA reference, in interpret mode on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import examples
+from ejkernel.check import CheckCase, make_inputs
+from ejkernel.kernels._triton.attention.configs import (
+    DECODE_MAX_ROWS,
+    MIN_BLOCKS_PER_SPLIT,
+    KernelConfig,
+    PassConfig,
+    decode_splits,
+)
+from ejkernel.kernels._triton.attention.interface import decode_problem, flash_attention, problem_for
+from ejkernel.ops.attention.validation import validate_attention
+from test_triton_attention import _assert_matches_oracle
+
+# Key blocks of 16 so that a few hundred keys make many blocks to split.
+DECODE = KernelConfig(PassConfig(16, 16), PassConfig(16, 16), PassConfig(16, 16))
+
+
+def _with_splits(splits):
+    config = dataclasses.replace(DECODE, kv_splits=splits)
+
+    def fn(**kwargs):
+        return flash_attention(**kwargs, config=config, interpret=True)
+
+    return fn
+
+
+def _plan(case, splits, dtype="float32"):
+    f = validate_attention(**make_inputs(case), dtype=dtype)
+    p, c = problem_for(f, dataclasses.replace(DECODE, kv_splits=splits), interpret=True)
+    return decode_problem(f, p, c)
+
+
+CASES = [
+    CheckCase("gqa4-sq1", batch=2, q_len=1, kv_len=300, num_q_heads=8, num_kv_heads=2, head_dim=64),
+    CheckCase("gqa2-sq3-causal", batch=2, q_len=3, kv_len=250, num_q_heads=4, num_kv_heads=2, head_dim=32, causal=True),
+    CheckCase("mqa-sq5-window", batch=1, q_len=5, kv_len=200, num_q_heads=4, num_kv_heads=1, head_dim=32,
+              causal=True, sliding_window=(50, 0)),
+    CheckCase("mha-split-softcap", batch=2, q_len=1, kv_len=130, num_q_heads=3, num_kv_heads=3, head_dim=16,
+              logits_soft_cap=3.0, softmax_scale=0.4),
+    CheckCase("sinks-per-head", batch=2, q_len=2, kv_len=300, num_q_heads=8, num_kv_heads=2, head_dim=32,
+              sinks="per_head", causal=True),
+    CheckCase("shared-sinks-dv", batch=1, q_len=1, kv_len=180, num_q_heads=6, num_kv_heads=3, head_dim=24,
+              v_head_dim=40, sinks="shared"),
+    # A window narrower than a split: most splits hold no allowed key and must weigh nothing.
+    CheckCase("empty-splits", batch=1, q_len=1, kv_len=320, num_q_heads=4, num_kv_heads=2, head_dim=16,
+              sliding_window=(20, 0)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decoding_matches_the_oracle(case, dtype):
+    plan = _plan(case, 4, dtype)
+    assert plan is not None and plan[0].kv_splits == 4 and plan[0].pack == case.num_q_heads // case.num_kv_heads
+    _assert_matches_oracle(_with_splits(4), case, dtype)
+
+
+def test_one_split_and_automatic_splits():
+    case = CASES[0]
+    _assert_matches_oracle(_with_splits(1), case, "float32")
+    _assert_matches_oracle(_with_splits(None), case, "float32")
+    assert _plan(case, None)[0].kv_splits == decode_splits(2 * 2, 304 // 16)
+
+
+def test_which_calls_decode():
+    base = CASES[0]
+    assert _plan(base, None) is not None
+    too_many_rows = dataclasses.replace(base, q_len=DECODE_MAX_ROWS // 4 + 1)
+    assert _plan(too_many_rows, None) is None
+    assert _plan(dataclasses.replace(base, bias_shape="1,1"), None) is None
+    assert _plan(dataclasses.replace(base, mask_shape="B,1"), None) is None
+    mha_short = CheckCase("mha", batch=1, q_len=1, kv_len=40, num_q_heads=2, num_kv_heads=2, head_dim=16)
+    assert _plan(mha_short, None) is None  # nothing to fold, too few key blocks to split
+
+
+def test_decode_splits_fill_the_device_and_keep_blocks_per_split():
+    assert decode_splits(64, 2048) == 5  # B8 x Hkv8 on an H100: 5 x 64 = 320 programs
+    assert decode_splits(512, 2048) == 1
+    assert decode_splits(4, 3 * MIN_BLOCKS_PER_SPLIT) == 3
+    assert decode_splits(1, 10**6) == 64
+
+
+def test_a_single_key():
+    """One key: every weight is 1, so dQ and dK are exactly 0 and the oracle's are rounding noise (~1e-7),
+    which a relative error cannot compare; they are checked against 0 instead."""
+    case = CheckCase("one-key", batch=2, q_len=1, kv_len=1, num_q_heads=4, num_kv_heads=1, head_dim=16)
+    args = make_inputs(case, 3)
+    cot = jax.random.normal(jax.random.key(9), (2, 1, 4, 16))
+
+    def loss(q, k, v):
+        out = _with_splits(None)(query=q, key=k, value=v, dtype=jnp.float32)[0]
+        return jnp.sum(out * cot), out
+
+    (_, out), (dq, dk, dv) = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
+        args["query"], args["key"], args["value"])
+    np.testing.assert_allclose(out, jnp.broadcast_to(args["value"], out.shape), rtol=1e-6)
+    np.testing.assert_allclose(dv, cot.sum(2, keepdims=True), rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(dq))) < 1e-5 and float(jnp.max(jnp.abs(dk))) < 1e-5
+
+
+@settings(max_examples=examples(1))
+@given(
+    batch=st.integers(1, 2),
+    q_len=st.integers(1, 4),
+    kv_len=st.integers(2, 260),  # one key: test_a_single_key
+    heads=st.sampled_from([(4, 1), (4, 2), (6, 3), (2, 2)]),
+    causal=st.booleans(),
+    window=st.sampled_from([None, 8, (30, 0)]),
+    sinks=st.sampled_from([None, "per_head"]),
+    splits=st.integers(1, 6),
+    dtype=st.sampled_from(["float32", "bfloat16"]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_decoding_calls(batch, q_len, kv_len, heads, causal, window, sinks, splits, dtype, seed):
+    case = CheckCase("random-decode", batch, q_len, kv_len, heads[0], heads[1], 16, causal=causal,
+                     sliding_window=window, sinks=sinks)
+    _assert_matches_oracle(_with_splits(splits), case, dtype, seed)
