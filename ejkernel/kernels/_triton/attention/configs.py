@@ -117,10 +117,12 @@ def choose_config(head_dim: int, v_head_dim: int, q_len: int, kv_len: int, items
 
 
 # Decoding (``interface.decode_problem``): at most this many query rows (Sq x GQA group) per kv head are
-# folded into one query block, and the keys are split until about TARGET_PROGRAMS programs run (two per
-# SM on an H100's 132), keeping at least MIN_BLOCKS_PER_SPLIT key blocks per program.
+# folded into one query block, and the keys are split until about TARGET_PROGRAMS programs run, keeping at
+# least MIN_BLOCKS_PER_SPLIT key blocks per program. Measured on an H100 (results/triton_decode_call10):
+# 64 unsplit programs (B8 x Hkv8) already stream K/V at 2.9 TB/s, and splitting them 5 ways was 6 % slower;
+# with fewer programs than that, fewer SMs stream, which the split restores (not measured below 64).
 DECODE_MAX_ROWS = 64
-TARGET_PROGRAMS = 264
+TARGET_PROGRAMS = 64
 MIN_BLOCKS_PER_SPLIT = 8
 MAX_SPLITS = 64
 
