@@ -64,8 +64,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+# Every case in float32; bfloat16 (its rounding, not new code paths) on two, to keep CI's interpret time down.
+@pytest.mark.parametrize(
+    "case, dtype",
+    [(c, "float32") for c in CASES] + [(CASES[0], "bfloat16"), (CASES[4], "bfloat16")],
+    ids=lambda x: getattr(x, "name", x),
+)
 def test_decoding_matches_the_oracle(case, dtype):
     plan = _plan(case, 4, dtype)
     assert plan is not None and plan[0].kv_splits == 4 and plan[0].pack == case.num_q_heads // case.num_kv_heads
