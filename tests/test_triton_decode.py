@@ -58,6 +58,13 @@ CASES = [
               sinks="per_head", causal=True),
     CheckCase("shared-sinks-dv", batch=1, q_len=1, kv_len=180, num_q_heads=6, num_kv_heads=3, head_dim=24,
               v_head_dim=40, sinks="shared"),
+    # A padding mask per batch (the batched-decoding case), a per-query-head bias, a per-kv-head mask.
+    CheckCase("mask-B,1", batch=2, q_len=1, kv_len=300, num_q_heads=8, num_kv_heads=2, head_dim=32, mask_shape="B,1"),
+    CheckCase("bias-B,q+mask-1,kv", batch=2, q_len=3, kv_len=200, num_q_heads=4, num_kv_heads=2, head_dim=32,
+              bias_shape="B,q", mask_shape="1,kv", causal=True, sinks="shared"),
+    CheckCase("bias-1,kv+mask-B,q", batch=1, q_len=2, kv_len=150, num_q_heads=6, num_kv_heads=3, head_dim=16,
+              bias_shape="1,kv", mask_shape="B,q", logits_soft_cap=2.0),
+    CheckCase("bias-B,1", batch=2, q_len=1, kv_len=100, num_q_heads=4, num_kv_heads=1, head_dim=16, bias_shape="B,1"),
     # A window narrower than a split: most splits hold no allowed key and must weigh nothing.
     CheckCase("empty-splits", batch=1, q_len=1, kv_len=320, num_q_heads=4, num_kv_heads=2, head_dim=16,
               sliding_window=(20, 0)),
@@ -88,8 +95,8 @@ def test_which_calls_decode():
     assert _plan(base, None) is not None
     too_many_rows = dataclasses.replace(base, q_len=DECODE_MAX_ROWS // 4 + 1)
     assert _plan(too_many_rows, None) is None
-    assert _plan(dataclasses.replace(base, bias_shape="1,1"), None) is None
-    assert _plan(dataclasses.replace(base, mask_shape="B,1"), None) is None
+    assert _plan(dataclasses.replace(base, bias_shape="B,q"), None)[0].bias_layout == ("B", "kv")
+    assert _plan(dataclasses.replace(base, mask_shape="1,1"), None)[0].mask_layout == ("1", "1")
     mha_short = CheckCase("mha", batch=1, q_len=1, kv_len=40, num_q_heads=2, num_kv_heads=2, head_dim=16)
     assert _plan(mha_short, None) is None  # nothing to fold, too few key blocks to split
 
@@ -128,11 +135,36 @@ def test_a_single_key():
     causal=st.booleans(),
     window=st.sampled_from([None, 8, (30, 0)]),
     sinks=st.sampled_from([None, "per_head"]),
+    bias=st.sampled_from([None, "B,q", "1,kv", "1,1"]),
+    mask=st.sampled_from([None, "B,1", "1,q", "B,kv"]),
     splits=st.integers(1, 6),
     dtype=st.sampled_from(["float32", "bfloat16"]),
     seed=st.integers(0, 2**16),
 )
-def test_random_decoding_calls(batch, q_len, kv_len, heads, causal, window, sinks, splits, dtype, seed):
+def test_random_decoding_calls(batch, q_len, kv_len, heads, causal, window, sinks, bias, mask, splits, dtype, seed):
     case = CheckCase("random-decode", batch, q_len, kv_len, heads[0], heads[1], 16, causal=causal,
-                     sliding_window=window, sinks=sinks)
+                     sliding_window=window, sinks=sinks, bias_shape=bias, mask_shape=mask)
     _assert_matches_oracle(_with_splits(splits), case, dtype, seed)
+
+
+@pytest.mark.parametrize("features", [{}, {"mask": (2, 1), "bias": (1, 8)}, {"sinks": True, "causal": True}],
+                         ids=["plain", "mask+bias", "sinks"])
+def test_decoding_lowers_for_cuda_on_cpu(features):
+    """The packed, split forward (and the ordinary backward) lower through Pallas' Triton backend."""
+    spec = jax.ShapeDtypeStruct
+    b, skv, hq, hkv, d = 2, 5000, 8, 2, 128
+    q, k, v = spec((b, 1, hq, d), jnp.bfloat16), spec((b, skv, hkv, d), jnp.bfloat16), spec((b, skv, hkv, d), jnp.bfloat16)
+    extra = {}
+    if "mask" in features:
+        extra["attention_mask"] = spec((*features["mask"], 1, skv), jnp.bool_)
+        extra["bias"] = spec((*features["bias"], 1, skv), jnp.bfloat16)
+    if features.get("sinks"):
+        extra["softmax_aux"] = spec((hq, 2), jnp.float32)
+    causal = features.get("causal", False)
+    config = dataclasses.replace(DECODE, kv_splits=4)
+
+    def loss(q, k, v, extra):
+        return flash_attention(q, k, v, **extra, causal=causal, config=config)[0].astype(jnp.float32).sum()
+
+    text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, k, v, extra).lower(lowering_platforms=("cuda",)).as_text()
+    assert "ejk_flash_fwd" in text and "ejk_flash_dkv" in text and "ejk_flash_dq" in text

@@ -92,12 +92,28 @@ def _merge_splits(out, lse2):
     return out, jnp.where(some, top + jnp.log2(jnp.where(some, total, 1.0)), jnp.inf)
 
 
-def _decode_forward(p: Problem, pp: Problem, c: KernelConfig, q, k, v, sinks):
+def _pack_rows(x, p: Problem, pp: Problem, per_q_head: bool):
+    """A ``[B|1, H|1, Sq_pad, Skv_pad]`` bias or mask in the packed row order ``(position, group member)``."""
+    sq, g = p.q_len, p.group
+    x = x[:, :, :sq]
+    if per_q_head:  # [b, Hq, Sq, Skv] -> [b, Hkv, Sq, G, Skv]
+        x = x.reshape(x.shape[0], p.num_kv_heads, g, sq, -1).transpose(0, 1, 3, 2, 4)
+    else:  # one row per position, shared by the group
+        x = jnp.broadcast_to(x[:, :, :, None, :], (*x.shape[:3], g, x.shape[-1]))
+    x = x.reshape(x.shape[0], x.shape[1], sq * g, -1)
+    return pad_axis(x, 2, pp.q_len_pad, False if x.dtype == jnp.bool_ else 0)
+
+
+def _decode_forward(p: Problem, pp: Problem, c: KernelConfig, q, k, v, bias, mask, sinks):
     """Standard-layout ``(out [B, Sq_pad, Hq, Dv], lse2 [B, Hq, Sq_pad])`` through the packed problem ``pp``."""
     b, sq, g, hkv = p.batch, p.q_len, p.group, p.num_kv_heads
     rows = sq * g
     qp = q[:, :sq].reshape(b, sq, hkv, g, -1).transpose(0, 1, 3, 2, 4).reshape(b, rows, hkv, -1)
-    out, lse2 = forward_call(pp, c.forward, pad_axis(qp, 1, pp.q_len_pad), k, v, None, None, None)
+    if bias is not None:
+        bias = _pack_rows(bias, p, pp, p.bias_layout[1] == "q")
+    if mask is not None:
+        mask = _pack_rows(mask, p, pp, p.mask_layout[1] == "q")
+    out, lse2 = forward_call(pp, c.forward, pad_axis(qp, 1, pp.q_len_pad), k, v, bias, mask, None)
     if pp.kv_splits > 1:
         out, lse2 = _merge_splits(out, lse2)
     out = out[:, :rows].reshape(b, sq, g, hkv, -1).transpose(0, 1, 3, 2, 4).reshape(b, sq, p.num_q_heads, -1)
@@ -112,21 +128,20 @@ def _decode_forward(p: Problem, pp: Problem, c: KernelConfig, q, k, v, sinks):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def decode_with_lse(p: Problem, pp: Problem, c: KernelConfig, q, k, v, sinks):
-    """``flash_with_lse`` without bias or mask, computed through the packed, key-split problem ``pp``."""
-    out, lse2 = _decode_forward(p, pp, c, q, k, v, sinks)
+def decode_with_lse(p: Problem, pp: Problem, c: KernelConfig, q, k, v, bias, mask, sinks):
+    """``flash_with_lse``, its forward computed through the packed, key-split problem ``pp``."""
+    out, lse2 = _decode_forward(p, pp, c, q, k, v, bias, mask, sinks)
     return out, _natural_lse(lse2)
 
 
-def _decode_fwd(p, pp, c, q, k, v, sinks):
-    out, lse2 = _decode_forward(p, pp, c, q, k, v, sinks)
-    return (out, _natural_lse(lse2)), (q, k, v, None, None, sinks, out, lse2)
+def _decode_fwd(p, pp, c, q, k, v, bias, mask, sinks):
+    out, lse2 = _decode_forward(p, pp, c, q, k, v, bias, mask, sinks)
+    return (out, _natural_lse(lse2)), (q, k, v, bias, mask, sinks, out, lse2)
 
 
 def _decode_bwd(p, pp, c, residuals, cotangents):
     del pp
-    dq, dk, dv, _, _, dsinks = _backward(p, c, residuals, cotangents)
-    return dq, dk, dv, dsinks
+    return _backward(p, c, residuals, cotangents)
 
 
 decode_with_lse.defvjp(_decode_fwd, _decode_bwd)

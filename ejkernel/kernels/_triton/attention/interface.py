@@ -81,11 +81,12 @@ def problem_for(f: AttentionFeatures, config: KernelConfig | None, interpret: bo
 def decode_problem(f: AttentionFeatures, p: Problem, c: KernelConfig) -> tuple[Problem, KernelConfig] | None:
     """The packed, key-split forward problem for a decoding call, or ``None`` for the ordinary kernels.
 
-    Decoding: at most ``DECODE_MAX_ROWS`` query rows per kv head (Sq x group), no bias and no mask, and
-    either a GQA group to fold or keys to split.
+    Decoding: at most ``DECODE_MAX_ROWS`` query rows per kv head (Sq x group), and either a GQA group to
+    fold or keys to split. A bias or mask is repacked to the rows' order (per kv head: ``"q"`` heads become
+    ``"kv"``).
     """
     rows = f.q_len * f.group_size
-    if rows > DECODE_MAX_ROWS or f.bias is not None or f.mask is not None:
+    if rows > DECODE_MAX_ROWS:
         return None
     forward = dataclasses.replace(c.forward, block_q=max(16, next_power_of_2(rows)))
     kv_blocks = p.kv_len_pad // forward.block_k
@@ -93,9 +94,12 @@ def decode_problem(f: AttentionFeatures, p: Problem, c: KernelConfig) -> tuple[P
     splits = max(1, min(splits, kv_blocks))
     if f.group_size == 1 and splits == 1:
         return None
+    def packed(layout):
+        return None if layout is None else (layout[0], "kv" if layout[1] == "q" else layout[1])
+
     pp = dataclasses.replace(
         p, q_len_pad=forward.block_q, num_q_heads=f.num_kv_heads, num_sinks=0, pack=f.group_size,
-        kv_splits=splits,
+        kv_splits=splits, bias_layout=packed(p.bias_layout), mask_layout=packed(p.mask_layout),
     )
     return pp, dataclasses.replace(c, forward=forward)
 
@@ -141,7 +145,7 @@ def flash_attention_with_lse(
     sinks = None if softmax_aux is None else sink_logits(softmax_aux, f.num_q_heads)
     decode = decode_problem(f, p, c)
     if decode is not None:
-        out, lse = decode_with_lse(p, decode[0], decode[1], q, k, v, sinks)
+        out, lse = decode_with_lse(p, decode[0], decode[1], q, k, v, b, m, sinks)
     else:
         out, lse = flash_with_lse(p, c, q, k, v, b, m, sinks)
     return out[:, : f.q_len, :, : f.v_head_dim], lse[:, : f.q_len]
