@@ -33,6 +33,7 @@ from ejkernel.kernels._pallas.tpu.attention.spec import CAPABILITIES, SPEC
 from ejkernel.kernels._xla.attention._interface import attention as xla_attention
 from ejkernel.ops.attention.merge import merge_partials
 from ejkernel.ops.attention.validation import validate_attention
+from gradient_scales import gradient_errors
 
 TOLERANCE = {"bfloat16": 1e-2, "float32": 1e-5}
 DIFF_ARGS = ("query", "key", "value", "bias", "softmax_aux")
@@ -69,9 +70,9 @@ def _assert_matches_oracle(fn, case: CheckCase, dtype: str, seed: int = 0, extra
     ref_out, ref_grads = oracle(args, cot)
     out, grads = _forward_and_grads(fn, args, dtype, cot)
     assert out.dtype == jnp.dtype(dtype) and out.shape == ref_out.shape
-    errors = {"out": relative_error(out, ref_out)}
-    errors.update({f"d{k}": relative_error(grads[k], ref_grads[k]) for k in ref_grads})
     assert set(grads) == set(ref_grads)
+    errors = {"out": relative_error(out, ref_out)}
+    errors.update(gradient_errors(grads, ref_grads, args, cot))
     bad = {k: e for k, e in errors.items() if not e <= TOLERANCE[dtype]}
     assert not bad, f"{case} {dtype}: {errors}"
     return errors

@@ -1,0 +1,83 @@
+"""Error measures for gradients that are sums of cancelling terms (reduced biases, sinks).
+
+A bias broadcast over batch or heads (``[1, ...]``, ``[B, Hkv, ...]``, ``[B, 1, ...]``) gets the *sum* of the
+per-(batch, query head) score gradients ``dS``; a sink gets the sum over rows of ``-p_sink (g . o)``. Those
+terms have random signs and can cancel by 10x or more (e.g. 4 heads' ``dS`` of size 2.4 summing to 0.28).
+A low-precision result accurate term by term then misses the small sum by more than its dtype's relative
+tolerance. The usual bound for a computed sum is relative to the sum of the terms' magnitudes, so that is
+the scale used here: ``max|x - ref| / max(sum of |terms|)``. Unreduced gradients keep ``relative_error``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ejkernel.check import relative_error
+from ejkernel.kernels._xla.attention._interface import attention as xla_attention
+
+__all__ = ["gradient_errors"]
+
+
+def _full_bias_term_scale(args, cot) -> np.ndarray:
+    """``sum |dS|`` over the axes the bias is broadcast along, in the bias's shape."""
+    bias = args["bias"]
+    b, _, hq, _ = args["query"].shape
+    sq, skv = bias.shape[-2:]
+    full = jnp.broadcast_to(bias.astype(jnp.float32), (bias.shape[0], bias.shape[1], sq, skv))
+    if bias.shape[1] not in (1, hq):  # per kv head: query head h reads bias head h // group
+        full = jnp.repeat(full, hq // bias.shape[1], axis=1)
+    full = jnp.broadcast_to(full, (b, hq, sq, skv))
+    rest = {k: v for k, v in args.items() if k != "bias"}
+
+    def loss(full_bias):
+        out = xla_attention(**rest, bias=full_bias, dtype=jnp.float32)[0]
+        return jnp.sum(out * cot.astype(jnp.float32))
+
+    with jax.default_matmul_precision("highest"):
+        terms = np.abs(np.asarray(jax.grad(loss)(full), np.float64))
+    if bias.shape[0] == 1:
+        terms = terms.sum(0, keepdims=True)
+    if bias.shape[1] == 1:
+        terms = terms.sum(1, keepdims=True)
+    elif bias.shape[1] != hq:
+        terms = terms.reshape(b if bias.shape[0] != 1 else 1, bias.shape[1], -1, sq, skv).sum(2)
+    return terms
+
+
+def _sink_term_scale(args, cot) -> float:
+    """The largest sum of |terms| of a sink's gradient ``-sum_rows p_sink * (dO . O)``."""
+    with jax.default_matmul_precision("highest"):
+        out, weights = xla_attention(**args, dtype=jnp.float32)
+    g_dot_o = np.einsum("bqhd,bqhd->bhq", np.asarray(cot, np.float64), np.asarray(out, np.float64))
+    sink_mass = 1.0 - np.asarray(weights, np.float64).sum(-1)  # [B, Hq, Sq]
+    aux = np.asarray(args["softmax_aux"], np.float64)
+    aux = np.broadcast_to(aux, (out.shape[2], aux.shape[-1]))
+    share = np.exp(aux - aux.max(-1, keepdims=True))
+    share /= share.sum(-1, keepdims=True)
+    terms = np.abs(np.einsum("bhq,hn->bhqn", sink_mass * g_dot_o, share))
+    per_sink = terms.sum((0, 2)) if np.ndim(args["softmax_aux"]) == 2 else terms.sum((0, 1, 2))
+    return float(per_sink.max())
+
+
+def _absolute_error(x, ref) -> float:
+    x = np.asarray(x, np.float64)
+    if not np.all(np.isfinite(x)):
+        return float("inf")
+    return float(np.max(np.abs(x - np.asarray(ref, np.float64))))
+
+
+def gradient_errors(grads: dict, ref_grads: dict, args: dict, cot) -> dict[str, float]:
+    """``{"d<name>": error}`` for every gradient, each measured as the module docstring says."""
+    errors = {}
+    b, _, hq, _ = args["query"].shape
+    for name, ref in ref_grads.items():
+        if name == "softmax_aux":
+            errors["dsoftmax_aux"] = _absolute_error(grads[name], ref) / max(_sink_term_scale(args, cot), 1e-6)
+        elif name == "bias" and tuple(args["bias"].shape[:2]) != (b, hq):
+            scale = float(_full_bias_term_scale(args, cot).max())
+            errors["dbias"] = _absolute_error(grads[name], ref) / max(scale, 1e-6)
+        else:
+            errors[f"d{name}"] = relative_error(grads[name], ref)
+    return errors
