@@ -70,7 +70,8 @@ def _absolute_error(x, ref) -> float:
 
 
 def _at_most_one_key_per_row(args) -> bool:
-    """Every row attends to at most one key with weight 1 (no sinks): the exact dQ and dK are then 0."""
+    """Every row attends to at most one key with weight 1 (no sinks): the exact dS, so dQ, dK and the bias
+    gradient, are then 0."""
     if args.get("softmax_aux") is not None:
         return False
     with jax.default_matmul_precision("highest"):
@@ -81,14 +82,14 @@ def _at_most_one_key_per_row(args) -> bool:
 def gradient_errors(grads: dict, ref_grads: dict, args: dict, cot) -> dict[str, float]:
     """``{"d<name>": error}`` for every gradient, each measured as the module docstring says.
 
-    Where every row sees at most one key, dQ and dK are exactly 0 and the oracle's are rounding noise,
-    which no relative error can compare; their size is measured against the value gradient's instead.
+    Where every row sees at most one key, dQ, dK and dBias are exactly 0 and the oracle's are rounding
+    noise, which no relative error can compare; their size is measured against the value gradient's instead.
     """
     errors = {}
     b, _, hq, _ = args["query"].shape
     zero_qk = _at_most_one_key_per_row(args)
     for name, ref in ref_grads.items():
-        if zero_qk and name in ("query", "key"):
+        if zero_qk and name in ("query", "key", "bias"):
             dv_scale = float(np.max(np.abs(np.asarray(ref_grads["value"], np.float64))))
             errors[f"d{name}"] = _absolute_error(grads[name], 0.0) / max(dv_scale, 1e-6)
         elif name == "softmax_aux":
