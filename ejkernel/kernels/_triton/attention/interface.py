@@ -78,6 +78,11 @@ def problem_for(f: AttentionFeatures, config: KernelConfig | None, interpret: bo
     return p, config
 
 
+def _per_kv_head(layout: tuple[str, str] | None) -> tuple[str, str] | None:
+    """A bias/mask layout after folding the group into rows: per-query-head operands become per kv head."""
+    return None if layout is None else (layout[0], "kv" if layout[1] == "q" else layout[1])
+
+
 def decode_problem(f: AttentionFeatures, p: Problem, c: KernelConfig) -> tuple[Problem, KernelConfig] | None:
     """The packed, key-split forward problem for a decoding call, or ``None`` for the ordinary kernels.
 
@@ -94,12 +99,9 @@ def decode_problem(f: AttentionFeatures, p: Problem, c: KernelConfig) -> tuple[P
     splits = max(1, min(splits, kv_blocks))
     if f.group_size == 1 and splits == 1:
         return None
-    def packed(layout):
-        return None if layout is None else (layout[0], "kv" if layout[1] == "q" else layout[1])
-
     pp = dataclasses.replace(
         p, q_len_pad=forward.block_q, num_q_heads=f.num_kv_heads, num_sinks=0, pack=f.group_size,
-        kv_splits=splits, bias_layout=packed(p.bias_layout), mask_layout=packed(p.mask_layout),
+        kv_splits=splits, bias_layout=_per_kv_head(p.bias_layout), mask_layout=_per_kv_head(p.mask_layout),
     )
     return pp, dataclasses.replace(c, forward=forward)
 
