@@ -18,7 +18,11 @@ import numpy as np
 from ejkernel.check import relative_error
 from ejkernel.kernels._xla.attention._interface import attention as xla_attention
 
-__all__ = ["gradient_errors"]
+__all__ = ["gradient_errors", "reference_errors", "REFERENCE_MARGIN"]
+
+# A low-precision kernel may be this many times as far from the float32 oracle as the XLA reference run in
+# the same dtype (different rounding order, same information lost to the inputs' rounding).
+REFERENCE_MARGIN = 1.5
 
 
 def _full_bias_term_scale(args, cot) -> np.ndarray:
@@ -99,4 +103,12 @@ def gradient_errors(grads: dict, ref_grads: dict, args: dict, cot) -> dict[str, 
             errors["dbias"] = _absolute_error(grads[name], ref) / max(scale, 1e-6)
         else:
             errors[f"d{name}"] = relative_error(grads[name], ref)
+    return errors
+
+
+def reference_errors(reference, forward_and_grads, args, dtype, cot, ref_out, ref_grads) -> dict[str, float]:
+    """The XLA reference's own errors in ``dtype`` against the float32 oracle, measured the same way."""
+    out, grads = forward_and_grads(reference, args, dtype, cot)
+    errors = {"out": relative_error(out, ref_out)}
+    errors.update(gradient_errors(grads, ref_grads, args, cot))
     return errors

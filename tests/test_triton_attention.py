@@ -31,11 +31,13 @@ from ejkernel.kernels._triton.attention.spec import CAPABILITIES, SPEC
 from ejkernel.kernels._xla.attention._interface import attention as xla_attention
 from ejkernel.ops.attention.merge import merge_partials
 from ejkernel.ops.attention.validation import validate_attention
-from gradient_scales import gradient_errors
+from gradient_scales import REFERENCE_MARGIN, gradient_errors, reference_errors
 
 # bfloat16: rounding the float32 inputs to bf16 alone moves logits by ~1e-2; the XLA reference itself, run in
 # bf16, is 1.1e-2 off the float32 oracle in dV on a decode/MQA case (our kernel: the same 1.1e-2). So bf16 gets
-# ``ejkernel.check``'s 2e-2; float32 (exact inputs, IEEE dots in the interpreter) stays at 1e-5.
+# ``ejkernel.check``'s 2e-2; float32 (exact inputs, IEEE dots in the interpreter) stays at 1e-5. In degenerate
+# low-precision cases (one key plus sinks: no averaging over keys) the reference in bf16 is itself 3e-2 off;
+# there an error is also accepted up to REFERENCE_MARGIN times the reference's own in the same dtype.
 TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3, "float32": 1e-5}
 DIFF_ARGS = ("query", "key", "value", "bias", "softmax_aux")
 # Several blocks per sequence at test sizes; each pass with its own shape, as on the GPU.
@@ -75,6 +77,9 @@ def _assert_matches_oracle(fn, case: CheckCase, dtype: str, seed: int = 0, extra
     errors = {"out": relative_error(out, ref_out)}
     errors.update(gradient_errors(grads, ref_grads, args, cot))
     bad = {k: e for k, e in errors.items() if not e <= TOLERANCE[dtype]}
+    if bad and dtype != "float32":  # allowed where the XLA reference in this dtype is as far off (see TOLERANCE)
+        ref_in_dtype = reference_errors(xla_attention, _forward_and_grads, args, dtype, cot, ref_out, ref_grads)
+        bad = {k: e for k, e in bad.items() if not e <= REFERENCE_MARGIN * ref_in_dtype[k]}
     assert not bad, f"{case} {dtype}: {errors}"
     return errors
 
