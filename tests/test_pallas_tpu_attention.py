@@ -23,7 +23,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 import ejkernel
 from conftest import examples
-from ejkernel.check import CheckCase, make_inputs, oracle, relative_error
+from ejkernel.check import CheckCase, make_inputs, relative_error
 from ejkernel.errors import FallbackWarning
 from ejkernel.kernels._pallas.tpu.attention import blocks
 from ejkernel.kernels._pallas.tpu.attention.blocks import BlockSizes
@@ -33,10 +33,9 @@ from ejkernel.kernels._pallas.tpu.attention.spec import CAPABILITIES, SPEC
 from ejkernel.kernels._xla.attention._interface import attention as xla_attention
 from ejkernel.ops.attention.merge import merge_partials
 from ejkernel.ops.attention.validation import validate_attention
-from gradient_scales import REFERENCE_MARGIN, gradient_errors, reference_errors
+from parity import assert_matches_oracle, forward_and_grads
 
 TOLERANCE = {"bfloat16": 1e-2, "float32": 1e-5}
-DIFF_ARGS = ("query", "key", "value", "bias", "softmax_aux")
 
 
 @pytest.fixture(autouse=True)
@@ -51,34 +50,8 @@ def _pallas(interpret=True):
         return ejkernel.get_kernel("attention", "pallas", interpret=interpret)
 
 
-def _forward_and_grads(fn, args, dtype, cotangent):
-    diff = {k: args[k] for k in DIFF_ARGS if args.get(k) is not None}
-    rest = {k: v for k, v in args.items() if k not in diff}
-
-    def forward(d):
-        return fn(**d, **rest, dtype=dtype)[0]
-
-    out, vjp = jax.vjp(forward, diff)
-    (grads,) = vjp(cotangent.astype(out.dtype))
-    return out, grads
-
-
 def _assert_matches_oracle(fn, case: CheckCase, dtype: str, seed: int = 0, extra=None):
-    args = make_inputs(case, seed)
-    args.update(extra or {})
-    cot = jax.random.normal(jax.random.key(seed + 7), (case.batch, case.q_len, case.num_q_heads, case.v_head_dim or case.head_dim))
-    ref_out, ref_grads = oracle(args, cot)
-    out, grads = _forward_and_grads(fn, args, dtype, cot)
-    assert out.dtype == jnp.dtype(dtype) and out.shape == ref_out.shape
-    assert set(grads) == set(ref_grads)
-    errors = {"out": relative_error(out, ref_out)}
-    errors.update(gradient_errors(grads, ref_grads, args, cot))
-    bad = {k: e for k, e in errors.items() if not e <= TOLERANCE[dtype]}
-    if bad and dtype != "float32":  # allowed where the XLA reference in this dtype is as far off (see TOLERANCE)
-        ref_in_dtype = reference_errors(xla_attention, _forward_and_grads, args, dtype, cot, ref_out, ref_grads)
-        bad = {k: e for k, e in bad.items() if not e <= REFERENCE_MARGIN * ref_in_dtype[k]}
-    assert not bad, f"{case} {dtype}: {errors}"
-    return errors
+    return assert_matches_oracle(fn, case, dtype, TOLERANCE[dtype], seed, extra)
 
 
 ALL_FEATURES = CheckCase(
@@ -113,7 +86,7 @@ def test_rows_without_keys_are_zero_with_zero_finite_gradients():
     args = make_inputs(case)
     mask = jnp.ones((1, 1, 160, 40), bool).at[:, :, 150].set(False)
     args["attention_mask"] = mask
-    out, grads = _forward_and_grads(_pallas(), args, "float32", jnp.ones((1, 160, 2, 32)))
+    out, grads = forward_and_grads(_pallas(), args, "float32", jnp.ones((1, 160, 2, 32)))
     assert np.all(np.asarray(out[:, :120]) == 0) and np.all(np.asarray(out[:, 150]) == 0)
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grads.values())
     assert np.all(np.asarray(grads["query"][:, :120]) == 0)
@@ -284,8 +257,8 @@ def test_random_configurations(shape, dtype, causal, window, cap, sinks, bias, m
         cot = jax.random.normal(jax.random.key(seed + 7), (b, sq, hq, dv))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FallbackWarning)
-            out, grads = _forward_and_grads(kernel, args, dtype, cot)
-        ref_out, ref_grads = _forward_and_grads(xla_attention, args, dtype, cot)
+            out, grads = forward_and_grads(kernel, args, dtype, cot)
+        ref_out, ref_grads = forward_and_grads(xla_attention, args, dtype, cot)
         np.testing.assert_array_equal(np.asarray(out), np.asarray(ref_out))
         for k in ref_grads:
             np.testing.assert_array_equal(np.asarray(grads[k]), np.asarray(ref_grads[k]))

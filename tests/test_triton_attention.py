@@ -3,7 +3,7 @@
 Parity: forward output and gradients w.r.t. query, key, value, bias and sinks against the XLA reference at
 float32 and highest precision (bfloat16 within 1e-2, float32 within 1e-5 relative to the largest reference
 value; gradients that sum cancelling terms, the sinks' and a broadcast bias's, against the sum of their
-terms' magnitudes: ``gradient_scales.py``). Small block
+terms' magnitudes: ``parity.py``). Small block
 configurations make every sequence span several blocks, so the masked/interior loops and the skipping are
 exercised. A hypothesis test draws configurations: where the kernel claims support it must match the
 oracle, where it does not the registry must route to XLA and return XLA's own result.
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import ejkernel
 from conftest import examples
-from ejkernel.check import CheckCase, make_inputs, oracle, relative_error
+from ejkernel.check import CheckCase, make_inputs, relative_error
 from ejkernel.errors import FallbackWarning
 from ejkernel.kernels._triton.attention.configs import KernelConfig, PassConfig
 from ejkernel.kernels._triton.attention.interface import flash_attention, flash_attention_with_lse
@@ -31,7 +31,7 @@ from ejkernel.kernels._triton.attention.spec import CAPABILITIES, SPEC
 from ejkernel.kernels._xla.attention._interface import attention as xla_attention
 from ejkernel.ops.attention.merge import merge_partials
 from ejkernel.ops.attention.validation import validate_attention
-from gradient_scales import REFERENCE_MARGIN, gradient_errors, reference_errors
+from parity import assert_matches_oracle, forward_and_grads
 
 # bfloat16: rounding the float32 inputs to bf16 alone moves logits by ~1e-2; the XLA reference itself, run in
 # bf16, is 1.1e-2 off the float32 oracle in dV on a decode/MQA case (our kernel: the same 1.1e-2). So bf16 gets
@@ -39,7 +39,6 @@ from gradient_scales import REFERENCE_MARGIN, gradient_errors, reference_errors
 # low-precision cases (one key plus sinks: no averaging over keys) the reference in bf16 is itself 3e-2 off;
 # there an error is also accepted up to REFERENCE_MARGIN times the reference's own in the same dtype.
 TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3, "float32": 1e-5}
-DIFF_ARGS = ("query", "key", "value", "bias", "softmax_aux")
 # Several blocks per sequence at test sizes; each pass with its own shape, as on the GPU.
 SMALL = KernelConfig(PassConfig(16, 32), PassConfig(32, 16), PassConfig(16, 16))
 
@@ -54,34 +53,8 @@ def _small(**kwargs):
     return flash_attention(**kwargs, config=SMALL, interpret=True)
 
 
-def _forward_and_grads(fn, args, dtype, cotangent):
-    diff = {k: args[k] for k in DIFF_ARGS if args.get(k) is not None}
-    rest = {k: v for k, v in args.items() if k not in diff}
-
-    def forward(d):
-        return fn(**d, **rest, dtype=dtype)[0]
-
-    out, vjp = jax.vjp(forward, diff)
-    (grads,) = vjp(cotangent.astype(out.dtype))
-    return out, grads
-
-
 def _assert_matches_oracle(fn, case: CheckCase, dtype: str, seed: int = 0, extra=None):
-    args = make_inputs(case, seed)
-    args.update(extra or {})
-    cot = jax.random.normal(jax.random.key(seed + 7), (case.batch, case.q_len, case.num_q_heads, case.v_head_dim or case.head_dim))
-    ref_out, ref_grads = oracle(args, cot)
-    out, grads = _forward_and_grads(fn, args, dtype, cot)
-    assert out.dtype == jnp.dtype(dtype) and out.shape == ref_out.shape
-    assert set(grads) == set(ref_grads)
-    errors = {"out": relative_error(out, ref_out)}
-    errors.update(gradient_errors(grads, ref_grads, args, cot))
-    bad = {k: e for k, e in errors.items() if not e <= TOLERANCE[dtype]}
-    if bad and dtype != "float32":  # allowed where the XLA reference in this dtype is as far off (see TOLERANCE)
-        ref_in_dtype = reference_errors(xla_attention, _forward_and_grads, args, dtype, cot, ref_out, ref_grads)
-        bad = {k: e for k, e in bad.items() if not e <= REFERENCE_MARGIN * ref_in_dtype[k]}
-    assert not bad, f"{case} {dtype}: {errors}"
-    return errors
+    return assert_matches_oracle(fn, case, dtype, TOLERANCE[dtype], seed, extra)
 
 
 ALL_FEATURES = CheckCase(
@@ -127,7 +100,7 @@ def test_rows_without_keys_are_zero_with_zero_finite_gradients():
     args = make_inputs(case)
     mask = jnp.ones((1, 1, 80, 24), bool).at[:, :, 70].set(False)
     args["attention_mask"] = mask
-    out, grads = _forward_and_grads(_small, args, "float32", jnp.ones((1, 80, 2, 16)))
+    out, grads = forward_and_grads(_small, args, "float32", jnp.ones((1, 80, 2, 16)))
     assert np.all(np.asarray(out[:, :56]) == 0) and np.all(np.asarray(out[:, 70]) == 0)
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grads.values())
     assert np.all(np.asarray(grads["query"][:, :56]) == 0)
@@ -236,8 +209,8 @@ def test_random_configurations(shape, dtype, causal, window, cap, sinks, bias, m
         cot = jax.random.normal(jax.random.key(seed + 7), (b, sq, hq, dv))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FallbackWarning)
-            out, grads = _forward_and_grads(kernel, args, dtype, cot)
-        ref_out, ref_grads = _forward_and_grads(xla_attention, args, dtype, cot)
+            out, grads = forward_and_grads(kernel, args, dtype, cot)
+        ref_out, ref_grads = forward_and_grads(xla_attention, args, dtype, cot)
         np.testing.assert_array_equal(np.asarray(out), np.asarray(ref_out))
         for k in ref_grads:
             np.testing.assert_array_equal(np.asarray(grads[k]), np.asarray(ref_grads[k]))

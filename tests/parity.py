@@ -1,4 +1,7 @@
-"""Error measures for gradients that are sums of cancelling terms (reduced biases, sinks).
+"""Kernel parity against the float32 XLA oracle, shared by the Pallas-TPU and Pallas-Triton tests.
+
+``assert_matches_oracle`` runs a kernel forward and backward on a ``CheckCase`` and compares output and
+gradients with the oracle. Its error measures, for gradients that are sums of cancelling terms:
 
 A bias broadcast over batch or heads (``[1, ...]``, ``[B, Hkv, ...]``, ``[B, 1, ...]``) gets the *sum* of the
 per-(batch, query head) score gradients ``dS``; a sink gets the sum over rows of ``-p_sink (g . o)``. Those
@@ -15,10 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ejkernel.check import relative_error
+from ejkernel.check import CheckCase, make_inputs, oracle, relative_error
 from ejkernel.kernels._xla.attention._interface import attention as xla_attention
 
-__all__ = ["gradient_errors", "reference_errors", "REFERENCE_MARGIN"]
+__all__ = ["assert_matches_oracle", "forward_and_grads", "gradient_errors", "reference_errors", "REFERENCE_MARGIN"]
+
+DIFF_ARGS = ("query", "key", "value", "bias", "softmax_aux")
 
 # A low-precision kernel may be this many times as far from the float32 oracle as the XLA reference run in
 # the same dtype (different rounding order, same information lost to the inputs' rounding).
@@ -106,9 +111,46 @@ def gradient_errors(grads: dict, ref_grads: dict, args: dict, cot) -> dict[str, 
     return errors
 
 
-def reference_errors(reference, forward_and_grads, args, dtype, cot, ref_out, ref_grads) -> dict[str, float]:
+def forward_and_grads(fn, args, dtype, cotangent):
+    """``fn``'s output and its gradients w.r.t. the differentiable arguments present in ``args``."""
+    diff = {k: args[k] for k in DIFF_ARGS if args.get(k) is not None}
+    rest = {k: v for k, v in args.items() if k not in diff}
+
+    def forward(d):
+        return fn(**d, **rest, dtype=dtype)[0]
+
+    out, vjp = jax.vjp(forward, diff)
+    (grads,) = vjp(cotangent.astype(out.dtype))
+    return out, grads
+
+
+def reference_errors(args, dtype, cot, ref_out, ref_grads) -> dict[str, float]:
     """The XLA reference's own errors in ``dtype`` against the float32 oracle, measured the same way."""
-    out, grads = forward_and_grads(reference, args, dtype, cot)
+    out, grads = forward_and_grads(xla_attention, args, dtype, cot)
     errors = {"out": relative_error(out, ref_out)}
     errors.update(gradient_errors(grads, ref_grads, args, cot))
+    return errors
+
+
+def assert_matches_oracle(fn, case: CheckCase, dtype: str, tolerance: float, seed: int = 0, extra=None):
+    """Asserts ``fn`` matches the oracle within ``tolerance`` (output and every gradient); returns the errors.
+
+    In a low-precision dtype an error is also accepted up to ``REFERENCE_MARGIN`` times the XLA reference's
+    own error in that dtype (degenerate cases, e.g. a lone key beside sinks, where the reference itself is
+    3e-2 off).
+    """
+    args = make_inputs(case, seed)
+    args.update(extra or {})
+    cot = jax.random.normal(jax.random.key(seed + 7), (case.batch, case.q_len, case.num_q_heads, case.v_head_dim or case.head_dim))
+    ref_out, ref_grads = oracle(args, cot)
+    out, grads = forward_and_grads(fn, args, dtype, cot)
+    assert out.dtype == jnp.dtype(dtype) and out.shape == ref_out.shape
+    assert set(grads) == set(ref_grads)
+    errors = {"out": relative_error(out, ref_out)}
+    errors.update(gradient_errors(grads, ref_grads, args, cot))
+    bad = {k: e for k, e in errors.items() if not e <= tolerance}
+    if bad and dtype != "float32":
+        ref_in_dtype = reference_errors(args, dtype, cot, ref_out, ref_grads)
+        bad = {k: e for k, e in bad.items() if not e <= REFERENCE_MARGIN * ref_in_dtype[k]}
+    assert not bad, f"{case} {dtype}: {errors}"
     return errors
