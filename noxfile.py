@@ -52,7 +52,7 @@ def tpu_compile(session: nox.Session) -> None:
     """Compiles every configuration the TPU flash attention claims, for v5e and v6e, without a TPU.
 
     Installs libtpu through ``jax[tpu]`` pinned to the jax version the package resolved to, then runs
-    ``ejkernel.kernels._pallas.tpu.attention.compile_check`` (forward and forward+backward of each dtype,
+    ``ejkernel.kernels.pallas_tpu.compile_check`` (forward and forward+backward of each dtype,
     head dim and feature class through the Mosaic compiler; catches layout errors and VMEM overuse).
     Downloads ~210 MB and takes ~10 CPU-minutes: run it by hand or nightly, not in the per-commit CI.
     """
@@ -61,4 +61,4 @@ def tpu_compile(session: nox.Session) -> None:
     session.install(f"jax[tpu]=={version}")
     topologies = session.posargs or ["v5e:2x2", "v6e:2x2"]
     args = [a for t in topologies for a in ("--topology", t)]
-    session.run("python", "-m", "ejkernel.kernels._pallas.tpu.attention.compile_check", *args)
+    session.run("python", "-m", "ejkernel.kernels.pallas_tpu.compile_check", *args)

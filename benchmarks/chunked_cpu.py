@@ -39,8 +39,8 @@ def _worker(path: str, seq: int, mode: str, dense_limit: float) -> dict:
 
     import ejkernel
     from ejkernel.check import relative_error
-    from ejkernel.kernels._xla.attention import chunked
-    from ejkernel.kernels._xla.attention._interface import attention as dense
+    from ejkernel.kernels.xla import chunked
+    from ejkernel.kernels.xla.reference import attention as dense
 
     impls = {"dense": dense, "chunked": chunked.attention, "auto": ejkernel.attention}
     causal = mode.startswith("causal")
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     import jax
 
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-    from ejkernel.kernels._xla.attention.chunk_policy import CPU
+    from ejkernel.kernels.xla.chunk_policy import CPU
 
     DENSE_SCORE_LIMIT = CPU.dense_score_limit
 

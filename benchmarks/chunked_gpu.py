@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 import ejkernel
-from ejkernel.kernels._xla.attention._interface import attention as dense
-from ejkernel.kernels._xla.attention.chunked import chunked_attention
+from ejkernel.kernels.xla.chunked import chunked_attention
+from ejkernel.kernels.xla.reference import attention as dense
 
 # (name, B, Sq, Skv, Hq, Hkv)
 SHAPES = (

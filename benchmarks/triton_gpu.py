@@ -6,7 +6,7 @@
   (``platform="triton"``, which must serve the call) against the XLA oracle in float32 at highest precision,
   in bfloat16 and float32 (float16 on a few). Tolerances are ``ejkernel.check.TOLERANCE``.
 - ``--sweep``: per-pass kernel times (forward, dK/dV, dQ) for candidate block configurations; the fastest
-  rows go into ``ejkernel/kernels/_triton/attention/configs.py`` by hand.
+  rows go into ``ejkernel/kernels/pallas_triton/blocks.py`` by hand.
 - ``--bench``: bf16 TFLOP/s of ours beside ``jax.nn.dot_product_attention`` (xla and cudnn) on the same
   device, forward and forward+backward, causal and not, at B2 S8192 H16 D128 and B4 S4096 H16 D64;
   ``--grid`` adds the FlashAttention-3 grid (16k tokens, hidden 2048, D 64/128/256). TFLOP/s =
@@ -39,8 +39,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from ejkernel.check import TOLERANCE, CheckCase, make_inputs, reference_for, run_case  # noqa: E402
 from ejkernel.errors import FallbackWarning  # noqa: E402
-from ejkernel.kernels._triton.attention.configs import KernelConfig, PassConfig, choose_config  # noqa: E402
-from ejkernel.kernels._triton.attention.interface import flash_attention  # noqa: E402
+from ejkernel.kernels.pallas_triton.blocks import BlockSizes, PassBlocks, choose_block_sizes  # noqa: E402
+from ejkernel.kernels.pallas_triton.interface import flash_attention  # noqa: E402
 
 PARITY_CASES = (
     CheckCase("plain-d128", batch=2, q_len=1024, kv_len=1024, num_q_heads=4, num_kv_heads=4, head_dim=128),
@@ -132,9 +132,9 @@ def random_qkv(b, s, h, d, dtype=jnp.bfloat16, seed=0):
     return q, k, v, do
 
 
-def implementations(causal: bool, config: KernelConfig | None = None):
+def implementations(causal: bool, config: BlockSizes | None = None):
     def ours(q, k, v):
-        return flash_attention(q, k, v, causal=causal, dtype=q.dtype, config=config)[0]
+        return flash_attention(q, k, v, causal=causal, dtype=q.dtype, block_sizes=config)[0]
 
     def jax_nn(kind):
         def f(q, k, v):
@@ -209,16 +209,16 @@ def decode_bench(calls, rounds, save=lambda: None, rows=None) -> list[dict]:
         q = jax.random.normal(ks[0], (b, 1, hq, d), jnp.bfloat16)
         k = jax.random.normal(ks[1], (b, skv, hkv, d), jnp.bfloat16)
         v = jax.random.normal(ks[2], (b, skv, hkv, d), jnp.bfloat16)
-        base = choose_config(d, d, 1, skv, 2)
+        base = choose_block_sizes(d, d, 1, skv, 2)
         impls = {
             "jax.nn-cudnn": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn"),
             "jax.nn-xla": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"),
             "ours auto": lambda q, k, v: flash_attention(q, k, v)[0],
-            "ours 1 split": lambda q, k, v: flash_attention(q, k, v, config=dataclasses.replace(base, kv_splits=1))[0],
+            "ours 1 split": lambda q, k, v: flash_attention(q, k, v, block_sizes=dataclasses.replace(base, kv_splits=1))[0],
         }
         for fw in DECODE_FORWARD[1:]:
-            cfg = dataclasses.replace(base, forward=PassConfig(*fw))
-            impls[f"ours fwd {fw}"] = lambda q, k, v, cfg=cfg: flash_attention(q, k, v, config=cfg)[0]
+            cfg = dataclasses.replace(base, forward=PassBlocks(*fw))
+            impls[f"ours fwd {fw}"] = lambda q, k, v, cfg=cfg: flash_attention(q, k, v, block_sizes=cfg)[0]
         for impl, fn in impls.items():
             row = dict(shape=f"decode B{b} Skv{skv} H{hq}/{hkv} D{d}", impl=impl)
             try:
@@ -276,21 +276,21 @@ SWEEP_SHAPES = (("B2 S8192 H16 D128", 2, 8192, 16, 128), ("B4 S4096 H16 D64", 4,
 
 def sweep(calls, rounds, shapes=SWEEP_SHAPES, causals=(False,)) -> list[dict]:
     """Times each pass's kernel alone (padded operands, precomputed lse/delta) for each candidate."""
-    from ejkernel.kernels._triton.attention.backward import dkv_call, dq_call
-    from ejkernel.kernels._triton.attention.forward import forward_call
-    from ejkernel.kernels._triton.attention.tiles import Problem
+    from ejkernel.kernels.pallas_triton.backward import dkv_call, dq_call
+    from ejkernel.kernels.pallas_triton.forward import forward_call
+    from ejkernel.kernels.pallas_triton.plan import Plan
 
     rows = []
     for name, b, s, h, d in shapes:
         q, k, v, do = random_qkv(b, s, h, d)
         for causal in causals:
-            p = Problem(batch=b, q_len=s, kv_len=s, q_len_pad=s, kv_len_pad=s, num_q_heads=h, num_kv_heads=h,
+            p = Plan(batch=b, q_len=s, kv_len=s, q_len_pad=s, kv_len_pad=s, num_q_heads=h, num_kv_heads=h,
                         head_dim=d, v_head_dim=d, softmax_scale=d ** -0.5, causal=causal)
-            out, lse2 = jax.jit(lambda q, k, v: forward_call(p, PassConfig(64, 64), q, k, v, None, None, None))(q, k, v)
+            out, lse2 = jax.jit(lambda q, k, v: forward_call(p, PassBlocks(64, 64), q, k, v, None, None, None))(q, k, v)
             delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32), out.astype(jnp.float32))
             for pass_name, candidates in (SWEEP_SHORT if s <= SHORT_SWEEP_LEN else SWEEP)[d].items():
                 for cand in candidates:
-                    c = PassConfig(*cand)
+                    c = PassBlocks(*cand)
                     if pass_name == "forward":
                         fn = jax.jit(lambda q, k, v, c=c: forward_call(p, c, q, k, v, None, None, None))
                         args, fl = (q, k, v), flops(b, h, s, s, d, causal, False)
@@ -317,7 +317,7 @@ def environment() -> dict:
     dev = jax.devices()[0]
     return dict(device=getattr(dev, "device_kind", str(dev)), platform=dev.platform, jax=jax.__version__,
                 date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                default_configs={str(d): str(choose_config(d, d, 8192, 8192, 2)) for d in (64, 128, 256)})
+                default_configs={str(d): str(choose_block_sizes(d, d, 8192, 8192, 2)) for d in (64, 128, 256)})
 
 
 def table(rows: list[dict]) -> str:

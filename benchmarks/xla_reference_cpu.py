@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 try:
-    from ejkernel.kernels._xla.attention._interface import attention as reference
+    from ejkernel.kernels.xla.reference import attention as reference
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    from ejkernel.kernels._xla.attention._interface import attention as reference
+    from ejkernel.kernels.xla.reference import attention as reference
 
 REQUIRED_RATIO = 1.15
 

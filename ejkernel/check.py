@@ -139,7 +139,7 @@ def _loss_and_grads(
 
 
 def _oracle(args: dict[str, Any], cotangent: jax.Array, plus_output: bool = False):
-    from ejkernel.kernels._xla.attention._interface import attention as reference
+    from ejkernel.kernels.xla.reference import attention as reference
 
     with jax.default_matmul_precision("highest"):
         return _loss_and_grads(reference, args, jnp.float32, cotangent, plus_output)

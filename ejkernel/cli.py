@@ -14,7 +14,8 @@ __all__ = ["main"]
 def _info(args: argparse.Namespace) -> int:
     import jax
 
-    from ejkernel.registry import current_platform, list_kernels
+    from ejkernel.platform import current_platform
+    from ejkernel.registry import list_kernels
 
     devices = jax.devices()
     print(f"ejkernel on {current_platform()}: {devices[0].device_kind} x{len(devices)}; jax {jax.__version__}")

@@ -1,25 +1,31 @@
-"""The kernel registry: specs, explicit priorities, platform detection and fallback (DESIGN §2).
+"""The kernel registry: specs, explicit priorities and fallback (``docs/design.rst``, "Registry and dispatch").
 
-An *algorithm* ("attention") has one reference signature and an ``analyze`` function that validates a
-call and returns its static features. An *implementation* (``KernelSpec``) of it runs on some devices,
-has an explicit priority and declares capabilities. ``get_kernel`` returns a ``Kernel``: a callable with
-the algorithm's signature that, for each call and before tracing, picks the first capable implementation
-(highest priority first, the XLA ones last) and says why when it falls back.
+An *algorithm* ("attention") has one reference signature and a ``bind`` function that validates a call
+once and returns a call object carrying its static ``features``. An *implementation* (``KernelSpec``) of
+it runs on some devices, has an explicit priority and declares capabilities; it is a callable taking that
+call object. ``get_kernel`` returns a ``Kernel``: a callable with the algorithm's signature that, for each
+call and before tracing, binds it, picks the first capable implementation (highest priority first, the
+XLA ones last), says why when it falls back, and hands the bound call to it.
+
+This module is a leaf: it imports only ``errors`` and ``platform``. The built-in algorithms and backends
+are modules named in ``BUILTIN_MODULES``, imported on first use (once, under a lock); each may define
+``ALGORITHMS`` and ``SPECS``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import inspect
 import logging
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-import jax
-
 from ejkernel.errors import DuplicateKernelError, FallbackWarning, KernelNotFoundError, KernelUnavailableError
+from ejkernel.platform import FALLBACK_PLATFORM, KNOWN_PLATFORMS, canonical_platform, current_platform
 
 __all__ = [
     "Algorithm",
@@ -34,33 +40,40 @@ __all__ = [
     "unregister_kernel",
     "current_platform",
     "KNOWN_PLATFORMS",
+    "BUILTIN_MODULES",
 ]
 
 logger = logging.getLogger("ejkernel")
 
-#: Platforms a user may name. A known platform with nothing registered falls back with a warning.
-KNOWN_PLATFORMS = ("xla", "pallas", "triton")
-FALLBACK_PLATFORM = "xla"
+#: Modules holding the built-in algorithms and implementations (``ALGORITHMS`` / ``SPECS``). Importing one
+#: must not import Pallas or Triton: a spec's ``build`` imports its kernel on first use.
+BUILTIN_MODULES = (
+    "ejkernel.ops.attention.algorithm",
+    "ejkernel.kernels.xla.spec",
+    "ejkernel.kernels.pallas_tpu.spec",
+    "ejkernel.kernels.pallas_triton.spec",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
-    """One algorithm: the signature every implementation shares and how to read a call's features.
+    """One algorithm: the signature every implementation shares and how a call is bound.
 
-    ``analyze(bound)`` takes the call's ``inspect.BoundArguments`` (defaults applied), validates it, and
-    returns ``(features, bound)``; it may rewrite arguments (attention resolves ``init_bias`` there).
+    ``bind(arguments)`` takes the call's arguments by name (defaults applied), validates them, and returns
+    a call object with a ``features`` attribute (what capabilities are checked against); implementations
+    receive that object.
     """
 
     name: str
     signature: inspect.Signature
-    analyze: Callable[[inspect.BoundArguments], tuple[Any, inspect.BoundArguments]]
+    bind: Callable[[dict[str, Any]], Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class KernelSpec:
     """One implementation of an algorithm.
 
-    ``build(interpret)`` returns the implementation, a callable with the algorithm's signature.
+    ``build(interpret)`` returns the implementation: a callable taking the algorithm's bound call object.
     ``devices`` are the platforms of ``current_platform()`` it runs on natively; ``uses_pallas`` ones also
     run anywhere with ``interpret=True``. ``capabilities.unsupported_reasons(features)`` lists why a call
     cannot be served (empty when it can). ``available()`` may add a hardware reason (e.g. GPU too old).
@@ -123,18 +136,6 @@ def register_kernel(spec: KernelSpec) -> KernelSpec:
 def unregister_kernel(key: tuple[str, str, str]) -> None:
     """Removes a spec (for tests and plugins that replace one)."""
     del _KERNELS[key]
-
-
-def current_platform() -> str:
-    """The platform of the device JAX would place a computation on: cpu, cuda, rocm, tpu, ..."""
-    device = jax.config.jax_default_device
-    if device is None or isinstance(device, str):
-        device = jax.devices(device)[0] if isinstance(device, str) else jax.devices()[0]
-    platform = device.platform.lower()
-    if platform == "gpu":
-        version = str(getattr(device.client, "platform_version", "")).lower()
-        return "rocm" if "rocm" in version else "cuda"
-    return platform
 
 
 def _specs(name: str) -> list[KernelSpec]:
@@ -214,13 +215,14 @@ class Kernel:
         self.__name__ = algorithm.name
         self.__doc__ = f"{algorithm.name} dispatched over {[s.label for s in candidates]} (requested {requested!r})."
 
-    def _bind(self, args: tuple, kwargs: dict) -> tuple[Any, inspect.BoundArguments]:
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """The validated call object of these arguments (the algorithm's ``bind``)."""
         try:
             bound = self.algorithm.signature.bind(*args, **kwargs)
         except TypeError as e:
             raise TypeError(f"{self.algorithm.name}(): {e}") from None
         bound.apply_defaults()
-        return self.algorithm.analyze(bound)
+        return self.algorithm.bind(bound.arguments)
 
     def _decide(self, features: Any) -> Decision:
         rejected = list(self._hardware_rejected)
@@ -233,12 +235,14 @@ class Kernel:
 
     def explain(self, *args: Any, **kwargs: Any) -> Decision:
         """The decision a call with these arguments would get (arrays or ``jax.ShapeDtypeStruct``)."""
-        features, _ = self._bind(args, kwargs)
-        return self._decide(features)
+        return self._decide(self.bind(*args, **kwargs).features)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        features, bound = self._bind(args, kwargs)
-        decision = self._decide(features)
+        return self.run(self.bind(*args, **kwargs), stacklevel=3)
+
+    def run(self, call: Any, *, stacklevel: int = 2) -> Any:
+        """Serves an already bound call (``bind``): chooses, warns on fallback, runs the implementation."""
+        decision = self._decide(call.features)
         if self.candidates and decision.chosen.platform != self.candidates[0].platform:
             feature_rejected = decision.rejected[len(self._hardware_rejected):]
             message = f"{self.algorithm.name}: {decision.chosen.label} serves this call; " + "; ".join(
@@ -247,9 +251,9 @@ class Kernel:
             if self.strict and decision.is_fallback:
                 raise KernelUnavailableError(message)
             logger.info(message)
-            warnings.warn(message, FallbackWarning, stacklevel=2)
+            warnings.warn(message, FallbackWarning, stacklevel=stacklevel)
         impl = _built(decision.chosen, self.interpret and decision.chosen.uses_pallas)
-        return impl(*bound.args, **bound.kwargs)
+        return impl(call)
 
 
 @functools.cache
@@ -258,7 +262,8 @@ def _built(spec: KernelSpec, interpret: bool) -> Callable[..., Any]:
 
 
 def get_kernel(name: str, platform: str = "auto", *, strict: bool = False, interpret: bool = False) -> Kernel:
-    """The implementation of ``name`` for ``platform`` ("auto", "xla", "pallas", "triton").
+    """The implementation of ``name`` for ``platform`` ("auto", "xla", "pallas_tpu", "triton"; "pallas" is
+    an alias of "pallas_tpu").
 
     "auto" considers every implementation that runs on the current device (with ``interpret=True``,
     every Pallas one too), highest priority first. A named platform considers its own implementations,
@@ -266,6 +271,7 @@ def get_kernel(name: str, platform: str = "auto", *, strict: bool = False, inter
     raises ``KernelUnavailableError`` instead); per-call feature fallback is decided at each call.
     """
     _ensure_builtin_kernels()
+    platform = canonical_platform(platform)
     algorithm = _ALGORITHMS.get(name)
     if algorithm is None:
         raise KernelNotFoundError(f"no algorithm {name!r}; known: {sorted(_ALGORITHMS)}")
@@ -300,14 +306,36 @@ def get_kernel(name: str, platform: str = "auto", *, strict: bool = False, inter
     return Kernel(algorithm, platform, candidates, rejected, strict=strict, interpret=interpret)
 
 
-_BUILTINS_LOADED = False
+_BUILTINS_LOCK = threading.RLock()
+_builtins_state = "absent"  # -> "loading" (by the thread holding the lock) -> "loaded"
 
 
 def _ensure_builtin_kernels() -> None:
-    """Registers the built-in implementations on first use (importing them has no other effect)."""
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        from ejkernel.kernels import _register_builtins
+    """Registers the built-in algorithms and implementations on first use, once, thread-safely.
 
-        _register_builtins()
+    Other threads wait on the lock until every built-in is registered; the loading thread itself
+    re-enters (its spec modules call ``register_kernel``) and returns at once. A failed import leaves
+    nothing half-registered, so the next call tries again.
+    """
+    global _builtins_state
+    if _builtins_state == "loaded":
+        return
+    with _BUILTINS_LOCK:
+        if _builtins_state != "absent":
+            return
+        _builtins_state = "loading"
+        registered: list[tuple[str, str, str]] = []
+        try:
+            modules = [importlib.import_module(name) for name in BUILTIN_MODULES]
+            for algorithm in (a for m in modules for a in getattr(m, "ALGORITHMS", ())):
+                if algorithm.name not in _ALGORITHMS:
+                    register_algorithm(algorithm)
+            for spec in (s for m in modules for s in getattr(m, "SPECS", ())):
+                register_kernel(spec)
+                registered.append(spec.key)
+        except BaseException:
+            for key in registered:
+                _KERNELS.pop(key, None)
+            _builtins_state = "absent"
+            raise
+        _builtins_state = "loaded"

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ejkernel.check import CheckCase, make_inputs, oracle, relative_error
-from ejkernel.kernels._xla.attention._interface import attention as xla_attention
+from ejkernel.kernels.xla.reference import attention as xla_attention
 
 __all__ = ["assert_matches_oracle", "forward_and_grads", "gradient_errors", "reference_errors", "REFERENCE_MARGIN"]
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
 
-from ejkernel.kernels._xla.attention._interface import attention
+from ejkernel.kernels.xla.reference import attention
 from numpy_reference import attention_reference
 
 # (batch, q_len, kv_len, num_q_heads, num_kv_heads, head_dim, v_head_dim): Sq != Skv both ways, GQA

@@ -211,12 +211,13 @@ def test_dispatch_report_small():
 def test_dispatched_triton_kernel_lowers_to_the_same_cuda_program():
     """On the GPU, dispatch reaches the Pallas-Triton kernel; lowered for CUDA here, its program (kernel
     IR included) must not depend on the call path: the bench's check would report a false difference."""
-    from ejkernel.kernels._triton.attention.spec import SPEC
-    from ejkernel.ops.attention.api import ATTENTION
+    from ejkernel.kernels.pallas_triton.interface import flash_attention
+    from ejkernel.kernels.pallas_triton.spec import SPEC
+    from ejkernel.ops.attention.algorithm import ATTENTION
     from ejkernel.registry import Kernel
 
     kernel = Kernel(ATTENTION, "triton", [SPEC], [], strict=True, interpret=False)  # as get_kernel builds it on a GPU
-    impl = SPEC.build(False)
+    impl = flash_attention
     s = jax.ShapeDtypeStruct((1, 64, 2, 32), jnp.bfloat16)
     dispatched = runner.build_step(lambda q, k, v: kernel(q, k, v, causal=True)[0], "fwd+bwd")
     direct = runner.build_step(lambda q, k, v: impl(q, k, v, causal=True)[0], "fwd+bwd")

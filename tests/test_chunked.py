@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 import ejkernel
 from ejkernel.check import relative_error
 from ejkernel.errors import FallbackWarning
-from ejkernel.kernels._xla.attention import chunk_policy, chunked, chunked_spec
-from ejkernel.kernels._xla.attention._interface import attention as reference
-from ejkernel.kernels._xla.attention.chunked import chunked_attention
-from ejkernel.kernels._xla.attention.chunked_spec import SPEC
+from ejkernel.kernels.xla import chunk_policy, chunked, chunked_tiles, spec
+from ejkernel.kernels.xla.chunked import chunked_attention
+from ejkernel.kernels.xla.reference import attention as reference
+from ejkernel.kernels.xla.spec import CHUNKED as SPEC
 from ejkernel.ops.attention.masks import allowed, normalize_window
 from ejkernel.ops.attention.merge import merge_partials
 
@@ -131,10 +131,11 @@ def test_matches_reference_half(dtype):
 
 def test_registered_attention_returns_no_weights_and_has_reference_signature():
     assert inspect.signature(chunked.attention) == inspect.signature(reference)
-    assert inspect.signature(SPEC.build(False)) == inspect.signature(reference)
     args, _ = make_case(0, 1, 40, 40, 2, 2, 16, 16)
     out, weights = chunked.attention(**args, causal=True)
     assert weights is None and out.dtype == jnp.bfloat16
+    registered = SPEC.build(False)(ejkernel.get_kernel("attention").bind(**args, causal=True))
+    assert registered[1] is None and np.array_equal(np.asarray(registered[0], np.float32), np.asarray(out, np.float32))
 
 
 def test_rows_without_keys_are_zero_with_zero_finite_gradients():
@@ -217,17 +218,17 @@ def test_gradient_through_lse():
 def test_skipped_chunks_are_exactly_the_fully_masked_ones(causal, window, lengths, blocks):
     q_len, kv_len = lengths
     window = normalize_window(window)
-    plan = chunked._Plan(1, 1, 1, q_len, kv_len, blocks[0], blocks[1], 1.0, None, causal, window, "float32", 0.0)
+    plan = chunked_tiles.Plan(1, 1, 1, q_len, kv_len, blocks[0], blocks[1], 1.0, None, causal, window, "float32", 0.0)
     ok = np.asarray(allowed(np.arange(q_len)[:, None], np.arange(kv_len)[None], q_len, kv_len, causal, window))
     for i in range(plan.num_q_blocks):
         rows = ok[i * blocks[0]:(i + 1) * blocks[0]]
         want = [c for c in range(plan.num_kv_blocks) if rows[:, c * blocks[1]:(c + 1) * blocks[1]].any()]
-        first, stop = (int(x) for x in chunked._kv_chunk_range(jnp.int32(i), plan))
+        first, stop = (int(x) for x in chunked_tiles.kv_chunk_range(jnp.int32(i), plan))
         assert list(range(first, stop)) == want
     for c in range(plan.num_kv_blocks):
         cols = ok[:, c * blocks[1]:(c + 1) * blocks[1]]
         want = [i for i in range(plan.num_q_blocks) if cols[i * blocks[0]:(i + 1) * blocks[0]].any()]
-        first, stop = (int(x) for x in chunked._q_chunk_range(jnp.int32(c), plan))
+        first, stop = (int(x) for x in chunked_tiles.q_chunk_range(jnp.int32(c), plan))
         assert list(range(first, stop)) == want
 
 
@@ -251,7 +252,7 @@ def test_decoding_stays_dense():
 
 
 def test_accelerator_policy(monkeypatch):
-    monkeypatch.setattr(chunked_spec, "current_platform", lambda: "cuda")
+    monkeypatch.setattr(spec, "current_platform", lambda: "cuda")
     assert _explain(8192, heads=4).chosen.variant == "default"  # 2**28 logits: below the accelerator's limit
     assert _explain(8192, heads=8).chosen.variant == "chunked"  # 2**29: at it
     assert "on cuda" in str(_explain(4096))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from ejkernel.check import relative_error
-from ejkernel.kernels._xla.attention._interface import attention as reference
-from ejkernel.kernels._xla.attention.chunked import chunked_attention
+from ejkernel.kernels.xla.chunked import chunked_attention
+from ejkernel.kernels.xla.reference import attention as reference
 
 B, SQ, SKV, HQ, HKV, D = 2, 64, 96, 4, 2, 16
 P = 0.3

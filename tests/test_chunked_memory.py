@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ejkernel.kernels._xla.attention._interface import attention as reference
-from ejkernel.kernels._xla.attention.chunked import chunked_attention
+from ejkernel.kernels.xla.chunked import chunked_attention
+from ejkernel.kernels.xla.reference import attention as reference
 
 LENGTHS = (128, 256, 512)
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ejkernel.kernels._xla.attention._interface import attention
+from ejkernel.kernels.xla.reference import attention
 from ejkernel.ops.attention.masks import allowed
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ejkernel.kernels._xla.attention._interface import attention
+from ejkernel.kernels.xla.reference import attention
 from strategies import Features, make_inputs
 
 SHAPE = (2, 16, 32, 4, 2, 8, 8)  # B, Sq, Skv, Hq, Hkv (GQA 2), D, Dv

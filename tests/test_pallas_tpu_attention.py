@@ -25,12 +25,12 @@ import ejkernel
 from conftest import examples
 from ejkernel.check import CheckCase, make_inputs, relative_error
 from ejkernel.errors import FallbackWarning
-from ejkernel.kernels._pallas.tpu.attention import blocks
-from ejkernel.kernels._pallas.tpu.attention.blocks import BlockSizes
-from ejkernel.kernels._pallas.tpu.attention.flash import visit_counts
-from ejkernel.kernels._pallas.tpu.attention.interface import flash_attention, flash_attention_with_lse, kernel_config
-from ejkernel.kernels._pallas.tpu.attention.spec import CAPABILITIES, SPEC
-from ejkernel.kernels._xla.attention._interface import attention as xla_attention
+from ejkernel.kernels.pallas_tpu import blocks
+from ejkernel.kernels.pallas_tpu.blocks import BlockSizes
+from ejkernel.kernels.pallas_tpu.flash import visit_counts
+from ejkernel.kernels.pallas_tpu.interface import flash_attention, flash_attention_with_lse, plan_for
+from ejkernel.kernels.pallas_tpu.spec import CAPABILITIES, SPEC
+from ejkernel.kernels.xla.reference import attention as xla_attention
 from ejkernel.ops.attention.merge import merge_partials
 from ejkernel.ops.attention.validation import validate_attention
 from parity import assert_matches_oracle, forward_and_grads
@@ -47,7 +47,7 @@ def _reset_tpu_interpreter():
 def _pallas(interpret=True):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)
-        return ejkernel.get_kernel("attention", "pallas", interpret=interpret)
+        return ejkernel.get_kernel("attention", "pallas_tpu", interpret=interpret)
 
 
 def _assert_matches_oracle(fn, case: CheckCase, dtype: str, seed: int = 0, extra=None):
@@ -142,9 +142,9 @@ def test_kernel_visit_counter_matches_predicate_and_causal_halves():
     counts = {}
     for causal, window in ((False, None), (True, None), (True, (100, 0)), (False, (0, 130))):
         f = validate_attention(q, kv, kv, causal=causal, sliding_window=window)
-        cfg = kernel_config(f, args[1], True)
-        got = int(jnp.sum(visit_counts(cfg, q.astype(args[0]), kv, kv)))
-        assert got == blocks.count_visited_blocks(512, 512, 128, 128, causal, cfg.window)
+        plan = plan_for(f, args[1], True)
+        got = int(jnp.sum(visit_counts(plan, q.astype(args[0]), kv, kv)))
+        assert got == blocks.count_visited_blocks(512, 512, 128, 128, causal, plan.window)
         counts[causal, window] = got
     assert counts[False, None] == 16 and counts[True, None] == 10  # 4 * 5 / 2 of the 4 x 4 tiles
     assert counts[True, (100, 0)] == 7
@@ -173,16 +173,18 @@ def test_jit_and_vmap_compose():
 
 
 def test_registration_signature_and_validation():
-    from ejkernel.kernels._pallas.tpu.attention.interface import make_attention
+    from ejkernel.kernels.pallas_tpu.interface import flash_attention
 
-    assert inspect.signature(make_attention(True)) == inspect.signature(xla_attention)
-    record = next(r for r in ejkernel.list_kernels("attention") if r["platform"] == "pallas")
+    params = list(inspect.signature(flash_attention).parameters.values())
+    assert params[:16] == list(inspect.signature(xla_attention).parameters.values())
+    assert [p.name for p in params[16:]] == ["block_sizes", "interpret"]
+    record = next(r for r in ejkernel.list_kernels("attention") if r["platform"] == "pallas_tpu")
     assert record["priority"] == 100 and record["devices"] == ("tpu",) and record["interpretable"]
     assert SPEC.uses_pallas and SPEC.capabilities is CAPABILITIES
     q = jnp.zeros((1, 8, 3, 16))
     with pytest.raises(ValueError, match="num_q_heads"):
-        make_attention(True)(q, jnp.zeros((1, 8, 2, 16)), jnp.zeros((1, 8, 2, 16)))
-    out, weights = make_attention(True)(q, q, q, dtype=jnp.float32)
+        flash_attention(q, jnp.zeros((1, 8, 2, 16)), jnp.zeros((1, 8, 2, 16)), interpret=True)
+    out, weights = flash_attention(q, q, q, dtype=jnp.float32, interpret=True)
     assert weights is None and out.shape == (1, 8, 3, 16)
 
 
@@ -250,7 +252,7 @@ def test_random_configurations(shape, dtype, causal, window, cap, sinks, bias, m
     features = validate_attention(**args, dtype=dtype)
     claimed = not CAPABILITIES.unsupported_reasons(features)
     decision = kernel.explain(**args, dtype=dtype)
-    assert decision.chosen.platform == ("pallas" if claimed else "xla")
+    assert decision.chosen.platform == ("pallas_tpu" if claimed else "xla")
     if claimed:
         _assert_matches_oracle(kernel, case, dtype, seed, extra)
     else:

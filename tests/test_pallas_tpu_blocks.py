@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import examples
-from ejkernel.kernels._pallas.tpu.attention import blocks
+from ejkernel.kernels.pallas_tpu import blocks
 from ejkernel.ops.attention.masks import allowed
 
 WINDOWS = (None, 0, 5, (40, 0), (0, 40), (7, 130), (300, 300))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from ejkernel.kernels._pallas.tpu.attention.compile_check import configurations, lower
-from ejkernel.kernels._pallas.tpu.attention.spec import CAPABILITIES
+from ejkernel.kernels.pallas_tpu.compile_check import configurations, lower
+from ejkernel.kernels.pallas_tpu.spec import CAPABILITIES
 
 CONFIGS = configurations(quick=True)
 

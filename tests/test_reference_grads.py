@@ -41,7 +41,7 @@ def _float64_inputs(shape, features, seed):
 
 def _differentiable(inputs, features):
     """``f(query, key, value[, bias][, softmax_aux]) -> (output, weights)`` in float64, and its arguments."""
-    from ejkernel.kernels._xla.attention._interface import attention
+    from ejkernel.kernels.xla.reference import attention
 
     names = [n for n in ("query", "key", "value", "bias", "softmax_aux") if n in inputs]
     fixed = {n: x for n, x in inputs.items() if n not in names}

@@ -7,9 +7,15 @@ the ``register`` fixture, which unregisters them afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
+import os
+import pathlib
 import re
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import jax
@@ -20,11 +26,16 @@ import pytest
 import ejkernel
 from ejkernel import registry
 from ejkernel.errors import DuplicateKernelError, FallbackWarning, KernelNotFoundError, KernelUnavailableError
-from ejkernel.kernels._xla.attention import spec as xla_spec
-from ejkernel.kernels._xla.attention._interface import attention as reference
+from ejkernel.kernels.xla import spec as xla_spec
+from ejkernel.kernels.xla.reference import attention as reference
+from ejkernel.kernels.xla.reference import reference_attention
+from ejkernel.ops.attention import call as call_module
+from ejkernel.ops.attention.call import AttentionCall
 from ejkernel.ops.attention.features import AttentionCapabilities
+from ejkernel.ops.attention.signature import SIGNATURE
 
 B, SQ, SKV, HQ, HKV, D = 2, 8, 12, 4, 2, 16
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _inputs(seed: int = 0) -> dict[str, jax.Array]:
@@ -38,15 +49,16 @@ def _inputs(seed: int = 0) -> dict[str, jax.Array]:
 
 
 def _fake_spec(platform, priority, log, *, devices=("cpu",), uses_pallas=False, **capabilities):
-    """A spec serving the reference under another name; ``capabilities`` switch features off."""
+    """A spec serving the reference under another name: the reference's capabilities, ``capabilities``
+    overriding some (``sinks=False`` switches sinks off)."""
 
     def build(interpret):
         log.append(("build", platform, interpret))
 
-        @functools.wraps(reference)
-        def impl(*args, **kwargs):
+        def impl(call):
+            assert isinstance(call, AttentionCall)
             log.append(("call", platform))
-            return reference(*args, **kwargs)
+            return reference_attention(call)
 
         return impl
 
@@ -56,7 +68,7 @@ def _fake_spec(platform, priority, log, *, devices=("cpu",), uses_pallas=False, 
         priority=priority,
         devices=frozenset(devices),
         build=build,
-        capabilities=AttentionCapabilities(**capabilities),
+        capabilities=dataclasses.replace(xla_spec.REFERENCE.capabilities, **capabilities),
         uses_pallas=uses_pallas,
         description=f"test fake {platform}",
     )
@@ -100,7 +112,7 @@ def test_auto_resolves_to_xla_without_warning():
     assert weights is not None  # the dense reference returns its weights
 
 
-@pytest.mark.parametrize("platform, hardware", [("pallas", "tpu"), ("triton", "cuda")])
+@pytest.mark.parametrize("platform, hardware", [("pallas_tpu", "tpu"), ("triton", "cuda")])
 def test_hardware_fallback_warns_exactly_once_and_says_why(platform, hardware):
     args = _inputs()
     with warnings.catch_warnings(record=True) as record:
@@ -117,7 +129,7 @@ def test_hardware_fallback_warns_exactly_once_and_says_why(platform, hardware):
     np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(expected, np.float32))
 
 
-@pytest.mark.parametrize("platform", ["pallas", "triton"])
+@pytest.mark.parametrize("platform", ["pallas_tpu", "triton"])
 def test_strict_raises_instead_of_falling_back(platform):
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -135,7 +147,7 @@ def test_unknown_platform_and_algorithm():
 
 def test_duplicate_registration_is_rejected(register):
     with pytest.raises(DuplicateKernelError, match=r"\('attention', 'xla', 'default'\)"):
-        registry.register_kernel(xla_spec.SPEC)
+        registry.register_kernel(xla_spec.REFERENCE)
     register(_fake_spec("testdup", 5, []))
     with pytest.raises(DuplicateKernelError):
         registry.register_kernel(_fake_spec("testdup", 7, []))
@@ -235,9 +247,9 @@ def test_explain_says_which_implementation_and_why(register):
 
     without_sinks = {k: v for k, v in shapes.items() if k != "softmax_aux"}
     assert ejkernel.explain(**without_sinks).chosen.platform == "testnosinks"
-    named = ejkernel.explain(**without_sinks, platform="pallas")
+    named = ejkernel.explain(**without_sinks, platform="pallas")  # the old spelling of "pallas_tpu"
     assert named.chosen.platform == "xla" and named.is_fallback
-    assert any(label.startswith("pallas") for label, _ in named.rejected)
+    assert any(label.startswith("pallas_tpu") for label, _ in named.rejected)
 
 
 def test_explain_validates_like_a_call():
@@ -297,16 +309,132 @@ def test_list_kernels_records():
     (xla,) = [r for r in records if (r["platform"], r["variant"]) == ("xla", "default")]
     assert xla["runnable"] and "cpu" in xla["devices"] and xla["priority"] == 0 and not xla["interpretable"]
     for r in records:
-        if r["platform"] in ("pallas", "triton"):
+        if r["platform"] in ("pallas_tpu", "triton"):
             assert not r["runnable"] and r["interpretable"] and re.search(r"needs a .* device, this is cpu", r["reason"])
 
 
-def test_every_attention_implementation_has_the_reference_signature():
+def test_every_entry_point_has_the_reference_signature():
+    """One signature, defined in the semantics layer: the public call, the seed's path, the dispatcher and
+    every backend's own entry points (whose keyword-only extras follow the sixteen parameters)."""
+    from ejkernel.kernels._xla.attention._interface import attention as seed_path
+    from ejkernel.kernels.pallas_tpu import interface as tpu
+    from ejkernel.kernels.pallas_triton import interface as triton
+    from ejkernel.kernels.xla import chunked
+
+    expected = list(SIGNATURE.parameters.values())
+    assert inspect.signature(seed_path) == inspect.signature(reference) == SIGNATURE
+    assert inspect.signature(ejkernel.get_kernel("attention")) == SIGNATURE
+    for fn in (ejkernel.attention, chunked.attention, chunked.chunked_attention, tpu.flash_attention,
+               tpu.flash_attention_with_lse, triton.flash_attention, triton.flash_attention_with_lse):
+        params = list(inspect.signature(fn).parameters.values())
+        assert params[:16] == expected, fn
+        assert all(p.kind is p.KEYWORD_ONLY for p in params[16:]), fn
+
+
+def test_every_registered_implementation_takes_a_bound_call():
     """Iterates the live registry, so every kernel registered later is covered too."""
-    expected = inspect.signature(reference)
-    specs = registry.kernel_specs("attention")
-    assert {s.platform for s in specs} >= {"xla"}
-    for spec in specs:
-        impl = spec.build(False)
-        assert inspect.signature(impl) == expected, f"{spec.key}: {inspect.signature(impl)}"
-    assert inspect.signature(ejkernel.get_kernel("attention")) == expected
+    kernel = ejkernel.get_kernel("attention", "xla")
+    call = kernel.bind(**_inputs(), dtype=jnp.float32)
+    want = reference(**_inputs(), dtype=jnp.float32)[0]
+    for spec in registry.kernel_specs("attention"):
+        impl = spec.build(spec.uses_pallas)
+        out, _ = impl(call)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(want), rtol=2e-5, atol=2e-5, err_msg=str(spec.key))
+
+
+def test_one_call_is_validated_once_and_checked_once_per_candidate(monkeypatch):
+    validations, checks = [], []
+    validate = call_module.validate_attention
+    unsupported = AttentionCapabilities.unsupported_reasons
+
+    def counting_validate(*args, **kwargs):
+        validations.append(1)
+        return validate(*args, **kwargs)
+
+    def counting_check(self, features):
+        checks.append(self)
+        return unsupported(self, features)
+
+    monkeypatch.setattr(call_module, "validate_attention", counting_validate)
+    monkeypatch.setattr(AttentionCapabilities, "unsupported_reasons", counting_check)
+    args = _inputs()
+    ejkernel.attention(**args)  # auto on a CPU: chunked XLA (refuses a small call), then the dense reference
+    assert len(validations) == 1
+    assert checks == [xla_spec.CHUNKED.capabilities, xla_spec.REFERENCE.capabilities]
+
+    validations.clear(), checks.clear()
+    ejkernel.get_kernel("attention", "triton", interpret=True)(**args)  # the Triton kernel serves it
+    assert len(validations) == 1 and len(checks) == 1
+
+
+def test_capabilities_are_opt_in(register):
+    """A backend that declares nothing serves only a plain call; every feature falls back to XLA."""
+    log = []
+    register(registry.KernelSpec(
+        name="attention", platform="testbare", priority=1000, devices=frozenset({"cpu"}),
+        build=lambda interpret: lambda call: (log.append("call"), reference_attention(call))[1],
+        capabilities=AttentionCapabilities(),
+    ))
+    defaults = AttentionCapabilities()
+    for field in dataclasses.fields(AttentionCapabilities):
+        if field.name not in ("dtypes", "head_dims", "softmax_dtypes", "extra_check"):
+            assert not getattr(defaults, field.name), f"{field.name} is claimed by default"
+    args = {k: v for k, v in _inputs().items() if k != "softmax_aux"}
+    assert ejkernel.explain(**args).chosen.platform == "testbare"
+    b, sq, skv = B, SQ, SKV
+    features = {
+        "causal": {"causal": True},
+        "sliding_window": {"sliding_window": 3},
+        "logits_soft_cap": {"logits_soft_cap": 5.0},
+        "softmax_aux": {"softmax_aux": _inputs()["softmax_aux"]},
+        "bias layout": {"bias": jnp.zeros((b, HQ, sq, skv))},
+        "attention_mask layout": {"attention_mask": jnp.ones((1, 1, sq, skv), bool)},
+        "dropout": {"dropout_prob": 0.5, "deterministic": False, "dropout_rng": jax.random.key(0)},
+        "value head_dim": {"value": jnp.zeros((b, skv, HKV, D // 2))},
+        "softmax_dtype": {"softmax_dtype": jnp.float16},
+    }
+    for reason, extra in features.items():
+        decision = ejkernel.explain(**{**args, **extra})
+        assert decision.chosen.platform == "xla", reason
+        (why,) = [why for label, why in decision.rejected if label == "testbare"]
+        assert reason in why, (reason, why)
+    assert log == []
+
+
+_THREADED_FIRST_USE = textwrap.dedent(
+    """
+    import importlib, threading, time
+    from ejkernel import registry
+
+    real_import = importlib.import_module
+
+    def slow_import(name):  # a spec module that takes a while to import
+        time.sleep(0.05)
+        return real_import(name)
+
+    registry.importlib = type("slow", (), {"import_module": staticmethod(slow_import)})
+    errors, barrier = [], threading.Barrier(8)
+
+    def first_use():
+        barrier.wait()
+        try:
+            registry.get_kernel("attention")
+        except Exception as e:
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=first_use) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    print(len(registry.kernel_specs("attention")), len(errors), *errors[:1])
+    """
+)
+
+
+def test_first_use_of_the_registry_is_thread_safe():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-c", _THREADED_FIRST_USE], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    count, errors, *first_error = result.stdout.split(maxsplit=2)
+    assert errors == "0", first_error
+    assert int(count) == len(registry.kernel_specs("attention"))

@@ -55,7 +55,7 @@ SCRIPT = textwrap.dedent(
         ref = jax.jit(jax.value_and_grad(plain, argnums=(0, 1, 2, 3)))(q, k, v, sinks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)
-        for platform, interpret in (("xla", False), ("pallas", True), ("triton", True)):
+        for platform, interpret in (("xla", False), ("pallas_tpu", True), ("triton", True)):
             got = run(platform, interpret)
             for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
                 err = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
@@ -70,4 +70,4 @@ def test_attention_composes_with_shard_map_over_batch_and_heads():
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["ok", "xla", "ok", "pallas", "ok", "triton"]
+    assert result.stdout.split() == ["ok", "xla", "ok", "pallas_tpu", "ok", "triton"]

@@ -25,10 +25,10 @@ import ejkernel
 from conftest import examples
 from ejkernel.check import CheckCase, make_inputs, relative_error
 from ejkernel.errors import FallbackWarning
-from ejkernel.kernels._triton.attention.configs import KernelConfig, PassConfig
-from ejkernel.kernels._triton.attention.interface import flash_attention, flash_attention_with_lse
-from ejkernel.kernels._triton.attention.spec import CAPABILITIES, SPEC
-from ejkernel.kernels._xla.attention._interface import attention as xla_attention
+from ejkernel.kernels.pallas_triton.blocks import BlockSizes, PassBlocks
+from ejkernel.kernels.pallas_triton.interface import flash_attention, flash_attention_with_lse
+from ejkernel.kernels.pallas_triton.spec import CAPABILITIES, SPEC
+from ejkernel.kernels.xla.reference import attention as xla_attention
 from ejkernel.ops.attention.merge import merge_partials
 from ejkernel.ops.attention.validation import validate_attention
 from parity import assert_matches_oracle, forward_and_grads
@@ -40,7 +40,7 @@ from parity import assert_matches_oracle, forward_and_grads
 # there an error is also accepted up to REFERENCE_MARGIN times the reference's own in the same dtype.
 TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3, "float32": 1e-5}
 # Several blocks per sequence at test sizes; each pass with its own shape, as on the GPU.
-SMALL = KernelConfig(PassConfig(16, 32), PassConfig(32, 16), PassConfig(16, 16))
+SMALL = BlockSizes(PassBlocks(16, 32), PassBlocks(32, 16), PassBlocks(16, 16))
 
 
 def _triton():
@@ -50,7 +50,7 @@ def _triton():
 
 
 def _small(**kwargs):
-    return flash_attention(**kwargs, config=SMALL, interpret=True)
+    return flash_attention(**kwargs, block_sizes=SMALL, interpret=True)
 
 
 def _assert_matches_oracle(fn, case: CheckCase, dtype: str, seed: int = 0, extra=None):
@@ -112,7 +112,7 @@ def test_lse_merges_over_disjoint_keys():
     case = CheckCase("merge", batch=1, q_len=40, kv_len=64, num_q_heads=2, num_kv_heads=1, head_dim=16)
     args = make_inputs(case)
     q, k, v = args["query"], args["key"], args["value"]
-    parts = [flash_attention_with_lse(q, k[:, s], v[:, s], dtype=jnp.float32, config=SMALL, interpret=True)
+    parts = [flash_attention_with_lse(q, k[:, s], v[:, s], dtype=jnp.float32, block_sizes=SMALL, interpret=True)
              for s in (slice(0, 30), slice(30, 64))]
     merged, _ = merge_partials(parts[0][0], parts[0][1], parts[1][0], parts[1][1])
     full, _ = xla_attention(q, k, v, dtype=jnp.float32)
@@ -120,17 +120,19 @@ def test_lse_merges_over_disjoint_keys():
 
 
 def test_registration_signature_and_validation():
-    from ejkernel.kernels._triton.attention.interface import make_attention
+    from ejkernel.kernels.pallas_triton.interface import flash_attention
 
-    assert inspect.signature(make_attention(True)) == inspect.signature(xla_attention)
+    params = list(inspect.signature(flash_attention).parameters.values())
+    assert params[:16] == list(inspect.signature(xla_attention).parameters.values())
+    assert [p.name for p in params[16:]] == ["block_sizes", "interpret"]
     record = next(r for r in ejkernel.list_kernels("attention") if r["platform"] == "triton")
     assert record["priority"] == 100 and record["devices"] == ("cuda",) and record["interpretable"]
     assert SPEC.uses_pallas and SPEC.capabilities is CAPABILITIES and SPEC.available is not None
     assert not record["runnable"]  # this machine has no GPU
     q = jnp.zeros((1, 8, 3, 16))
     with pytest.raises(ValueError, match="num_q_heads"):
-        make_attention(True)(q, jnp.zeros((1, 8, 2, 16)), jnp.zeros((1, 8, 2, 16)))
-    out, weights = make_attention(True)(q, q, q, dtype=jnp.float32)
+        flash_attention(q, jnp.zeros((1, 8, 2, 16)), jnp.zeros((1, 8, 2, 16)), interpret=True)
+    out, weights = flash_attention(q, q, q, dtype=jnp.float32, interpret=True)
     assert weights is None and out.shape == (1, 8, 3, 16)
 
 
@@ -221,7 +223,7 @@ def test_jit_and_vmap_compose():
     k = jax.random.normal(jax.random.key(1), (3, 1, 40, 2, 16))
 
     def ours(q, k):
-        return flash_attention(q, k, k, causal=True, dtype=jnp.float32, config=SMALL, interpret=True)[0]
+        return flash_attention(q, k, k, causal=True, dtype=jnp.float32, block_sizes=SMALL, interpret=True)[0]
 
     def ref(q, k):
         return xla_attention(q, k, k, causal=True, dtype=jnp.float32)[0]

@@ -19,11 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import examples
-from ejkernel.kernels._triton.attention import configs
-from ejkernel.kernels._triton.attention.configs import KernelConfig, PassConfig, choose_config
-from ejkernel.kernels._triton.attention.forward import forward_call
-from ejkernel.kernels._triton.attention.interface import flash_attention
-from ejkernel.kernels._triton.attention.tiles import Problem, key_blocks, query_blocks
+from ejkernel.kernels.pallas_triton import blocks as configs
+from ejkernel.kernels.pallas_triton.blocks import BlockSizes, PassBlocks, choose_block_sizes
+from ejkernel.kernels.pallas_triton.forward import forward_call
+from ejkernel.kernels.pallas_triton.interface import flash_attention
+from ejkernel.kernels.pallas_triton.plan import Plan
+from ejkernel.kernels.pallas_triton.tiles import key_blocks, query_blocks
 from ejkernel.ops.attention.masks import allowed
 
 
@@ -31,7 +32,7 @@ def _problem(q_len, kv_len, bq, bk, causal, window):
     def pad(n):
         return -(-n // max(bq, bk)) * max(bq, bk)
 
-    return Problem(batch=1, q_len=q_len, kv_len=kv_len, q_len_pad=pad(q_len), kv_len_pad=pad(kv_len),
+    return Plan(batch=1, q_len=q_len, kv_len=kv_len, q_len_pad=pad(q_len), kv_len_pad=pad(kv_len),
                    num_q_heads=1, num_kv_heads=1, head_dim=16, v_head_dim=16, softmax_scale=1.0,
                    causal=causal, window=window)
 
@@ -79,17 +80,17 @@ def test_block_ranges_match_brute_force(q_len, kv_len, bq, bk, causal, window, d
 
 def test_pass_config_rejects_non_power_of_2_and_table_is_consistent():
     with pytest.raises(ValueError, match="power of 2"):
-        PassConfig(48, 64)
+        PassBlocks(48, 64)
     for (d, itemsize), cfg in configs._TABLE.items():
         for p in (cfg.forward, cfg.dkv, cfg.dq):
             assert p.num_warps in (4, 8) and p.num_stages in (2, 3, 4), (d, itemsize, p)
-    c = choose_config(96, 96, 10, 1000, 2)
+    c = choose_block_sizes(96, 96, 10, 1000, 2)
     assert c.forward.block_q == 16 and c.forward.block_k <= 128
-    long_row, short = choose_config(128, 128, 4096, 4096, 2, causal=True), choose_config(128, 128, 512, 512, 2, causal=True)
-    assert short.forward == PassConfig(64, 64, 4, 3) and short.dkv == long_row.dkv
-    assert long_row.forward == PassConfig(128, 128, 8, 3)
-    assert choose_config(128, 128, 512, 512, 4, causal=True) == choose_config(128, 128, 512, 512, 4)  # f32: one row
-    dense = choose_config(128, 128, 4096, 4096, 2, dense_tiles=True)
+    long_row, short = choose_block_sizes(128, 128, 4096, 4096, 2, causal=True), choose_block_sizes(128, 128, 512, 512, 2, causal=True)
+    assert short.forward == PassBlocks(64, 64, 4, 3) and short.dkv == long_row.dkv
+    assert long_row.forward == PassBlocks(128, 128, 8, 3)
+    assert choose_block_sizes(128, 128, 512, 512, 4, causal=True) == choose_block_sizes(128, 128, 512, 512, 4)  # f32: one row
+    dense = choose_block_sizes(128, 128, 4096, 4096, 2, dense_tiles=True)
     assert all(p.block_k <= 64 and p.num_stages <= 2 for p in (dense.forward, dense.dkv, dense.dq))
 
 
@@ -139,9 +140,9 @@ def test_lowers_for_cuda_on_cpu(case):
 
 
 def test_lowering_rejects_non_power_of_2_blocks():
-    bad = PassConfig(32, 32)
+    bad = PassBlocks(32, 32)
     object.__setattr__(bad, "block_q", 48)  # bypass the dataclass check: the lowering must refuse too
-    p = Problem(batch=1, q_len=96, kv_len=96, q_len_pad=96, kv_len_pad=96, num_q_heads=1, num_kv_heads=1,
+    p = Plan(batch=1, q_len=96, kv_len=96, q_len_pad=96, kv_len_pad=96, num_q_heads=1, num_kv_heads=1,
                 head_dim=32, v_head_dim=32, softmax_scale=1.0)
     x = jax.ShapeDtypeStruct((1, 96, 1, 32), jnp.bfloat16)
     f = jax.jit(lambda q, k, v: forward_call(p, bad, q, k, v, None, None, None))
@@ -154,7 +155,7 @@ def test_config_override_changes_nothing_but_blocks():
     k = jax.random.normal(jax.random.key(1), (1, 60, 2, 16))
     v = jax.random.normal(jax.random.key(2), (1, 60, 2, 16))
     a = flash_attention(q, k, v, causal=True, dtype=jnp.float32, interpret=True)[0]
-    small = KernelConfig(PassConfig(16, 16), PassConfig(16, 16), PassConfig(16, 16))
-    c = flash_attention(q, k, v, causal=True, dtype=jnp.float32, config=small, interpret=True)[0]
+    small = BlockSizes(PassBlocks(16, 16), PassBlocks(16, 16), PassBlocks(16, 16))
+    c = flash_attention(q, k, v, causal=True, dtype=jnp.float32, block_sizes=small, interpret=True)[0]
     np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-5)
     assert dataclasses.is_dataclass(small)

@@ -17,34 +17,34 @@ from hypothesis import strategies as st
 
 from conftest import examples
 from ejkernel.check import CheckCase, make_inputs
-from ejkernel.kernels._triton.attention.configs import (
+from ejkernel.kernels.pallas_triton.blocks import (
     DECODE_MAX_ROWS,
     MIN_BLOCKS_PER_SPLIT,
-    KernelConfig,
-    PassConfig,
+    BlockSizes,
+    PassBlocks,
     decode_splits,
 )
-from ejkernel.kernels._triton.attention.interface import decode_problem, flash_attention, problem_for
+from ejkernel.kernels.pallas_triton.interface import decode_plan, flash_attention, plan_for
 from ejkernel.ops.attention.validation import validate_attention
 from test_triton_attention import _assert_matches_oracle
 
 # Key blocks of 16 so that a few hundred keys make many blocks to split.
-DECODE = KernelConfig(PassConfig(16, 16), PassConfig(16, 16), PassConfig(16, 16))
+DECODE = BlockSizes(PassBlocks(16, 16), PassBlocks(16, 16), PassBlocks(16, 16))
 
 
 def _with_splits(splits):
     config = dataclasses.replace(DECODE, kv_splits=splits)
 
     def fn(**kwargs):
-        return flash_attention(**kwargs, config=config, interpret=True)
+        return flash_attention(**kwargs, block_sizes=config, interpret=True)
 
     return fn
 
 
 def _plan(case, splits, dtype="float32"):
     f = validate_attention(**make_inputs(case), dtype=dtype)
-    p, c = problem_for(f, dataclasses.replace(DECODE, kv_splits=splits), interpret=True)
-    return decode_problem(f, p, c)
+    p, c = plan_for(f, dataclasses.replace(DECODE, kv_splits=splits), interpret=True)
+    return decode_plan(f, p, c)
 
 
 CASES = [
@@ -175,7 +175,7 @@ def test_decoding_lowers_for_cuda_on_cpu(features):
     config = dataclasses.replace(DECODE, kv_splits=4)
 
     def loss(q, k, v, extra):
-        return flash_attention(q, k, v, **extra, causal=causal, config=config)[0].astype(jnp.float32).sum()
+        return flash_attention(q, k, v, **extra, causal=causal, block_sizes=config)[0].astype(jnp.float32).sum()
 
     text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, k, v, extra).lower(lowering_platforms=("cuda",)).as_text()
     assert "ejk_flash_fwd" in text and "ejk_flash_dkv" in text and "ejk_flash_dq" in text

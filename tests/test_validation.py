@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jaxtyping import jaxtyped
 
-from ejkernel.kernels._xla.attention._interface import attention
+from ejkernel.kernels.xla.reference import attention
 
 B, SQ, SKV, HQ, HKV, D, DV = 2, 5, 7, 4, 2, 8, 6
 

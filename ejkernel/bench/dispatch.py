@@ -159,20 +159,21 @@ def dispatch_report(
     keys = jax.random.split(jax.random.key(seed), 4)
     shape = (batch, seq_len, num_heads, head_dim)
     q, k, v, d_out = (jax.random.normal(key, shape, jnp.dtype(dtype)) for key in keys)
-    decision = ejkernel.explain(q, k, v, dtype=dtype)
-    impl = decision.chosen.build(False)
+    kernel = ejkernel.get_kernel("attention")
+    decision = kernel.explain(q, k, v, dtype=dtype)
+    impl = decision.chosen.build(False)  # takes a bound call: the direct path binds and validates, then runs
     checks = []
     for causal in (False, True):
         for mode in MODES:
             dispatched = build_step(
                 lambda q, k, v, c=causal: ejkernel.attention(q, k, v, causal=c, dtype=dtype)[0], mode
             )
-            direct = build_step(lambda q, k, v, c=causal: impl(q, k, v, causal=c, dtype=dtype)[0], mode)
+            direct = build_step(lambda q, k, v, c=causal: impl(kernel.bind(q, k, v, causal=c, dtype=dtype))[0], mode)
             same, diff = same_program(dispatched, direct, q, k, v, d_out)
             checks.append({"causal": causal, "mode": mode, "same_program": same, "diff": diff})
     eager = eager_overhead(
         lambda: ejkernel.attention(q, k, v, dtype=dtype),
-        lambda: impl(q, k, v, dtype=dtype),
+        lambda: impl(kernel.bind(q, k, v, dtype=dtype)),
         lambda: ejkernel.explain(q, k, v, dtype=dtype),
         rounds=eager_rounds,
         calls=eager_calls,

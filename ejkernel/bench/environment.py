@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 from ejkernel.bench.flops import device_peak
-from ejkernel.registry import current_platform
+from ejkernel.platform import current_platform
 
 __all__ = ["environment", "peak_rates"]
 

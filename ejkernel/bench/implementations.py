@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from ejkernel.bench.grids import BenchShape
 from ejkernel.errors import FallbackWarning
-from ejkernel.registry import _specs, current_platform, get_kernel, list_kernels
+from ejkernel.platform import current_platform
+from ejkernel.registry import get_kernel, kernel_specs, list_kernels
 
 __all__ = [
     "Unsupported",
@@ -95,16 +96,14 @@ def _ejkernel_variant(spec: Any, kernel: Any) -> Candidate:
     name = f"ejkernel:{spec.platform}:{spec.variant}"
 
     def make(shape: BenchShape, causal: bool, dtype: str) -> Forward:
-        from ejkernel.ops.attention.validation import validate_attention
-
         if _platform_decision(kernel, shape, causal, dtype).chosen.key == spec.key:
             raise TimedElsewhere(f"timed as ejkernel:{spec.platform}, whose dispatcher picks this variant here")
-        features = validate_attention(*shape_structs(shape, dtype), dtype=dtype, causal=causal)
+        features = kernel.bind(*shape_structs(shape, dtype), dtype=dtype, causal=causal).features
         reasons = spec.capabilities.unsupported_reasons(features)
         if reasons:
             raise Unsupported("; ".join(reasons))
         impl = spec.build(False)
-        return lambda q, k, v: impl(q, k, v, causal=causal, dtype=dtype)[0]
+        return lambda q, k, v: impl(kernel.bind(q, k, v, causal=causal, dtype=dtype))[0]
 
     return Candidate(name, "ejkernel", make)
 
@@ -124,7 +123,7 @@ def ejkernel_candidates() -> tuple[list[Candidate], list[tuple[str, str]]]:
             warnings.simplefilter("ignore", FallbackWarning)
             kernel = get_kernel("attention", platform, strict=True)
         candidates.append(_ejkernel_platform(platform, kernel))
-        variants = [s for s in _specs("attention") if s.platform == platform and s.hardware_reason(here, False) is None]
+        variants = [s for s in kernel_specs("attention") if s.platform == platform and s.hardware_reason(here, False) is None]
         if len(variants) > 1:
             candidates.extend(_ejkernel_variant(s, kernel) for s in variants)
     return candidates, skipped

@@ -1,1 +1,1 @@
-"""Implementations written in plain JAX/XLA; they run on every device."""
+"""The seed's import path, kept importable: ``ejkernel.kernels._xla.attention._interface.attention``."""

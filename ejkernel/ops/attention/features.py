@@ -11,28 +11,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-__all__ = ["AttentionFeatures", "AttentionCapabilities", "operand_layout"]
+__all__ = ["AttentionFeatures", "AttentionCapabilities", "ALL_LAYOUTS"]
 
-# How a bias or mask broadcasts over batch and heads: ("B" | "1", "q" | "kv" | "1").
-OperandLayout = tuple[str, str]
+from ejkernel.ops.attention.layouts import OperandLayout
 
-
-def operand_layout(shape: tuple[int, ...], batch: int, num_q_heads: int, num_kv_heads: int) -> OperandLayout:
-    """Classifies an already validated ``[B|1, Hq|Hkv|1, Sq, Skv]`` shape.
-
-    Size-1 axes are reported as broadcast ("1") and ``Hq == Hkv`` as "q": where two classes coincide
-    their semantics are identical, so the choice only affects which kernel path serves the call.
-    """
-    del batch, num_kv_heads  # the shape was validated against them already
-    b, h = shape[0], shape[1]
-    batch_kind = "1" if b == 1 else "B"
-    if h == 1:
-        head_kind = "1"
-    elif h == num_q_heads:
-        head_kind = "q"
-    else:
-        head_kind = "kv"
-    return batch_kind, head_kind
+#: Every ``(batch, heads)`` broadcast class of a bias or mask.
+ALL_LAYOUTS: frozenset[OperandLayout] = frozenset((b, h) for b in ("B", "1") for h in ("q", "kv", "1"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +42,7 @@ class AttentionFeatures:
     num_sinks: int = 0
     sinks_per_head: bool = False
     dropout: bool = False
+    dropout_prob: float = 0.0  # 0.0 whenever ``dropout`` is False
 
     @property
     def group_size(self) -> int:
@@ -86,29 +71,28 @@ class AttentionFeatures:
         return " ".join(parts)
 
 
-def _all_layouts() -> frozenset[OperandLayout]:
-    return frozenset((b, h) for b in ("B", "1") for h in ("q", "kv", "1"))
-
-
 @dataclasses.dataclass(frozen=True)
 class AttentionCapabilities:
-    """What one implementation serves, forward and backward together.
+    """What one implementation serves, forward and backward together. Every feature is opt-in.
 
+    A field left at its default declares the feature *unsupported* (no layouts, ``False``), so a feature
+    added to ``AttentionFeatures`` later is never silently claimed by a backend that predates it. The
+    defaults serve only a plain call: float32/bfloat16/float16, any head dim, ``Dv == D``, float32 softmax.
     ``head_dims`` of ``None`` means any head dim. ``extra_check`` may veto a call for a reason the fields
     cannot express (it returns a sentence, or ``None`` when the call is fine).
     """
 
     dtypes: frozenset[str] = frozenset({"float32", "bfloat16", "float16"})
     head_dims: frozenset[int] | None = None
-    different_v_head_dim: bool = True
-    bias_layouts: frozenset[OperandLayout] = dataclasses.field(default_factory=_all_layouts)
-    mask_layouts: frozenset[OperandLayout] = dataclasses.field(default_factory=_all_layouts)
-    bias_with_mask: bool = True
-    causal: bool = True
-    window: bool = True
-    logits_soft_cap: bool = True
-    sinks: bool = True
-    dropout: bool = True
+    different_v_head_dim: bool = False
+    bias_layouts: frozenset[OperandLayout] = frozenset()
+    mask_layouts: frozenset[OperandLayout] = frozenset()
+    bias_with_mask: bool = False
+    causal: bool = False
+    window: bool = False
+    logits_soft_cap: bool = False
+    sinks: bool = False
+    dropout: bool = False
     softmax_dtypes: frozenset[str] = frozenset({"float32"})
     extra_check: Callable[[AttentionFeatures], str | None] | None = None
 

@@ -1,4 +1,4 @@
-"""Causal and sliding-window semantics (DESIGN §1.6-7), written once for every backend.
+"""Causal and sliding-window semantics (``docs/semantics.rst``), written once for every backend.
 
 Queries and keys are aligned bottom-right: with ``offset = kv_len - q_len``, query ``i`` sits at key
 position ``i + offset``. Causal allows ``j <= i + offset``; a window ``(left, right)`` allows
@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["normalize_window", "allowed", "key_range", "query_range", "block_has_allowed", "block_fully_allowed"]
+__all__ = [
+    "normalize_window", "clamp_window", "allowed", "valid_pairs", "key_range", "query_range", "block_has_allowed",
+    "block_fully_allowed", "key_blocks", "query_blocks", "floor_div", "ceil_div",
+]
 
 
 def normalize_window(sliding_window: Any) -> tuple[int, int] | None:
@@ -36,6 +39,15 @@ def normalize_window(sliding_window: Any) -> tuple[int, int] | None:
     return left, right
 
 
+def clamp_window(window: tuple[int, int] | None, q_len: int, kv_len: int) -> tuple[int, int] | None:
+    """``window`` with each side clamped to ``q_len + kv_len``: wider means the same (no key lies beyond it),
+    and every backend's index arithmetic, ``i + offset +- side``, then stays inside int32."""
+    if window is None:
+        return None
+    widest = q_len + kv_len
+    return min(window[0], widest), min(window[1], widest)
+
+
 def allowed(q_idx: Any, k_idx: Any, q_len: int, kv_len: int, causal: bool, window: tuple[int, int] | None) -> Any:
     """Whether query ``q_idx`` may attend key ``k_idx`` (broadcasting); ``True`` when unconstrained.
 
@@ -50,6 +62,21 @@ def allowed(q_idx: Any, k_idx: Any, q_len: int, kv_len: int, causal: bool, windo
         left, right = window
         in_window = (k_idx >= diag - left) & (k_idx <= diag + right)
         ok = in_window if ok is True else ok & in_window
+    return ok
+
+
+def valid_pairs(q_idx: Any, k_idx: Any, q_len: int, kv_len: int, causal: bool, window: tuple[int, int] | None,
+                mask: Any | None = None) -> Any:
+    """Which pairs of a tile count: a real key (``k_idx < kv_len``), allowed by causal/window, and by ``mask``.
+
+    The one per-element rule of every tiled kernel; padded keys past ``kv_len`` never count.
+    """
+    ok = k_idx < kv_len
+    rule = allowed(q_idx, k_idx, q_len, kv_len, causal, window)
+    if rule is not True:
+        ok = ok & rule
+    if mask is not None:
+        ok = ok & mask
     return ok
 
 
@@ -105,6 +132,102 @@ def block_fully_allowed(q_lo, q_hi, k_lo, k_hi, q_len, kv_len, causal, window) -
         in_window = (k_lo >= q_hi + offset - left) & (k_hi <= q_lo + offset + right)
         ok = in_window if ok is True else ok & in_window
     return ok
+
+
+def key_blocks(q_first: Any, q_last: Any, block_k: int, q_len: int, kv_len: int, causal: bool,
+               window: tuple[int, int] | None, dense: bool = False) -> tuple[Any, Any, Any, Any]:
+    """Key blocks ``(lo, interior_lo, interior_hi, hi)`` for the queries ``[q_first, q_last]`` (inclusive).
+
+    Blocks ``[lo, hi)`` hold at least one allowed (real query, real key) pair: the others are skipped.
+    Inside, blocks ``[interior_lo, interior_hi)`` are *interior*: causal/window allow every pair and no key
+    is padding, so they need no per-element mask. ``dense`` (an ``attention_mask`` is present) makes no
+    block interior. ``q_last`` is clamped to the last real query. Works on Python ints, NumPy arrays and
+    traced int32 scalars (kernels, index maps and host-side block counting use the same function).
+    """
+    q_last = _minimum(q_last, q_len - 1)
+    k_lo, k_hi = key_range(q_first, q_last, q_len, kv_len, causal, window)
+    k_lo = _maximum(k_lo, 0)
+    k_hi = _minimum(k_hi, kv_len - 1)
+    lo = floor_div(k_lo, block_k)
+    hi = _where((k_hi < k_lo) | (q_first > q_last), lo, floor_div(k_hi, block_k) + 1)
+    if dense:
+        return lo, hi, hi, hi
+    offset = kv_len - q_len
+    interior_hi = kv_len // block_k  # blocks with no padded key
+    if causal:  # every key of the block <= q_first + offset
+        interior_hi = _minimum(interior_hi, floor_div(q_first + offset + 1, block_k))
+    interior_lo = 0 * lo
+    if window is not None:
+        left, right = window
+        interior_hi = _minimum(interior_hi, floor_div(q_first + offset + right + 1, block_k))
+        interior_lo = ceil_div(q_last + offset - left, block_k)
+    return _nested(lo, interior_lo, interior_hi, hi)
+
+
+def query_blocks(k_first: Any, k_last: Any, block_q: int, q_len: int, kv_len: int, causal: bool,
+                 window: tuple[int, int] | None, dense: bool = False) -> tuple[Any, Any, Any, Any]:
+    """Query blocks ``(lo, interior_lo, interior_hi, hi)`` that see the keys ``[k_first, k_last]``.
+
+    The transpose of ``key_blocks`` (for passes that walk query blocks per key block): ``[lo, hi)`` hold an
+    allowed pair with a real query, ``[interior_lo, interior_hi)`` need no per-element mask. A key block
+    holding padded keys (``k_last >= kv_len``) has no interior.
+    """
+    q_lo, q_hi = query_range(k_first, _minimum(k_last, kv_len - 1), q_len, kv_len, causal, window)
+    q_lo = _maximum(q_lo, 0)
+    q_hi = _minimum(q_hi, q_len - 1)
+    lo = floor_div(q_lo, block_q)
+    hi = _where((q_hi < q_lo) | (k_first >= kv_len), lo, floor_div(q_hi, block_q) + 1)
+    if dense:
+        return lo, hi, hi, hi
+    offset = kv_len - q_len
+    interior_lo = 0 * lo
+    interior_hi = 0 * hi + ceil_div(q_len, block_q)
+    if causal:  # every query of the block >= k_last - offset
+        interior_lo = ceil_div(k_last - offset, block_q)
+    if window is not None:
+        left, right = window
+        interior_lo = _maximum(interior_lo, ceil_div(k_last - offset - right, block_q))
+        interior_hi = _minimum(interior_hi, floor_div(k_first - offset + left + 1, block_q))
+    interior_hi = _where(k_last >= kv_len, interior_lo, interior_hi)
+    return _nested(lo, interior_lo, interior_hi, hi)
+
+
+def floor_div(x: Any, block: int) -> Any:
+    """``floor(max(x, 0) / block)``: negative positions count as 0 (ranges are clipped to real positions).
+
+    Traced values use a truncating int32 division (exact on non-negative values): ``//`` lowers through
+    ``sign``, which Mosaic cannot compile without a TPU, and would mix int64 in under ``jax_enable_x64``.
+    """
+    x = _maximum(x, 0)
+    if isinstance(x, (int, np.integer, np.ndarray)):
+        return x // block
+    import jax
+    import jax.numpy as jnp
+
+    return jax.lax.div(jnp.asarray(x, jnp.int32), jnp.int32(block))
+
+
+def ceil_div(x: Any, block: int) -> Any:
+    """``ceil(max(x, 0) / block)``, in the same forms as ``floor_div``."""
+    return floor_div(_maximum(x, 0) + (block - 1), block)
+
+
+def _nested(lo: Any, interior_lo: Any, interior_hi: Any, hi: Any) -> tuple[Any, Any, Any, Any]:
+    """Clips so that ``lo <= interior_lo <= interior_hi <= hi``."""
+    hi = _maximum(hi, lo)
+    interior_lo = _minimum(_maximum(interior_lo, lo), hi)
+    interior_hi = _minimum(_maximum(interior_hi, interior_lo), hi)
+    return lo, interior_lo, interior_hi, hi
+
+
+def _where(cond: Any, a: Any, b: Any) -> Any:
+    if isinstance(cond, (bool, np.bool_)):
+        return a if cond else b
+    if isinstance(cond, np.ndarray):
+        return np.where(cond, a, b)
+    import jax.numpy as jnp
+
+    return jnp.where(cond, a, b)
 
 
 def _minimum(a: Any, b: Any) -> Any:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ejkernel.ops.attention.features import AttentionFeatures, operand_layout
-from ejkernel.ops.attention.masks import normalize_window
+from ejkernel.ops.attention.features import AttentionFeatures
+from ejkernel.ops.attention.layouts import operand_layout
+from ejkernel.ops.attention.masks import clamp_window, normalize_window
 
 __all__ = ["validate_attention", "canonical_dtype", "resolve_bias"]
 
@@ -52,13 +54,29 @@ def _check_operand(
 
 
 def _static_float(name: str, value: Any) -> float | None:
-    """A Python number as float; ``None`` for ``None``. Traced values are rejected: dispatch needs them."""
+    """A Python number as float; ``None`` for ``None``. Traced values are rejected: dispatch needs them;
+    strings and bools are rejected although ``float()`` would take them."""
     if value is None:
         return None
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     try:
         return float(value)
     except Exception as e:  # a tracer raises a ConcretizationTypeError here
         raise TypeError(f"{name} must be a Python number (static), got {type(value).__name__}") from e
+
+
+def _check_dropout_rng(rng: Any) -> None:
+    """A typed PRNG key of shape ``()`` or a raw ``uint32[2]`` key (what ``jax.random`` draws from)."""
+    if rng is None:
+        raise ValueError("dropout requested (deterministic=False, dropout_prob > 0) but dropout_rng is None")
+    shape, dtype = tuple(getattr(rng, "shape", (None,))), getattr(rng, "dtype", None)
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+    if not ((typed and shape == ()) or (not typed and dtype == jnp.uint32 and shape == (2,))):
+        raise ValueError(
+            f"dropout_rng must be a PRNG key (jax.random.key(...), shape ()) or a raw uint32[2] key "
+            f"(jax.random.PRNGKey(...)), got shape {shape} dtype {dtype}"
+        )
 
 
 def validate_attention(
@@ -78,14 +96,15 @@ def validate_attention(
     causal: bool = False,
     sliding_window: int | tuple[int, int] | None = None,
 ) -> AttentionFeatures:
-    """Checks every argument against DESIGN §1 and returns the call's features.
+    """Checks every argument against the semantics (``docs/semantics.rst``) and returns the call's features.
 
     Raises:
-      ValueError: wrong ranks or shapes, ``Hq % Hkv != 0``, ``logits_soft_cap <= 0``, ``dropout_prob``
-        outside ``[0, 1)``, dropout without ``dropout_rng``, negative or malformed windows, a non-finite
-        ``softmax_scale``.
+      ValueError: wrong ranks or shapes, an empty dimension (B, S, H or D of 0), ``Hq % Hkv != 0``,
+        ``logits_soft_cap <= 0``, ``dropout_prob`` outside ``[0, 1)``, dropout without a valid ``dropout_rng``,
+        negative or malformed windows, a non-finite ``softmax_scale``.
       TypeError: non-floating query/key/value/bias/sinks, mismatched input dtypes, a non-boolean mask,
-        a non-floating ``dtype``.
+        a non-floating ``dtype``, a non-bool ``deterministic`` or ``causal``, a string or bool where a number
+        is expected.
     """
     _check_rank("query", query, 4, "[batch, q_len, num_q_heads, head_dim]")
     _check_rank("key", key, 4, "[batch, kv_len, num_kv_heads, head_dim]")
@@ -157,9 +176,11 @@ def validate_attention(
     p = _static_float("dropout_prob", dropout_prob)
     if not 0.0 <= p < 1.0:  # also rejects NaN
         raise ValueError(f"dropout_prob must be in [0, 1), got {p}")
+    if not isinstance(deterministic, (bool, np.bool_)):
+        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__} {deterministic!r}")
     dropout = (not deterministic) and p > 0.0
-    if dropout and dropout_rng is None:
-        raise ValueError("dropout requested (deterministic=False, dropout_prob > 0) but dropout_rng is None")
+    if dropout:
+        _check_dropout_rng(dropout_rng)
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
 
@@ -178,9 +199,10 @@ def validate_attention(
         bias=bias_layout,
         mask=mask_layout,
         causal=bool(causal),
-        window=normalize_window(sliding_window),
+        window=clamp_window(normalize_window(sliding_window), q_len, kv_len),
         logits_soft_cap=cap,
         num_sinks=num_sinks,
         sinks_per_head=sinks_per_head,
         dropout=dropout,
+        dropout_prob=p if dropout else 0.0,
     )

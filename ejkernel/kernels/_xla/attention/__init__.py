@@ -1,5 +1,1 @@
-"""XLA implementations of attention: the dense reference (and oracle)."""
-
-from ejkernel.kernels._xla.attention._interface import attention
-
-__all__ = ["attention"]
+"""The seed's import path, kept importable: ``ejkernel.kernels._xla.attention._interface.attention``."""

@@ -1,1 +1,0 @@
-"""Pallas implementations, one folder per target (``tpu``: Mosaic). Nothing is imported eagerly."""

@@ -1,1 +1,0 @@
-"""Pallas-Triton kernels for NVIDIA GPUs (platform "triton"); imported lazily by their registry specs."""

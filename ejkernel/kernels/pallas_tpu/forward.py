@@ -1,0 +1,182 @@
+"""The forward kernel: online softmax over key blocks, float32 accumulators, per-row log-sum-exp.
+
+Grid ``(batch, q_head, q_block, kv_block)``; the last axis is sequential ("arbitrary") and carries the
+running max ``m``, denominator ``l`` and unnormalised output in VMEM scratch. Query head ``h`` reads kv
+head ``h // group`` through the index maps, so K/V are never repeated. Pairs that causal/window rule out
+are skipped (``blocks.block_visited``), and their K/V index maps are clamped to a visited block so that
+the pipeline issues no DMA for them either. Sinks enter as the initial state: ``m = logsumexp(sinks)``,
+``l = 1``. A row with no allowed key ends with ``l = 0``: its output is zero and its lse ``-inf``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from ejkernel.kernels.pallas_tpu import blocks as blk
+from ejkernel.kernels.pallas_tpu.plan import Plan, kv_head
+from ejkernel.kernels.pallas_tpu.tiles import MASK_VALUE, NN, block_logits, block_valid, dot, lanes
+
+__all__ = ["flash_forward"]
+
+_COUNT_ROWS = 8  # the visit counter is one (8, 128) int32 tile per (batch, head, q block)
+
+
+def _forward_kernel(sink_ref, q_ref, k_ref, v_ref, *refs, plan: Plan):
+    refs = list(refs)
+    bias_ref = refs.pop(0) if plan.bias_layout is not None else None
+    mask_ref = refs.pop(0) if plan.mask_layout is not None else None
+    o_ref, lse_ref = refs.pop(0), refs.pop(0)
+    count_ref = refs.pop(0) if plan.count_visits else None
+    m_ref, l_ref, acc_ref = refs
+    bq, bk = plan.blocks.block_q, plan.blocks.block_k
+    head, q_block, kv_block = pl.program_id(1), pl.program_id(2), pl.program_id(3)
+
+    @pl.when(kv_block == 0)
+    def _init():
+        if plan.has_sinks:
+            m_ref[...] = jnp.full(m_ref.shape, sink_ref[head], jnp.float32)
+            l_ref[...] = jnp.ones(l_ref.shape, jnp.float32)
+        else:
+            m_ref[...] = jnp.full(m_ref.shape, MASK_VALUE, jnp.float32)
+            l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
+        acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
+        if count_ref is not None:
+            count_ref[...] = jnp.zeros(count_ref.shape, jnp.int32)
+
+    args = (bq, bk, plan.q_len, plan.kv_len, plan.causal, plan.window)
+    visit = blk.block_visited(q_block, kv_block, *args)
+    needs_mask = blk.block_needs_mask(q_block, kv_block, *args, plan.mask_layout is not None)
+
+    def step(masked: bool) -> None:
+        s, _ = block_logits(q_ref[...], k_ref[...], bias_ref, plan)
+        if masked:
+            valid = block_valid(q_block, kv_block, s.shape, mask_ref, plan, bq, bk)
+            s = jnp.where(valid, s, MASK_VALUE)
+        m_prev = m_ref[...]
+        m_next = jnp.maximum(m_prev, jnp.max(s, axis=-1, keepdims=True))
+        p = jnp.exp(s - lanes(m_next, bk))
+        if masked:
+            p = jnp.where(valid, p, 0.0)
+        alpha = jnp.exp(m_prev - m_next)
+        l_ref[...] = alpha * l_ref[...] + jnp.sum(p, axis=-1, keepdims=True)
+        m_ref[...] = m_next
+        v = v_ref[...]
+        pv = dot(p.astype(v.dtype), v, NN, plan)
+        acc_ref[...] = acc_ref[...] * lanes(alpha, acc_ref.shape[-1]) + pv
+        if count_ref is not None:
+            count_ref[...] += 1
+
+    if needs_mask is True or needs_mask is False:
+        pl.when(visit)(lambda: step(needs_mask))
+    else:
+        pl.when(visit & needs_mask)(lambda: step(True))
+        pl.when(visit & jnp.logical_not(needs_mask))(lambda: step(False))
+
+    @pl.when(kv_block == pl.num_programs(3) - 1)
+    def _finish():
+        denom = l_ref[...]
+        seen = denom > 0
+        safe = jnp.where(seen, denom, 1.0)
+        inv = jnp.where(seen, 1.0 / safe, 0.0)
+        o_ref[...] = (acc_ref[...] * lanes(inv, acc_ref.shape[-1])).astype(o_ref.dtype)
+        lse_ref[...] = jnp.where(seen, m_ref[...] + jnp.log(safe), -jnp.inf)
+
+
+def kv_index(plan: Plan, block_q: int, block_k: int, q_block: Any, kv_block: Any) -> Any:
+    """``kv_block`` clamped into the visited range of ``q_block``: skipped steps re-use a resident block."""
+    first, last = blk.kv_block_range(q_block, block_q, block_k, plan.q_len, plan.kv_len, plan.causal, plan.window)
+    num_kv = (plan.kv_len + block_k - 1) // block_k
+    first = jnp.clip(first, 0, num_kv - 1)
+    last = jnp.clip(jnp.maximum(last, first), 0, num_kv - 1)
+    return jnp.clip(kv_block, first, last)
+
+
+def flash_forward(
+    plan: Plan, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
+    mask: jax.Array | None, sink_lse: jax.Array,
+) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, jax.Array]:
+    """Runs the forward kernel on padded ``[B, H, S, D]`` arrays.
+
+    Args:
+      q: ``[B, Hq, Sq_pad, D]``; k: ``[B, Hkv, Skv_pad, D]``; v: ``[B, Hkv, Skv_pad, Dv]`` (compute dtype).
+      bias: ``[B|1, Hq|Hkv|1, Sq_pad, Skv_pad]`` or ``None``; mask: the same shape in int8 (1 = attend).
+      sink_lse: ``[Hq]`` float32, log-sum-exp of each head's sinks (ignored without sinks).
+
+    Returns:
+      ``out [B, Hq, Sq_pad, Dv]`` in the compute dtype, ``lse [B, Hq, Sq_pad]`` float32 (``-inf`` for
+      rows with no allowed key and no sink), and with ``plan.count_visits`` the visited-pair counts
+      ``[B, Hq, num_q_blocks]``.
+    """
+    batch, num_q_heads, q_pad, head_dim = q.shape
+    kv_pad, v_head_dim = k.shape[2], v.shape[3]
+    bq, bk = plan.blocks.block_q, plan.blocks.block_k
+    num_q, num_kv = q_pad // bq, kv_pad // bk
+    group = plan.group_size
+
+    def q_map(b, h, i, j, sinks):
+        return b, h, i, 0
+
+    def kv_map(b, h, i, j, sinks):
+        return b, kv_head(h, group), kv_index(plan, bq, bk, i, j), 0
+
+    def operand_map(layout):
+        def index(b, h, i, j, sinks):
+            ob, oh = plan.operand_index(layout, b, h)
+            return ob, oh, i, kv_index(plan, bq, bk, i, j)
+
+        return index
+
+    in_specs = [
+        pl.BlockSpec((None, None, bq, head_dim), q_map),
+        pl.BlockSpec((None, None, bk, head_dim), kv_map),
+        pl.BlockSpec((None, None, bk, v_head_dim), kv_map),
+    ]
+    inputs = [q, k, v]
+    if bias is not None:
+        in_specs.append(pl.BlockSpec((None, None, bq, bk), operand_map(plan.bias_layout)))
+        inputs.append(bias)
+    if mask is not None:
+        in_specs.append(pl.BlockSpec((None, None, bq, bk), operand_map(plan.mask_layout)))
+        inputs.append(mask)
+
+    out_specs = [
+        pl.BlockSpec((None, None, bq, v_head_dim), q_map),
+        pl.BlockSpec((None, None, bq, blk.LANES), q_map),
+    ]
+    out_shape = [
+        jax.ShapeDtypeStruct((batch, num_q_heads, q_pad, v_head_dim), q.dtype),
+        jax.ShapeDtypeStruct((batch, num_q_heads, q_pad, blk.LANES), jnp.float32),
+    ]
+    if plan.count_visits:
+        out_specs.append(pl.BlockSpec((None, None, _COUNT_ROWS, blk.LANES), q_map))
+        out_shape.append(jax.ShapeDtypeStruct((batch, num_q_heads, num_q * _COUNT_ROWS, blk.LANES), jnp.int32))
+
+    results = pl.pallas_call(
+        functools.partial(_forward_kernel, plan=plan),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=1,
+            grid=(batch, num_q_heads, num_q, num_kv),
+            in_specs=in_specs,
+            out_specs=out_specs,
+            scratch_shapes=[
+                pltpu.VMEM((bq, blk.LANES), jnp.float32),
+                pltpu.VMEM((bq, blk.LANES), jnp.float32),
+                pltpu.VMEM((bq, v_head_dim), jnp.float32),
+            ],
+        ),
+        out_shape=out_shape,
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+        interpret=plan.interpret,
+        name="ejkernel_flash_forward",
+    )(sink_lse, *inputs)
+    out, lse = results[0], results[1][..., 0]
+    if plan.count_visits:
+        counts = results[2].reshape(batch, num_q_heads, num_q, _COUNT_ROWS, blk.LANES)[..., 0, 0]
+        return out, lse, counts
+    return out, lse

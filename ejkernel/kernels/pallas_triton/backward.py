@@ -1,0 +1,188 @@
+"""The backward kernels (FlashAttention-2 style, no atomics).
+
+- ``dkv_call``: one program per (key block, batch x kv head). It keeps its K/V block and the dK/dV
+  accumulators in registers and walks every query head of its group and every query block that sees the
+  keys, recomputing ``p = exp2(s2 - lse2)`` in transposed form (``[block_k, block_q]``): dV += p^T dO,
+  dS = p (dO V^T - delta), dK += dS^T Q. GQA/MQA sum over the group here, so K/V are never repeated.
+- ``dq_call``: one program per (query block, batch x query head), walking key blocks: dQ += dS K. With a
+  bias it also writes each visited dS tile into a zero-initialised ``[B, Hq, Sq, Skv]`` float32 buffer
+  (the bias gradient before it is summed to the bias's layout).
+
+``delta = rowsum(dO * O)`` is precomputed (``flash._backward``). Skipped blocks and the two-loop
+masked/interior split are the forward's (``tiles``), so both passes visit exactly the same pairs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from ejkernel.kernels.pallas_triton.blocks import PassBlocks
+from ejkernel.kernels.pallas_triton.plan import Plan
+from ejkernel.kernels.pallas_triton.tiles import (
+    dot,
+    key_blocks,
+    logits,
+    operand_index,
+    query_blocks,
+    split_refs,
+    valid_tile,
+)
+
+__all__ = ["dkv_call", "dq_call"]
+
+
+def _logit_grad(p: Plan, ds, t):
+    """Gradient w.r.t. ``q·k`` from the gradient w.r.t. the final logits (scale applied by the caller)."""
+    return ds if t is None else ds * (1.0 - t * t)
+
+
+def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
+    q_ref, k_ref, v_ref, bias_ref, mask_ref, _, rest = split_refs(p, refs)
+    do_ref, lse_ref, delta_ref, dk_ref, dv_ref = rest
+    bq, bk = c.block_q, c.block_k
+    kj = pl.program_id(0)
+    bh = pl.program_id(1)
+    b, hkv = lax.div(bh, p.num_kv_heads), lax.rem(bh, p.num_kv_heads)
+    k_first = kj * bk
+    k = k_ref[b, pl.ds(k_first, bk), hkv, :]
+    v = v_ref[b, pl.ds(k_first, bk), hkv, :]
+    k_idx = k_first + lax.broadcasted_iota(jnp.int32, (bk, bq), 0)
+    lo, interior_lo, interior_hi, hi = query_blocks(p, k_first, bk, bq, dense=mask_ref is not None)
+
+    def head(g, carry):
+        h = hkv * p.group + g
+
+        def body(qb, carry, masked: bool):
+            dk, dv = carry
+            q_first = qb * bq
+            q = q_ref[b, pl.ds(q_first, bq), h, :]
+            do = do_ref[b, pl.ds(q_first, bq), h, :]
+            lse = lse_ref[b, h, pl.ds(q_first, bq)]
+            delta = delta_ref[b, h, pl.ds(q_first, bq)]
+            st = dot(k, q, transpose_b=True)
+            bias = None
+            if bias_ref is not None:
+                bi, hi_ = operand_index(p.bias_layout, b, h, p.group)
+                bias = bias_ref[bi, hi_, pl.ds(q_first, bq), pl.ds(k_first, bk)].T
+            s2, t = logits(p, st, bias)
+            if masked:
+                mask = None
+                if mask_ref is not None:
+                    mi, mh = operand_index(p.mask_layout, b, h, p.group)
+                    mask = mask_ref[mi, mh, pl.ds(q_first, bq), pl.ds(k_first, bk)].T
+                q_idx = q_first + lax.broadcasted_iota(jnp.int32, (bk, bq), 1)
+                s2 = jnp.where(valid_tile(p, q_idx, k_idx, mask), s2, -jnp.inf)
+            pt = jnp.exp2(s2 - lse[None, :])
+            dv = dv + dot(pt.astype(do.dtype), do)
+            dpt = dot(v, do, transpose_b=True)
+            dst = _logit_grad(p, pt * (dpt - delta[None, :]), t)
+            dk = dk + dot(dst.astype(q.dtype), q)
+            return dk, dv
+
+        carry = lax.fori_loop(lo, interior_lo, functools.partial(body, masked=True), carry)
+        carry = lax.fori_loop(interior_lo, interior_hi, functools.partial(body, masked=False), carry)
+        return lax.fori_loop(interior_hi, hi, functools.partial(body, masked=True), carry)
+
+    carry = (jnp.zeros((bk, p.head_dim), jnp.float32), jnp.zeros((bk, p.v_head_dim), jnp.float32))
+    if p.group == 1:
+        dk, dv = head(0, carry)
+    else:
+        dk, dv = lax.fori_loop(0, p.group, head, carry)
+    dk_ref[b, pl.ds(k_first, bk), hkv, :] = (dk * p.softmax_scale).astype(dk_ref.dtype)
+    dv_ref[b, pl.ds(k_first, bk), hkv, :] = dv.astype(dv_ref.dtype)
+
+
+def _dq_kernel(*refs, p: Plan, c: PassBlocks):
+    q_ref, k_ref, v_ref, bias_ref, mask_ref, _, rest = split_refs(p, refs)
+    if bias_ref is not None:
+        do_ref, lse_ref, delta_ref, _, dq_ref, dbias_ref = rest
+    else:
+        (do_ref, lse_ref, delta_ref, dq_ref), dbias_ref = rest, None
+    bq, bk = c.block_q, c.block_k
+    qi = p.q_len_pad // bq - 1 - pl.program_id(0)
+    bh = pl.program_id(1)
+    b, h = lax.div(bh, p.num_q_heads), lax.rem(bh, p.num_q_heads)
+    hkv = lax.div(h, p.group) if p.group > 1 else h
+    q_first = qi * bq
+    q = q_ref[b, pl.ds(q_first, bq), h, :]
+    do = do_ref[b, pl.ds(q_first, bq), h, :]
+    lse = lse_ref[b, h, pl.ds(q_first, bq)]
+    delta = delta_ref[b, h, pl.ds(q_first, bq)]
+    q_idx = q_first + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+
+    def body(kb, dq, masked: bool):
+        k_first = kb * bk
+        k = k_ref[b, pl.ds(k_first, bk), hkv, :]
+        v = v_ref[b, pl.ds(k_first, bk), hkv, :]
+        s = dot(q, k, transpose_b=True)
+        bias = None
+        if bias_ref is not None:
+            bi, hi_ = operand_index(p.bias_layout, b, h, p.group)
+            bias = bias_ref[bi, hi_, pl.ds(q_first, bq), pl.ds(k_first, bk)]
+        s2, t = logits(p, s, bias)
+        if masked:
+            mask = None
+            if mask_ref is not None:
+                mi, mh = operand_index(p.mask_layout, b, h, p.group)
+                mask = mask_ref[mi, mh, pl.ds(q_first, bq), pl.ds(k_first, bk)]
+            k_idx = k_first + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
+            s2 = jnp.where(valid_tile(p, q_idx, k_idx, mask), s2, -jnp.inf)
+        prob = jnp.exp2(s2 - lse[:, None])
+        dp = dot(do, v, transpose_b=True)
+        ds = prob * (dp - delta[:, None])
+        if dbias_ref is not None:
+            dbias_ref[b, h, pl.ds(q_first, bq), pl.ds(k_first, bk)] = ds
+        ds = _logit_grad(p, ds, t)
+        return dq + dot(ds.astype(k.dtype), k)
+
+    lo, interior_lo, interior_hi, hi = key_blocks(p, q_first, bq, bk, dense=mask_ref is not None)
+    dq = jnp.zeros((bq, p.head_dim), jnp.float32)
+    dq = lax.fori_loop(lo, interior_lo, functools.partial(body, masked=True), dq)
+    dq = lax.fori_loop(interior_lo, interior_hi, functools.partial(body, masked=False), dq)
+    dq = lax.fori_loop(interior_hi, hi, functools.partial(body, masked=True), dq)
+    dq_ref[b, pl.ds(q_first, bq), h, :] = (dq * p.softmax_scale).astype(dq_ref.dtype)
+
+
+def _params(c: PassBlocks):
+    return plgpu.CompilerParams(num_warps=c.num_warps, num_stages=c.num_stages)
+
+
+def dkv_call(p: Plan, c: PassBlocks, q, k, v, bias, mask, do, lse2, delta):
+    """``(dk, dv)`` for padded operands; ``lse2``/``delta`` are ``[B, Hq, Sq]`` float32."""
+    operands = [x for x in (q, k, v, bias, mask, do, lse2, delta) if x is not None]
+    return pl.pallas_call(
+        functools.partial(_dkv_kernel, p=p, c=c),
+        grid=(p.kv_len_pad // c.block_k, p.batch * p.num_kv_heads),
+        out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
+        compiler_params=_params(c),
+        interpret=p.interpret,
+        name="ejk_flash_dkv",
+    )(*operands)
+
+
+def dq_call(p: Plan, c: PassBlocks, q, k, v, bias, mask, do, lse2, delta):
+    """``(dq, dbias_full)``; ``dbias_full [B, Hq, Sq, Skv]`` float32 is ``None`` without a bias."""
+    operands = [x for x in (q, k, v, bias, mask, do, lse2, delta) if x is not None]
+    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
+    aliases = {}
+    if bias is not None:
+        full = (p.batch, p.num_q_heads, p.q_len_pad, p.kv_len_pad)
+        aliases = {len(operands): 1}
+        operands.append(jnp.zeros(full, jnp.float32))
+        out_shape.append(jax.ShapeDtypeStruct(full, jnp.float32))
+    outs = pl.pallas_call(
+        functools.partial(_dq_kernel, p=p, c=c),
+        grid=(p.q_len_pad // c.block_q, p.batch * p.num_q_heads),
+        out_shape=tuple(out_shape),
+        input_output_aliases=aliases,
+        compiler_params=_params(c),
+        interpret=p.interpret,
+        name="ejk_flash_dq",
+    )(*operands)
+    return outs[0], (outs[1] if bias is not None else None)

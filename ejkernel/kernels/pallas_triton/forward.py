@@ -1,0 +1,128 @@
+"""The forward kernel: one program per (query block, batch x query head), online softmax over key blocks.
+
+Operands are whole arrays (padded to block multiples by ``flash``) indexed by program ids: ``q [B, Sq, Hq,
+D]``, ``k [B, Skv, Hkv, D]``, ``v [B, Skv, Hkv, Dv]``, optional ``bias``/``mask [B|1, H|1, Sq, Skv]`` and
+``sinks [Hq, n]`` (base-2, padded with ``-inf``). Outputs: ``out [B, Sq, Hq, Dv]`` and ``lse2 [B, Hq, Sq]``,
+the base-2 log-sum-exp (``+inf`` for a row with nothing in its denominator, so the backward's
+``exp2(s2 - lse2)`` is 0 there). Query blocks run last-first: under causal masks they hold the most work.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from ejkernel.kernels.pallas_triton.blocks import PassBlocks
+from ejkernel.kernels.pallas_triton.plan import Plan
+from ejkernel.kernels.pallas_triton.tiles import (
+    NEG_INIT,
+    dot,
+    key_blocks,
+    logits,
+    operand_index,
+    split_refs,
+    valid_tile,
+)
+
+__all__ = ["forward_call"]
+
+
+def _forward_kernel(*refs, p: Plan, c: PassBlocks):
+    q_ref, k_ref, v_ref, bias_ref, mask_ref, sinks_ref, (o_ref, lse_ref) = split_refs(p, refs)
+    bq, bk = c.block_q, c.block_k
+    qi = p.q_len_pad // bq - 1 - pl.program_id(0)
+    bh = pl.program_id(1)
+    b, h = lax.div(bh, p.num_q_heads), lax.rem(bh, p.num_q_heads)
+    hkv = lax.div(h, p.group) if p.group > 1 else h
+    q_first = qi * bq
+    q = q_ref[b, pl.ds(q_first, bq), h, :]
+
+    m = jnp.full((bq,), NEG_INIT, jnp.float32)
+    denom = jnp.zeros((bq,), jnp.float32)
+    if sinks_ref is not None:
+        sinks = sinks_ref[h, :]  # base 2, -inf padded
+        m0 = jnp.maximum(jnp.max(sinks), NEG_INIT)
+        m = jnp.broadcast_to(m0, (bq,))
+        denom = jnp.broadcast_to(jnp.sum(jnp.exp2(sinks - m0)), (bq,))
+    acc = jnp.zeros((bq, p.v_head_dim), jnp.float32)
+    bias_idx = operand_index(p.bias_layout, b, h, p.group) if bias_ref is not None else None
+    mask_idx = operand_index(p.mask_layout, b, h, p.group) if mask_ref is not None else None
+    q_idx = q_first + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+    if p.pack > 1:
+        q_idx = lax.div(q_idx, p.pack)
+
+    def body(kb, carry, masked: bool):
+        acc, m, denom = carry
+        k_first = kb * bk
+        k = k_ref[b, pl.ds(k_first, bk), hkv, :]
+        v = v_ref[b, pl.ds(k_first, bk), hkv, :]
+        s = dot(q, k, transpose_b=True)
+        bias = None
+        if bias_ref is not None:
+            bias = bias_ref[bias_idx[0], bias_idx[1], pl.ds(q_first, bq), pl.ds(k_first, bk)]
+        s2, _ = logits(p, s, bias)
+        if masked:
+            mask = None
+            if mask_ref is not None:
+                mask = mask_ref[mask_idx[0], mask_idx[1], pl.ds(q_first, bq), pl.ds(k_first, bk)]
+            k_idx = k_first + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
+            s2 = jnp.where(valid_tile(p, q_idx, k_idx, mask), s2, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(s2, axis=1))
+        alpha = jnp.exp2(m - m_new)
+        prob = jnp.exp2(s2 - m_new[:, None])
+        denom = denom * alpha + jnp.sum(prob, axis=1)
+        acc = acc * alpha[:, None] + dot(prob.astype(v.dtype), v)
+        return acc, m_new, denom
+
+    lo, interior_lo, interior_hi, hi = key_blocks(p, q_first, bq, bk, dense=mask_ref is not None)
+    split = None
+    if p.kv_splits > 1:  # this program's share of the key blocks
+        split = pl.program_id(2)
+        per_split = -(-(p.kv_len_pad // bk) // p.kv_splits)
+        lo = jnp.maximum(lo, split * per_split)
+        hi = jnp.maximum(jnp.minimum(hi, (split + 1) * per_split), lo)
+        interior_lo = jnp.clip(interior_lo, lo, hi)
+        interior_hi = jnp.clip(interior_hi, interior_lo, hi)
+    carry = (acc, m, denom)
+    carry = lax.fori_loop(lo, interior_lo, functools.partial(body, masked=True), carry)
+    carry = lax.fori_loop(interior_lo, interior_hi, functools.partial(body, masked=False), carry)
+    acc, m, denom = lax.fori_loop(interior_hi, hi, functools.partial(body, masked=True), carry)
+
+    nonempty = denom > 0
+    inv_l = jnp.where(nonempty, 1.0 / jnp.where(nonempty, denom, 1.0), 0.0)
+    out = (acc * inv_l[:, None]).astype(o_ref.dtype)
+    lse2 = jnp.where(nonempty, m + jnp.log2(jnp.where(nonempty, denom, 1.0)), jnp.inf)
+    if split is None:
+        o_ref[b, pl.ds(q_first, bq), h, :] = out
+        lse_ref[b, h, pl.ds(q_first, bq)] = lse2
+    else:
+        o_ref[split, b, pl.ds(q_first, bq), h, :] = out
+        lse_ref[split, b, h, pl.ds(q_first, bq)] = lse2
+
+
+def forward_call(p: Plan, c: PassBlocks, q, k, v, bias, mask, sinks):
+    """``(out, lse2)`` for padded operands (``bias``/``mask``/``sinks`` may be ``None``).
+
+    With ``p.kv_splits > 1`` both gain a leading split axis and ``out`` is float32: per-split partials,
+    each normalised over its own keys, for ``flash.decode_with_lse`` to merge.
+    """
+    operands = [x for x in (q, k, v, bias, mask, sinks) if x is not None]
+    splits = (p.kv_splits,) if p.kv_splits > 1 else ()
+    out_shape = (
+        jax.ShapeDtypeStruct((*splits, p.batch, p.q_len_pad, p.num_q_heads, p.v_head_dim),
+                             jnp.float32 if splits else q.dtype),
+        jax.ShapeDtypeStruct((*splits, p.batch, p.num_q_heads, p.q_len_pad), jnp.float32),
+    )
+    return pl.pallas_call(
+        functools.partial(_forward_kernel, p=p, c=c),
+        grid=(p.q_len_pad // c.block_q, p.batch * p.num_q_heads, *splits),
+        out_shape=out_shape,
+        compiler_params=plgpu.CompilerParams(num_warps=c.num_warps, num_stages=c.num_stages),
+        interpret=p.interpret,
+        name="ejk_flash_fwd",
+    )(*operands)

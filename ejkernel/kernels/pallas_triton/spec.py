@@ -1,0 +1,54 @@
+"""Registry record of the Pallas-Triton flash attention (platform "triton", NVIDIA GPUs).
+
+Importing this module does not import Pallas: ``build`` loads the kernel on first use. What it serves is
+``capabilities.CAPABILITIES``; ``available`` rejects GPUs below compute capability 8.0 (no bf16 tensor
+cores for Triton there).
+"""
+
+from __future__ import annotations
+
+from ejkernel.kernels.pallas_triton.capabilities import CAPABILITIES
+from ejkernel.registry import KernelSpec
+
+__all__ = ["SPEC", "SPECS"]
+
+
+def _available() -> str | None:
+    """``None`` on a CUDA GPU of compute capability >= 8.0, else why not."""
+    import jax
+
+    try:
+        devices = jax.devices("gpu")
+    except RuntimeError as e:
+        return f"no GPU visible to JAX ({e})"
+    capability = str(getattr(devices[0], "compute_capability", "0"))
+    try:
+        major = int(capability.split(".")[0])
+    except ValueError:
+        return f"unknown compute capability {capability!r}"
+    if major < 8:
+        return f"needs compute capability >= 8.0, this GPU has {capability}"
+    return None
+
+
+def _build(interpret: bool):
+    from ejkernel.kernels.pallas_triton.interface import registered_attention
+
+    return registered_attention(interpret)
+
+
+SPEC = KernelSpec(
+    name="attention",
+    platform="triton",
+    variant="default",
+    priority=100,
+    devices=frozenset({"cuda"}),
+    build=_build,
+    capabilities=CAPABILITIES,
+    uses_pallas=True,
+    description="Pallas-Triton flash attention: causal/window block skipping, GQA without K/V repetition, "
+    "bias/mask/sinks/soft cap with gradients",
+    available=_available,
+)
+
+SPECS = (SPEC,)

@@ -1,0 +1,146 @@
+"""Backward pass of the chunked XLA attention: recompute each tile from the saved log-sum-exp.
+
+An outer scan over kv chunks carries dQ (and dBias) whole, O(S); for each kv chunk an inner loop over
+the q chunks that causal/window leave an allowed pair in accumulates that chunk's dK and dV. Per tile,
+with ``P = exp(logits - lse)`` (dropout factor ``Z``, zero when dropped, ``1/(1-p)`` when kept):
+
+    dV += (P*Z)^T dO        dLogits = P * (Z * (dO V^T) - delta),   delta = rowsum(dO * O) - dlse
+    dQ += dS K,  dK += dS^T Q    with dS = dLogits * scale (* (1 - tanh^2) under the soft cap)
+
+and a sink logit ``a`` gets ``-sum over rows of exp(a - lse) * delta``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from jax import Array, lax
+
+from ejkernel.kernels.xla.chunked_tiles import (
+    Plan,
+    block_start,
+    chunk_slice,
+    dropout_scale,
+    operand_tile,
+    q_chunk_range,
+    tile_logits,
+    tile_valid,
+    unchunk,
+)
+from ejkernel.ops.attention.sinks import sink_logits
+
+__all__ = ["backward"]
+
+
+def _matmul(a: Array, b: Array, spec: str, dtype: Any) -> Array:
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _reduce_to_operand(ds: Array, shape: tuple[int, ...], p: Plan) -> Array:
+    """``[B, Hkv, G, bq, bk]`` logit gradients summed to a bias tile of ``[B|1, Hq|Hkv|1, bq, bk]``."""
+    b, h = shape[:2]
+    hq = p.num_kv_heads * p.group
+    bq, bk = ds.shape[-2:]
+    if h == hq:
+        t = ds.reshape(p.batch, hq, bq, bk)
+    elif h == p.num_kv_heads:
+        t = jnp.sum(ds, axis=2)
+    else:
+        t = jnp.sum(ds, axis=(1, 2))[:, None]
+    if b == 1 and p.batch > 1:
+        t = jnp.sum(t, axis=0, keepdims=True)
+    return t
+
+
+def _add_at(x: Array, update: Array, starts: tuple[Any, ...]) -> Array:
+    """``x[starts : starts + update.shape] += update``."""
+    current = lax.dynamic_slice(x, starts, update.shape)
+    return lax.dynamic_update_slice(x, current + update, starts)
+
+
+def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tuple:
+    """Cotangents of ``(qh, kh, vh, bias, mask, aux, rng)`` for the chunked core."""
+    qh, kh, vh, bias, mask, aux, rng, out, lse = residuals
+    d_out, d_lse = cotangents
+    dtype = jnp.dtype(p.dtype)
+    b, hkv, g = p.batch, p.num_kv_heads, p.group
+    d, dv = qh.shape[-1], vh.shape[-1]
+    # d lse / d logit = P, so an lse cotangent only shifts delta.
+    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - d_lse
+    # Rows that saw no key (and no sink) have lse -inf and no allowed pair: any finite shift will do.
+    lse_shift = jnp.where(jnp.isneginf(lse), 0.0, lse)
+
+    def kv_chunk(carry: tuple[Array, Array | None], c: Array):
+        k_start = block_start(c, p.block_kv, p.kv_len)
+        k_tile = chunk_slice(kh, k_start, p.block_kv, 2)
+        v_tile = chunk_slice(vh, k_start, p.block_kv, 2)
+
+        def q_step(i: Array, inner: tuple) -> tuple:
+            dk, dv_acc, dq, dbias = inner
+            q_start = block_start(i, p.block_q, p.q_len)
+            q_tile = chunk_slice(qh, q_start, p.block_q, 3)
+            do_tile = chunk_slice(d_out, q_start, p.block_q, 3)
+            s, th = tile_logits(q_tile, k_tile, operand_tile(bias, q_start, k_start, p), p)
+            valid = tile_valid(i, c, q_start, k_start, operand_tile(mask, q_start, k_start, p), p)
+            probs = jnp.exp(s - chunk_slice(lse_shift, q_start, p.block_q, 3)[..., None])
+            if valid is not None:
+                probs = jnp.where(valid, probs, 0.0)
+            dp = _matmul(do_tile.reshape(b, hkv, g * p.block_q, -1), v_tile, "bhqd,bhkd->bhqk", dtype)
+            dp = dp.reshape(b, hkv, g, p.block_q, -1)
+            kept = probs
+            if p.dropout_prob:
+                z = dropout_scale(rng, i, c, p)
+                dp, kept = dp * z, probs * z
+            dlogits = probs * (dp - chunk_slice(delta, q_start, p.block_q, 3)[..., None])
+            if bias is not None:
+                dbias = _add_at(dbias, _reduce_to_operand(dlogits, bias.shape, p), (0, 0, q_start, k_start))
+            ds = dlogits if th is None else dlogits * (1.0 - th * th)
+            ds = (ds * jnp.float32(p.scale)).reshape(b, hkv, g * p.block_q, -1)
+            dq_tile = _matmul(ds, k_tile, "bhqk,bhkd->bhqd", dtype).reshape(b, hkv, g, p.block_q, d)
+            dq = _add_at(dq, dq_tile, (0, 0, 0, q_start, 0))
+            # Transposed explicitly: XLA's CPU dot runs several times slower contracting the rows of both.
+            ds_t = jnp.swapaxes(ds.astype(dtype), -1, -2)
+            dk = dk + _matmul(ds_t, q_tile.reshape(b, hkv, g * p.block_q, d), "bhkq,bhqd->bhkd", dtype)
+            kept_t = jnp.swapaxes(kept.reshape(b, hkv, g * p.block_q, -1).astype(dtype), -1, -2)
+            dv_acc = dv_acc + _matmul(kept_t, do_tile.reshape(b, hkv, g * p.block_q, dv), "bhkq,bhqd->bhkd", dtype)
+            return dk, dv_acc, dq, dbias
+
+        first, stop = q_chunk_range(c, p)
+        dq, dbias = carry
+        init = (
+            jnp.zeros((b, hkv, p.block_kv, d), jnp.float32),
+            jnp.zeros((b, hkv, p.block_kv, dv), jnp.float32),
+            dq,
+            dbias,
+        )
+        dk, dv_acc, dq, dbias = lax.fori_loop(first, stop, q_step, init)
+        return (dq, dbias), (dk, dv_acc)
+
+    init = (
+        jnp.zeros(qh.shape, jnp.float32),
+        None if bias is None else jnp.zeros(bias.shape, jnp.float32),
+    )
+    (dq, dbias), (dk, dv_out) = lax.scan(kv_chunk, init, jnp.arange(p.num_kv_blocks))
+    dk = unchunk(dk, p.kv_len, 2)
+    dv_out = unchunk(dv_out, p.kv_len, 2)
+
+    daux = None
+    if aux is not None:
+        sinks = sink_logits(aux, hkv * g).reshape(1, hkv, g, 1, -1)
+        # Rows with sinks always have a finite lse (it includes the sinks).
+        p_sink = jnp.exp(sinks - lse_shift[..., None])
+        daux = -jnp.sum(p_sink * delta[..., None], axis=(0, 3)).reshape(hkv * g, -1)
+        if aux.ndim == 1:
+            daux = jnp.sum(daux, axis=0)
+        daux = daux.astype(aux.dtype)
+
+    return (
+        dq.astype(qh.dtype),
+        dk.astype(kh.dtype),
+        dv_out.astype(vh.dtype),
+        None if bias is None else dbias.astype(bias.dtype),
+        None,
+        daux,
+        None,
+    )

@@ -1,0 +1,196 @@
+"""The tile arithmetic both passes of the chunked XLA attention share: the call's plan, chunk starts and
+slices, a tile's logits and valid pairs, its dropout factors, and the chunk ranges causal/window leave.
+
+Ragged lengths need no padding: the last chunk starts at ``length - block`` (so every slice is in range)
+and the rows/keys it shares with the chunk before it are masked out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import Array, lax
+
+from ejkernel.ops.attention.masks import allowed, block_has_allowed
+from ejkernel.ops.attention.sinks import sink_logits
+
+__all__ = [
+    "Plan", "block_start", "chunk_slice", "operand_tile", "tile_valid", "tile_logits", "dropout_scale", "pv",
+    "kv_chunk_range", "q_chunk_range", "unchunk", "sinks_lse",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static description of one chunked call (hashable: it keys the custom_vjp cache)."""
+
+    batch: int
+    num_kv_heads: int
+    group: int
+    q_len: int
+    kv_len: int
+    block_q: int
+    block_kv: int
+    scale: float
+    cap: float | None
+    causal: bool
+    window: tuple[int, int] | None
+    dtype: str
+    dropout_prob: float  # 0.0 when dropout is off
+
+    @property
+    def num_q_blocks(self) -> int:
+        return -(-self.q_len // self.block_q)
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return -(-self.kv_len // self.block_kv)
+
+    @property
+    def ragged_q(self) -> bool:
+        return self.q_len % self.block_q != 0
+
+    @property
+    def ragged_kv(self) -> bool:
+        return self.kv_len % self.block_kv != 0
+
+    @property
+    def restricted(self) -> bool:
+        """Whether causal/window can rule out whole tiles."""
+        return self.causal or self.window is not None
+
+
+def block_start(index: Array, block: int, length: int) -> Array:
+    """First position of chunk ``index``, clamped so the chunk stays in range (the last may overlap)."""
+    return jnp.minimum(index * block, length - block)
+
+
+def chunk_slice(x: Array, start: Array, size: int, axis: int) -> Array:
+    return lax.dynamic_slice_in_dim(x, start, size, axis)
+
+
+def both(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a & b
+
+
+def operand_tile(x: Array | None, q_start: Array, k_start: Array, p: Plan) -> Array | None:
+    """The ``[bq, bk]`` tile of a ``[B|1, Hq|Hkv|1, Sq, Skv]`` bias/mask as ``[B|1, Hkv|1, G|1, bq, bk]``."""
+    if x is None:
+        return None
+    b, h = x.shape[:2]
+    tile = lax.dynamic_slice(x, (0, 0, q_start, k_start), (b, h, p.block_q, p.block_kv))
+    if h == p.num_kv_heads * p.group and p.group > 1:
+        return tile.reshape(b, p.num_kv_heads, p.group, p.block_q, p.block_kv)
+    return tile[:, :, None]
+
+
+def tile_valid(i: Array, c: Array, q_start: Array, k_start: Array, mask_tile: Array | None, p: Plan) -> Array | None:
+    """Which pairs of tile (i, c) count: causal/window, the user mask, and not owned by a neighbour chunk.
+
+    ``None`` when every pair counts.
+    """
+    q_idx = q_start + lax.broadcasted_iota(jnp.int32, (p.block_q, p.block_kv), 0)
+    k_idx = k_start + lax.broadcasted_iota(jnp.int32, (p.block_q, p.block_kv), 1)
+    valid = None
+    if p.restricted:
+        valid = allowed(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window)
+    if p.ragged_q:  # rows of a clamped last chunk that the previous chunk owns
+        valid = both(valid, q_idx >= i * p.block_q)
+    if p.ragged_kv:
+        valid = both(valid, k_idx >= c * p.block_kv)
+    return both(valid, mask_tile)
+
+
+def tile_logits(q_tile: Array, k_tile: Array, bias_tile: Array | None, p: Plan) -> tuple[Array, Array | None]:
+    """Float32 logits ``[B, Hkv, G, bq, bk]`` after scale, soft cap and bias; also ``tanh`` of the cap."""
+    b, hkv, g, bq, d = q_tile.shape
+    s = jnp.einsum("bhqd,bhkd->bhqk", q_tile.reshape(b, hkv, g * bq, d), k_tile, preferred_element_type=jnp.float32)
+    s = s.reshape(b, hkv, g, bq, -1) * jnp.float32(p.scale)
+    th = None
+    if p.cap is not None:
+        cap = jnp.float32(p.cap)
+        th = jnp.tanh(s / cap)
+        s = cap * th
+    if bias_tile is not None:
+        s = s + bias_tile.astype(jnp.float32)
+    return s, th
+
+
+def dropout_scale(rng: Any, i: Array, c: Array, p: Plan) -> Array:
+    """Per-pair factor ``keep / (1 - p)`` of tile (i, c); the same bits in the forward and backward pass.
+
+    Each tile draws from ``rng`` folded with its index, so masks are independent across batch, heads,
+    queries and keys (not bit-identical to the dense reference's, which draws the whole matrix at once).
+    """
+    key = jax.random.fold_in(rng, i * p.num_kv_blocks + c)
+    shape = (p.batch, p.num_kv_heads, p.group, p.block_q, p.block_kv)
+    keep = jax.random.bernoulli(key, 1.0 - p.dropout_prob, shape)
+    return jnp.where(keep, jnp.float32(1.0 / (1.0 - p.dropout_prob)), jnp.float32(0.0))
+
+
+def pv(weights: Array, v_tile: Array, dtype: Any) -> Array:
+    """``[B, Hkv, G, bq, bk] @ [B, Hkv, bk, Dv]`` with weights cast to ``dtype``, float32 accumulation."""
+    b, hkv, g, bq, bk = weights.shape
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype).reshape(b, hkv, g * bq, bk), v_tile,
+                     preferred_element_type=jnp.float32)
+    return out.reshape(b, hkv, g, bq, -1)
+
+
+def kv_chunk_range(i: Array, p: Plan) -> tuple[Array | int, Array | int]:
+    """``(first, stop)`` of the kv chunks that q chunk ``i`` has an allowed pair in (contiguous)."""
+    if not p.restricted:
+        return 0, p.num_kv_blocks
+    c = jnp.arange(p.num_kv_blocks)
+    has = block_has_allowed(
+        i * p.block_q, jnp.minimum((i + 1) * p.block_q, p.q_len) - 1,
+        c * p.block_kv, jnp.minimum((c + 1) * p.block_kv, p.kv_len) - 1,
+        p.q_len, p.kv_len, p.causal, p.window,
+    )
+    first = jnp.argmax(has)
+    return first, first + jnp.sum(has)
+
+
+def q_chunk_range(c: Array, p: Plan) -> tuple[Array | int, Array | int]:
+    """``(first, stop)`` of the q chunks with an allowed pair in kv chunk ``c`` (contiguous)."""
+    if not p.restricted:
+        return 0, p.num_q_blocks
+    i = jnp.arange(p.num_q_blocks)
+    has = block_has_allowed(
+        i * p.block_q, jnp.minimum((i + 1) * p.block_q, p.q_len) - 1,
+        c * p.block_kv, jnp.minimum((c + 1) * p.block_kv, p.kv_len) - 1,
+        p.q_len, p.kv_len, p.causal, p.window,
+    )
+    first = jnp.argmax(has)
+    return first, first + jnp.sum(has)
+
+
+def unchunk(stacked: Array, length: int, axis: int) -> Array:
+    """``[n, ...blk at axis...]`` per-chunk results as one array of ``length`` along ``axis``.
+
+    The last chunk was computed at a clamped start, so only its last ``length - (n-1)*blk`` rows are new.
+    """
+    n, blk = stacked.shape[0], stacked.shape[axis + 1]
+
+    def merge(x: Array) -> Array:
+        x = jnp.moveaxis(x, 0, axis)
+        return x.reshape(*x.shape[:axis], x.shape[axis] * x.shape[axis + 1], *x.shape[axis + 2:])
+
+    if n * blk == length:
+        return merge(stacked)
+    tail = lax.slice_in_dim(stacked[-1], blk - (length - (n - 1) * blk), blk, axis=axis)
+    return jnp.concatenate([merge(stacked[:-1]), tail], axis=axis)
+
+
+def sinks_lse(aux: Array | None, p: Plan) -> Array | None:
+    """Log-sum-exp of each query head's sinks as ``[1, Hkv, G, 1]``."""
+    if aux is None:
+        return None
+    logits = sink_logits(aux, p.num_kv_heads * p.group)
+    return jax.nn.logsumexp(logits, axis=-1).reshape(1, p.num_kv_heads, p.group, 1)

@@ -1,0 +1,148 @@
+"""The XLA reference attention: the semantics (``docs/semantics.rst``) written plainly, the default path and the parity oracle.
+
+It materialises the ``[B, Hq, Sq, Skv]`` weights, so memory grows as ``Sq * Skv``; it is one jitted
+computation that XLA fuses (logits, cap, bias, mask and softmax in one pass). K/V are never repeated
+per query head: the query heads of a group are laid out as ``[B, Hkv, G * Sq, D]`` and contracted
+against ``[B, Skv, Hkv, D]`` directly. The layout was measured on the CPU for every GQA ratio
+(``benchmarks/xla_reference_cpu.py``; it is faster than ``jax.nn.dot_product_attention`` there).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from ejkernel.ops.attention.call import AttentionCall
+from ejkernel.ops.attention.masks import allowed
+from ejkernel.ops.attention.signature import entry_point
+from ejkernel.ops.attention.sinks import sink_logits
+
+__all__ = ["attention", "reference_attention"]
+
+
+def _per_query_head(x: Array, num_q_heads: int) -> Array:
+    """``[b, h, Sq, Skv]`` with ``h`` in (1, Hkv, Hq) as ``[b, Hq|1, Sq, Skv]`` (a kv head serves its group)."""
+    h = x.shape[1]
+    if h in (1, num_q_heads):
+        return x
+    return jnp.repeat(x, num_q_heads // h, axis=1)
+
+
+def _rows(x: Array, drop: tuple[int, ...]) -> Array:
+    """Drops the size-1 axes ``drop`` of the full ``[B, Hq, Sq, Skv]`` shape from ``x`` (broadcastable to it).
+
+    XLA on the CPU runs the softmax's fused loops several times slower on shapes with a size-1 axis
+    (``[B, Hkv, G, Sq, Skv]`` with ``G = 1`` or ``Hkv = 1``, or ``B = 1``), so they are squeezed away.
+    """
+    return jnp.squeeze(x, axis=drop) if drop else x
+
+
+def reference_attention(call: AttentionCall) -> tuple[Array, Array]:
+    """The computation of a validated call: ``(output [B, Sq, Hq, Dv], weights [B, Hq, Sq, Skv])``.
+
+    Query heads are laid out as ``[B, Hkv, G * Sq, D]`` so that each product is one batched matmul per
+    kv head, against K and V as they are (never repeated per query head). The softmax runs on the
+    ``[B, Hq, Sq, Skv]`` logits, a free reshape of the products' ``[B, Hkv, G * Sq, Skv]``.
+    """
+    f = call.features
+    query, key, value = call.query, call.key, call.value
+    attention_mask, bias, softmax_aux = call.attention_mask, call.bias, call.softmax_aux
+    dtype = jnp.dtype(f.dtype)
+    softmax_dtype = jnp.dtype(f.softmax_dtype)
+    acc = jnp.promote_types(dtype, jnp.float32)  # float32 accumulation, float64 kept as float64
+    b, sq, hq, d = query.shape
+    hkv, g, skv = f.num_kv_heads, f.group_size, f.kv_len
+    full = (b, hq, sq, skv)
+    drop = tuple(axis for axis in range(3) if full[axis] == 1)
+    q = query.astype(dtype).reshape(b, sq, hkv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, hkv, g * sq, d)
+    k = key.astype(dtype)
+    v = value.astype(dtype)
+
+    s = jnp.einsum("bhqd,bkhd->bhqk", q, k, preferred_element_type=acc)
+    s = _rows(s.reshape(full), drop)
+    s = s * jnp.asarray(f.softmax_scale, acc)
+    if f.logits_soft_cap is not None:
+        cap = jnp.asarray(f.logits_soft_cap, acc)
+        s = cap * jnp.tanh(s / cap)
+    if bias is not None:
+        s = s + _rows(_per_query_head(bias.astype(acc), hq), drop)
+
+    valid = None
+    if f.causal or f.window is not None:
+        q_idx = jnp.arange(sq)[:, None]
+        k_idx = jnp.arange(skv)[None, :]
+        valid = _rows(allowed(q_idx, k_idx, sq, skv, f.causal, f.window)[None, None], drop)
+    if attention_mask is not None:
+        m = _rows(_per_query_head(attention_mask, hq), drop)
+        valid = m if valid is None else (m & valid)
+
+    s = s.astype(softmax_dtype)
+    sinks = None
+    if softmax_aux is not None:
+        sinks = _rows(sink_logits(softmax_aux, hq)[None, :, None, :], drop).astype(softmax_dtype)
+
+    if valid is None:
+        row_max = jnp.max(s, axis=-1, keepdims=True)
+    else:
+        row_max = jnp.max(jnp.where(valid, s, -jnp.inf), axis=-1, keepdims=True)
+    if sinks is not None:
+        row_max = jnp.maximum(row_max, jnp.max(sinks, axis=-1, keepdims=True))
+    # Softmax is invariant to the shift; a row with nothing allowed has max -inf, shifted by 0 instead.
+    row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0))
+    if valid is None:
+        e = jnp.exp(s - row_max)
+    else:
+        # The inner where keeps exp finite on masked entries, so their (zero) gradient stays finite too.
+        e = jnp.where(valid, jnp.exp(jnp.where(valid, s, row_max) - row_max), 0)
+    denom = jnp.sum(e, axis=-1, keepdims=True)
+    if sinks is not None:
+        denom = denom + jnp.sum(jnp.exp(sinks - row_max), axis=-1, keepdims=True)
+    weights = e / jnp.where(denom == 0, 1, denom)
+
+    if f.dropout:
+        # Drawn as [B, Hkv, G, Sq, Skv] (the same element order as [B, Hq, Sq, Skv]): one draw per weight.
+        keep = jax.random.bernoulli(call.dropout_rng, 1.0 - f.dropout_prob, (b, hkv, g, sq, skv))
+        weights = jnp.where(keep.reshape(weights.shape), weights / (1.0 - f.dropout_prob), 0)
+
+    weights = weights.astype(dtype)
+    out = jnp.einsum("bhqk,bkhd->bhqd", weights.reshape(b, hkv, g * sq, skv), v, preferred_element_type=acc)
+    out = out.reshape(b, hkv, g, sq, -1).transpose(0, 3, 1, 2, 4).reshape(b, sq, hq, -1).astype(dtype)
+    return out, weights.reshape(full)
+
+
+attention = entry_point(
+    reference_attention,
+    name="ejkernel.kernels.xla.reference.attention",
+    doc="""Multi-head attention with the semantics of ``docs/semantics.rst``, in plain XLA.
+
+    Args:
+      query: ``[B, Sq, Hq, D]``.
+      key: ``[B, Skv, Hkv, D]`` with ``Hq % Hkv == 0``; query head ``h`` reads kv head ``h // (Hq // Hkv)``.
+      value: ``[B, Skv, Hkv, Dv]``.
+      attention_mask: boolean ``[B|1, Hq|Hkv|1, Sq, Skv]``, ``True`` = may attend.
+      bias: ``[B|1, Hq|Hkv|1, Sq, Skv]``, added to the logits after the soft cap. With a mask, both apply.
+      init_bias: called (once, eagerly) for a bias only when ``bias`` and ``attention_mask`` are ``None``.
+      deterministic: ``False`` enables dropout when ``dropout_prob > 0``.
+      dropout_rng: a PRNG key (typed or raw ``uint32[2]``); required when dropout is enabled.
+      softmax_aux: sinks, ``[Hq, n]`` or ``[n]``: extra logits in each row's denominator, carrying no value,
+        not scaled, capped or biased.
+      softmax_scale: multiplies ``q·k``; default ``D ** -0.5``.
+      logits_soft_cap: ``cap * tanh(s / cap)`` on the scaled logits; must be ``> 0``.
+      dtype: inputs are cast to it for both products (accumulated in float32); the output and weights are
+        in it. ``None`` keeps the query's dtype.
+      softmax_dtype: the softmax's dtype; float32 when ``None``.
+      dropout_prob: in ``[0, 1)``; kept weights are scaled by ``1 / (1 - p)``, masks independent per
+        (batch, head, query, key).
+      causal: bottom-right aligned: query ``i`` sees key ``j`` iff ``j <= i + Skv - Sq``.
+      sliding_window: ``w`` or ``(left, right)``, inclusive, same alignment; intersects with causal.
+
+    Returns:
+      ``(output [B, Sq, Hq, Dv], weights [B, Hq, Sq, Skv])``; the weights exclude sink columns and include
+      dropout (they are what multiplies V). Rows with no allowed key are zero in both, with zero gradients.
+
+    Raises:
+      ValueError, TypeError: for bad input, naming the argument (``ejkernel.ops.attention.validation``),
+        at trace time. An empty dimension (B, Sq, Skv, H or D of 0) is a ``ValueError``.
+    """,
+)

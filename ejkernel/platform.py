@@ -1,0 +1,38 @@
+"""Platforms: the names users pass (``platform="triton"``) and the device kind JAX would run on.
+
+Two vocabularies meet here. *Implementation platforms* name a backend: ``"xla"``, ``"pallas_tpu"``,
+``"triton"``; the old spelling ``"pallas"`` still means ``"pallas_tpu"``. *Device platforms* name hardware,
+as ``current_platform()`` reports it: ``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``.
+"""
+
+from __future__ import annotations
+
+import jax
+
+__all__ = ["KNOWN_PLATFORMS", "FALLBACK_PLATFORM", "PLATFORM_ALIASES", "canonical_platform", "current_platform"]
+
+#: Implementation platforms a user may name. A known platform with nothing registered falls back with a warning.
+KNOWN_PLATFORMS = ("xla", "pallas_tpu", "triton")
+#: Where every call ends up when nothing better serves it.
+FALLBACK_PLATFORM = "xla"
+#: Older or alternative spellings, mapped to the canonical name.
+PLATFORM_ALIASES = {"pallas": "pallas_tpu", "pallas_triton": "triton"}
+
+
+def canonical_platform(platform: str) -> str:
+    """``platform`` with aliases resolved ("pallas" -> "pallas_tpu"); other names are returned unchanged."""
+    if not isinstance(platform, str):
+        raise TypeError(f"platform must be a string, got {type(platform).__name__}")
+    return PLATFORM_ALIASES.get(platform, platform)
+
+
+def current_platform() -> str:
+    """The platform of the device JAX would place a computation on: cpu, cuda, rocm, tpu, ..."""
+    device = jax.config.jax_default_device
+    if device is None or isinstance(device, str):
+        device = jax.devices(device)[0] if isinstance(device, str) else jax.devices()[0]
+    platform = device.platform.lower()
+    if platform == "gpu":
+        version = str(getattr(device.client, "platform_version", "")).lower()
+        return "rocm" if "rocm" in version else "cuda"
+    return platform
