@@ -1,4 +1,4 @@
-"""DESIGN §1 written a second time, plainly, in float64 NumPy: the oracle the XLA reference is checked against.
+"""The semantics (docs/semantics.rst) written a second time, plainly, in float64 NumPy: the oracle the XLA reference is checked against.
 
 Independent of ejkernel on purpose (no mask, merge or validation helpers): one loop over (batch, query
 head), explicit index arithmetic for GQA, causal and window, and a row-by-row softmax. Inputs are taken

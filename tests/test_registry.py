@@ -1,4 +1,4 @@
-"""The registry and dispatch on the CPU (DESIGN §2): resolution, fallback, priorities, explain, interpret.
+"""The registry and dispatch on the CPU (docs/design.rst, "Registry and dispatch"): resolution, fallback, priorities, explain, interpret.
 
 Fake implementations wrap the XLA reference and log what the registry does with them (``build`` calls
 and kernel calls), so each test sees which implementation served a call. They are registered through

@@ -1,4 +1,4 @@
-"""``ejkernel.attention`` composes with ``shard_map`` over batch and heads (DESIGN §3).
+"""``ejkernel.attention`` composes with ``shard_map`` over batch and heads (docs/design.rst, "Kernels").
 
 The XLA paths run under the default ``check_vma=True``; the Pallas kernels (TPU and Triton, here in
 interpret mode) need ``check_vma=False`` for now, as their ``out_shape`` carries no varying-axes type.
