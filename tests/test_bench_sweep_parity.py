@@ -1,5 +1,5 @@
-"""``ejkernel bench sweep`` and ``ejkernel bench parity`` (interpret mode on tiny shapes) and the scripts that
-call them."""
+"""``ejkernel bench sweep`` and ``ejkernel bench parity`` (interpret mode on tiny shapes), the scripts that
+call them, and the curated result files the docs cite."""
 
 from __future__ import annotations
 
@@ -239,3 +239,29 @@ def test_triton_gpu_script_calls_the_sub_commands(monkeypatch):
 def test_run_bench_rejects_an_unknown_phase():
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "run_bench.sh"), "no-such-phase"], capture_output=True, text=True)
     assert proc.returncode == 2 and "parity" in proc.stderr and "sweep" in proc.stderr
+
+
+# --- curated result files --------------------------------------------------------------------------
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def test_result_files_are_curated_tables_in_device_folders():
+    files = [p for p in RESULTS.rglob("*") if p.is_file()]
+    assert files
+    for p in files:
+        rel = p.relative_to(RESULTS)
+        assert len(rel.parts) == 2, f"{rel}: results live in benchmarks/results/<device>/"
+        assert not re.search(r"call\d|_log\.txt$", rel.name), f"{rel}: named after a run, or a run log"
+
+
+def test_every_cited_result_file_exists():
+    cited = set()
+    pages = [ROOT / "docs" / f"{name}.rst" for name in ("performance", "triton", "chunked")]
+    for page in [*pages, ROOT / "benchmarks" / "NOTES-triton.md"]:
+        text = page.read_text()
+        assert not re.search(r"(?<!--)\bcalls? ?\d", text), f"{page.name} names a run"  # not "--calls 10"
+        cited |= set(re.findall(r"results/((?:cpu|h100)/[\w.]+)", text))
+    assert len(cited) > 10
+    for name in cited:  # "h100/fa3_d256.*" and "h100/headline.{json,txt}" are captured as "h100/<stem>."
+        assert (RESULTS / name).is_file() or (name.endswith(".") and list(RESULTS.glob(f"{name}*"))), name
