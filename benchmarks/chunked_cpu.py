@@ -9,7 +9,7 @@ only where its compiled memory fits ``--dense-limit-gib``; the "auto" rows call 
 with no argument changes and name the implementation the registry chose. The dense worker also runs the chunked path on the same inputs and
 reports their largest relative difference (output and gradients; both bfloat16).
 
-    python benchmarks/chunked_cpu.py [--output benchmarks/results/chunked_cpu.txt]
+    python benchmarks/chunked_cpu.py [--output benchmarks/results/cpu/chunked.txt]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Chunked against dense XLA attention on a GPU: which chunk sizes, and from which size on, chunking pays.
 
-The chunk-size defaults and the dense/chunked switch of ``kernels/_xla/attention`` were first measured on
-a 2-core CPU (``chunked_cpu.py``). This script times, on the device at hand, bfloat16 D128, non-causal:
+The chunk-size defaults and the dense/chunked switch (``ejkernel/kernels/xla/chunk_policy.py``) were first
+measured on a 2-core CPU (``chunked_cpu.py``). This script times, on the device at hand, bfloat16 D128, non-causal:
 the dense reference, ``jax.nn.dot_product_attention(implementation="xla")`` and the chunked path at
 several ``(block_q, block_kv)`` (``default`` = the library's default policy), forward and forward+backward,
 plus XLA's compiled memory of each. One JSON line per row on stdout, a table at the end.

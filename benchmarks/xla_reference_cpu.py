@@ -6,7 +6,7 @@ Each row is timed forward and forward+backward (gradients w.r.t. q, k, v): one w
 implementations alternate round by round so that load from other processes hits both alike. The table
 reports median milliseconds per call and ``ours / jax.nn`` (the requirement: at most 1.15).
 
-    python benchmarks/xla_reference_cpu.py [--output benchmarks/results/xla_reference_cpu.txt]
+    python benchmarks/xla_reference_cpu.py [--output benchmarks/results/cpu/xla_reference.txt]
 """
 
 from __future__ import annotations

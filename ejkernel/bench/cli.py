@@ -3,22 +3,27 @@
     ejkernel bench [--grid small|fa3|decode|gqa ...] [--shape B,Sq,Skv,Hq,Hkv,D ...] [options]
     ejkernel bench compare BASE.json NEW.json [--threshold 0.02] [--all]
     ejkernel bench render RESULT.json [--out DIR]   (the table and plots again, e.g. where matplotlib is)
+    ejkernel bench sweep [--shape ...] [--causal no|yes|both] [--pass P] [--candidate P:BQ,BK,W,S] [--interpret]
+    ejkernel bench parity [--platform triton] [--dtype D] [--case NAME] [--interpret]
 
 Writes ``<out>/<name>.json`` (kept up to date while it runs), ``<name>.txt`` (the table) and
-``<name>.png`` plots (with matplotlib), and prints the table. ``run(argv)`` returns the exit status.
+``<name>.png`` plots (with matplotlib), and prints the table. ``sweep`` times the Triton kernels' passes
+for candidate block sizes (``ejkernel.bench.sweep``); ``parity`` checks every capability class at GPU
+sizes (``ejkernel.bench.parity``). ``run(argv)`` returns the exit status; 2 for bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["run", "build_parser", "select_shapes"]
+__all__ = ["run", "build_parser", "build_sweep_parser", "build_parity_parser", "select_shapes"]
 
 
 def _positive_int(text: str) -> int:
@@ -36,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ejkernel bench",
         description="Time every ejkernel implementation that runs here and the baselines "
         "(jax.nn XLA/cuDNN, tokamax) over shape grids. `ejkernel bench compare A.json B.json` diffs two runs; "
-        "`ejkernel bench render R.json` redraws a result's table and plots.",
+        "`ejkernel bench render R.json` redraws a result's table and plots; `ejkernel bench sweep` times the "
+        "Triton kernels' passes for candidate block sizes; `ejkernel bench parity` checks every capability "
+        "class at GPU sizes (each sub-command has its --help).",
     )
     p.add_argument(
         "--grid",
@@ -55,11 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=_positive_int, action="append", help="keep only these head dims (repeatable)")
     p.add_argument("--impl", action="append", help="only implementations whose name contains this (repeatable)")
     p.add_argument("--skip-impl", action="append", help="no implementation whose name contains this (repeatable)")
-    p.add_argument("--warmup", type=_positive_int, default=2, help="warm-up calls after the first (default 2)")
-    p.add_argument("--rounds", type=_positive_int, default=5, help="timed rounds (default 5)")
-    p.add_argument("--calls", type=_positive_int, help="calls per round (default: a round lasts --target-round-ms)")
-    p.add_argument("--target-round-ms", type=float, default=50.0)
-    p.add_argument("--max-calls", type=_positive_int, default=100, help="most calls per round (default 100)")
+    _add_timing_options(p)
     p.add_argument(
         "--rotate-mib", type=_positive_int, default=256, help="rotate input sets until they span this many MiB"
     )
@@ -86,6 +89,67 @@ def select_shapes(args: argparse.Namespace) -> list[Any]:
         shapes += filter_shapes(build_grid(name), max_seq=args.max_seq, min_seq=args.min_seq, head_dims=args.head_dim)
     shapes += [parse_shape(s) for s in args.shape]
     return shapes
+
+
+def _add_timing_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--warmup", type=_positive_int, default=2, help="warm-up calls after the first (default 2)")
+    p.add_argument("--rounds", type=_positive_int, default=5, help="timed rounds (default 5)")
+    p.add_argument("--calls", type=_positive_int, help="calls per round (default: a round lasts --target-round-ms)")
+    p.add_argument("--target-round-ms", type=float, default=50.0)
+    p.add_argument("--max-calls", type=_positive_int, default=100, help="most calls per round (default 100)")
+
+
+def build_sweep_parser() -> argparse.ArgumentParser:
+    from ejkernel.bench.sweep import PASSES
+
+    p = argparse.ArgumentParser(
+        prog="ejkernel bench sweep",
+        description="Time each pass of the Triton flash attention (forward, dK/dV, dQ) alone for candidate "
+        "block sizes; print the table, the fastest per (head dim, length range, causal, pass) and rows for "
+        "ejkernel/kernels/pallas_triton/blocks.py.",
+    )
+    p.add_argument(
+        "--shape", action="append", default=[], metavar="B,Sq,Skv,Hq,Hkv,D",
+        help="a shape to sweep (repeatable; default: the long and short shapes of ejkernel.bench.sweep.SWEEP_SHAPES)",
+    )  # fmt: skip
+    p.add_argument("--max-seq", type=_positive_int, help="drop default shapes whose longest sequence is longer")
+    p.add_argument("--min-seq", type=_positive_int, help="drop default shapes whose longest sequence is shorter")
+    p.add_argument("--head-dim", type=_positive_int, action="append", help="keep only default shapes of these head dims")
+    p.add_argument("--causal", default="no", choices=["no", "yes", "both"])
+    p.add_argument("--pass", dest="passes", action="append", choices=PASSES, help="only this pass (repeatable)")
+    p.add_argument(
+        "--candidate", action="append", default=[], metavar="PASS:BQ,BK[,WARPS[,STAGES]]",
+        help="time these blocks for PASS instead of its default candidates (repeatable; the current choice is always timed)",
+    )  # fmt: skip
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    _add_timing_options(p)
+    p.add_argument("--budget-s", type=float, help="start no new measurement after this many seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--interpret", action="store_true", help="Pallas interpret mode: runs anywhere, times mean nothing")
+    p.add_argument("--threshold", type=float, default=0.03, help="a short-sequence override must be this much faster")
+    p.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
+    p.add_argument("--name", help="output file stem (default sweep_<platform>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def build_parity_parser() -> argparse.ArgumentParser:
+    from ejkernel.bench.parity import DTYPES
+
+    p = argparse.ArgumentParser(
+        prog="ejkernel bench parity",
+        description="Every capability class at GPU sizes (ejkernel.bench.parity.PARITY_CASES), forward and "
+        "gradients, through the registry against the float32 oracle; the platform must serve every call. "
+        "One line per case and dtype as it finishes; exit 1 on any failure.",
+    )
+    p.add_argument("--platform", default="triton", help="the platform that must serve every call (default triton)")
+    p.add_argument("--dtype", action="append", choices=DTYPES, help="only this dtype (repeatable)")
+    p.add_argument("--case", action="append", help="only this case (repeatable; see ejkernel.bench.parity.PARITY_CASES)")
+    p.add_argument("--interpret", action="store_true", help="run Pallas kernels in interpret mode (any device)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
+    p.add_argument("--name", help="output file stem (default parity_<platform>)")
+    return p
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -126,7 +190,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _run_bench(argv: list[str]) -> int:
-    import dataclasses
     import pathlib
 
     from ejkernel.bench import report
@@ -227,12 +290,146 @@ def _run_compare(argv: list[str]) -> int:
     return 1 if has_regressions(rows) else 0
 
 
+def _run_sweep(argv: list[str]) -> int:
+    import pathlib
+
+    from ejkernel.bench import report
+    from ejkernel.bench.environment import environment
+    from ejkernel.bench.grids import filter_shapes, parse_shape
+    from ejkernel.bench.progress import ProgressBar
+    from ejkernel.bench.sweep import PASSES, SWEEP_SHAPES, SweepConfig, head_dim_row, parse_candidate, run_sweep
+    from ejkernel.bench.sweep_report import SCHEMA, format_sweep
+    from ejkernel.platform import current_platform
+
+    parser = build_sweep_parser()
+    args = parser.parse_args(argv)
+    passes = tuple(dict.fromkeys(args.passes or PASSES))
+    custom: dict[str, list] = {}
+    try:
+        if args.shape:
+            shapes = [parse_shape(s) for s in args.shape]
+        else:
+            shapes = filter_shapes(SWEEP_SHAPES, max_seq=args.max_seq, min_seq=args.min_seq, head_dims=args.head_dim)
+        for s in shapes:
+            head_dim_row(s.head_dim)
+        for text in args.candidate:
+            name, blocks = parse_candidate(text)
+            custom.setdefault(name, []).append(blocks)
+    except ValueError as e:
+        parser.error(str(e))
+    if not shapes:
+        parser.error("no shapes left: the filters (--max-seq, --min-seq, --head-dim) removed every sweep shape")
+    unswept = sorted(set(custom) - set(passes))
+    if unswept:
+        parser.error(f"--candidate for {unswept}, which --pass leaves out")
+    here = current_platform()
+    if here != "cuda" and not args.interpret:
+        parser.error(f"the Triton kernels need an NVIDIA GPU and this is {here}; --interpret runs them anywhere (slowly)")
+    config = SweepConfig(
+        dtype=args.dtype,
+        causals={"no": (False,), "yes": (True,), "both": (False, True)}[args.causal],
+        passes=passes,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        calls=args.calls,
+        target_round_s=args.target_round_ms / 1e3,
+        max_calls=args.max_calls,
+        budget_s=args.budget_s,
+        seed=args.seed,
+        interpret=args.interpret,
+    )
+    env = environment(["sweep", *argv], args.dtype)
+    out = pathlib.Path(args.out)
+    stem = args.name or f"sweep_{env['platform']}"
+    json_path = out / f"{stem}.json"
+    config_record = {**dataclasses.asdict(config), "shapes": [s.label for s in shapes]}
+    results: list[dict[str, Any]] = []
+
+    def document(complete: bool) -> dict[str, Any]:
+        return {"schema": SCHEMA, "environment": env, "config": config_record, "complete": complete, "results": results}
+
+    def snapshot(record: dict[str, Any]) -> None:
+        results.append(record)
+        report.write_json(document(False), json_path)
+
+    interrupted = False
+    try:
+        with _sigterm_as_interrupt():
+            run_sweep(shapes, config, custom, progress=ProgressBar(enabled=not args.quiet), on_result=snapshot)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: writing what was measured", file=sys.stderr)
+    doc = document(not interrupted)
+    report.write_json(doc, json_path)
+    text_path = out / f"{stem}.txt"
+    report.write_text_file(format_sweep(doc, args.threshold), text_path)
+    print(text_path.read_text(), end="", flush=True)
+    print(f"wrote {json_path}, {text_path}", file=sys.stderr)
+    return 130 if interrupted else 0
+
+
+def _run_parity(argv: list[str]) -> int:
+    import pathlib
+
+    from ejkernel.bench import report
+    from ejkernel.bench.environment import environment
+    from ejkernel.bench.parity import format_row, run_parity, select_parity_cases
+    from ejkernel.registry import list_kernels
+
+    parser = build_parity_parser()
+    args = parser.parse_args(argv)
+    try:
+        cases = select_parity_cases(args.case)
+    except ValueError as e:
+        parser.error(str(e))
+    records = [r for r in list_kernels("attention") if r["platform"] == args.platform]
+    if not records:
+        known = sorted({r["platform"] for r in list_kernels("attention")})
+        parser.error(f"no attention implementation is registered for platform {args.platform!r}; known: {known}")
+    if not any(r["runnable"] or (args.interpret and r["interpretable"]) for r in records):
+        reasons = "; ".join(r["reason"] or "" for r in records)
+        hint = "" if args.interpret or not any(r["interpretable"] for r in records) else "; --interpret runs it here"
+        parser.error(f"{args.platform} cannot run here ({reasons}){hint}")
+    env = environment(["parity", *argv], (args.dtype or ["bfloat16"])[0])
+    out = pathlib.Path(args.out)
+    json_path = out / f"{args.name or f'parity_{args.platform}'}.json"
+    config_record = {
+        "platform": args.platform, "interpret": args.interpret, "seed": args.seed,
+        "cases": [c.name for c in cases], "dtypes": args.dtype or "per case",
+    }  # fmt: skip
+    rows: list[dict[str, Any]] = []
+
+    def document(complete: bool) -> dict[str, Any]:
+        return {"schema": "ejkernel-parity/1", "environment": env, "config": config_record, "complete": complete,
+                "results": rows}  # fmt: skip
+
+    def finished(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(format_row(row, args.platform), flush=True)
+        report.write_json(document(False), json_path)
+
+    interrupted = False
+    try:
+        with _sigterm_as_interrupt():
+            run_parity(args.platform, cases, args.dtype or (), interpret=args.interpret, seed=args.seed, on_row=finished)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: writing what was checked", file=sys.stderr)
+    report.write_json(document(not interrupted), json_path)
+    failures = sum(not r["passed"] for r in rows)
+    print(f"{len(rows) - failures}/{len(rows)} passed" + (" (interrupted)" if interrupted else ""))
+    print(f"wrote {json_path}", file=sys.stderr)
+    return 130 if interrupted else (1 if failures or not rows else 0)
+
+
 def _run_render(argv: list[str]) -> int:
     import pathlib
 
     from ejkernel.bench import report
     from ejkernel.bench.compare import load
     from ejkernel.bench.plots import matplotlib_missing, write_plots
+    from ejkernel.bench.sweep_report import SCHEMA as SWEEP_SCHEMA
+    from ejkernel.bench.sweep_report import format_sweep
 
     p = argparse.ArgumentParser(prog="ejkernel bench render", description="Redraw a result's table and plots.")
     p.add_argument("result")
@@ -241,6 +438,10 @@ def _run_render(argv: list[str]) -> int:
     path = pathlib.Path(args.result)
     doc = load(args.result)
     out = pathlib.Path(args.out) if args.out else path.parent
+    if doc.get("schema") == SWEEP_SCHEMA:  # a block sweep: its table, winners and rows; no plots
+        text_path = report.write_text_file(format_sweep(doc), out / f"{path.stem}.txt")
+        print(text_path.read_text(), end="", flush=True)
+        return 0
     text_path = report.write_text(doc, out / f"{path.stem}.txt")
     print(text_path.read_text(), end="", flush=True)
     written = [text_path]
@@ -256,10 +457,9 @@ def _run_render(argv: list[str]) -> int:
 def run(argv: list[str] | None = None) -> int:
     """Entry point of ``ejkernel bench``; ``argv`` excludes the program and sub-command names."""
     argv = list(sys.argv[2:] if argv is None else argv)
-    if argv and argv[0] == "compare":
-        return _run_compare(argv[1:])
-    if argv and argv[0] == "render":
-        return _run_render(argv[1:])
+    commands = {"compare": _run_compare, "render": _run_render, "sweep": _run_sweep, "parity": _run_parity}
+    if argv and argv[0] in commands:
+        return commands[argv[0]](argv[1:])
     return _run_bench(argv)
 
 

@@ -4,7 +4,12 @@ Convention (FlashAttention papers, anchors.md): a forward pass does ``4 * B * Hq
 (two matmuls of ``2 * Sq * Skv * D`` each per head); causal counts half of that when ``Sq == Skv``;
 forward+backward counts 3.5 times the forward (the backward is 2.5 forwards: five matmuls to the forward's
 two). When ``Sq != Skv`` a causal call counts the exact fraction of (query, key) pairs it allows
-(bottom-right alignment, DESIGN §1.6): for a decode step (``Sq = 1``) that is every key, not half.
+(bottom-right alignment, ``docs/semantics.rst``): for a decode step (``Sq = 1``) that is every key, not half.
+
+One pass of the Triton kernels alone (``ejkernel bench sweep``) counts its matmuls in forwards
+(``PASS_FORWARDS``): the forward does two, dK/dV four (it recomputes ``S`` and ``dP``, then forms ``dV`` and
+``dK``), dQ three (``S``, ``dP``, then ``dQ``). Their sum (4.5) exceeds the 3.5 above, which leaves the
+recomputation out.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import dataclasses
 __all__ = [
     "MODES",
     "BACKWARD_FACTOR",
+    "PASS_FORWARDS",
+    "pass_flops",
     "causal_fraction",
     "attention_flops",
     "tflops_per_s",
@@ -24,6 +31,7 @@ __all__ = [
 
 MODES = ("fwd", "fwd+bwd")
 BACKWARD_FACTOR = 3.5  # forward + backward, in forwards
+PASS_FORWARDS = {"forward": 1.0, "dkv": 2.0, "dq": 1.5}  # one Triton pass's matmuls, in forwards
 
 
 def causal_fraction(q_len: int, kv_len: int) -> float:
@@ -50,6 +58,16 @@ def attention_flops(
     if mode == "fwd+bwd":
         flops *= BACKWARD_FACTOR
     return flops
+
+
+def pass_flops(
+    batch: int, num_q_heads: int, q_len: int, kv_len: int, head_dim: int, *, causal: bool, pass_name: str
+) -> float:
+    """Matmul FLOPs of one Triton pass (``PASS_FORWARDS``) under the forward's convention."""
+    if pass_name not in PASS_FORWARDS:
+        raise ValueError(f"pass must be one of {sorted(PASS_FORWARDS)}, got {pass_name!r}")
+    forward = attention_flops(batch, num_q_heads, q_len, kv_len, head_dim, causal=causal, mode="fwd")
+    return forward * PASS_FORWARDS[pass_name]
 
 
 def tflops_per_s(flops: float, seconds: float) -> float:

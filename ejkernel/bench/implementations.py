@@ -6,7 +6,7 @@ all carry ``unavailable`` instead; both are reported as n/a, never as a crash.
 
 Baselines: ``jax.nn.dot_product_attention`` with ``implementation="xla"`` and ``"cudnn"``, and tokamax's
 ``dot_product_attention`` when tokamax is installed. Those align a causal mask top-left, ejkernel
-bottom-right (DESIGN §1.6): the two agree when ``Sq == Skv`` and, for a decode step (``Sq = 1``), a causal
+bottom-right (``docs/semantics.rst``): the two agree when ``Sq == Skv`` and, for a decode step (``Sq = 1``), a causal
 ejkernel call equals a non-causal baseline call; other ``Sq != Skv`` causal calls are n/a for baselines.
 """
 

@@ -17,10 +17,12 @@ __all__ = [
     "build_document",
     "format_table",
     "format_dispatch",
+    "format_device",
     "format_header",
     "never_ran",
     "write_json",
     "write_text",
+    "write_text_file",
 ]
 
 SCHEMA = "ejkernel-bench/1"
@@ -91,16 +93,23 @@ def never_ran(results: Sequence[dict[str, Any]]) -> dict[str, str]:
     return {impl: next(iter(rs)) for impl, rs in reasons.items() if len(rs) == 1 and None not in rs}
 
 
+def format_device(env: dict[str, Any]) -> str:
+    """One line of an ``environment`` record: device, count, versions, driver, cuDNN and host load."""
+    return (
+        f"device: {env['device_kind']} ({env['platform']}) x{env['device_count']}; jax {env['jax']} jaxlib {env['jaxlib']}"
+        + (f"; driver {env['driver']}" if env.get("driver") else "")
+        + (f"; cuDNN {env['cudnn']}" if env.get("cudnn") else "")
+        + (f"; host load {env['load_average'][0]:g} on {env['cpu_count']} CPUs" if env.get("load_average") else "")
+    )
+
+
 def format_header(doc: dict[str, Any]) -> str:
     env = doc["environment"]
     peak = env.get("peak") or {}
     lines = [
         f"ejkernel bench  {env['date']}  {env['command']}",
         *([] if doc.get("complete", True) else ["INCOMPLETE: the run was interrupted; what was measured follows"]),
-        f"device: {env['device_kind']} ({env['platform']}) x{env['device_count']}; jax {env['jax']} jaxlib {env['jaxlib']}"
-        + (f"; driver {env['driver']}" if env.get("driver") else "")
-        + (f"; cuDNN {env['cudnn']}" if env.get("cudnn") else "")
-        + (f"; host load {env['load_average'][0]:g} on {env['cpu_count']} CPUs" if env.get("load_average") else ""),
+        format_device(env),
     ]
     if peak.get("nominal_tflops"):
         ceiling = f", measured matmul ceiling {peak['ceiling_tflops']:g}" if peak.get("ceiling_tflops") else ""
@@ -213,8 +222,14 @@ def write_json(doc: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
     return path
 
 
-def write_text(doc: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
+def write_text_file(text: str, path: str | os.PathLike) -> pathlib.Path:
+    """Writes ``text`` (atomically) and returns the path."""
     path = pathlib.Path(path)
-    parts = [format_header(doc), format_table(doc["results"]), format_dispatch(doc.get("dispatch"))]
-    _atomic_write(path, "\n\n".join(p for p in parts if p) + "\n")
+    _atomic_write(path, text)
     return path
+
+
+def write_text(doc: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
+    """The bench document's header, table and dispatch report as text."""
+    parts = [format_header(doc), format_table(doc["results"]), format_dispatch(doc.get("dispatch"))]
+    return write_text_file("\n\n".join(p for p in parts if p) + "\n", path)

@@ -22,7 +22,10 @@ from ejkernel.bench.grids import BenchShape
 from ejkernel.bench.implementations import Candidate, TimedElsewhere, Unsupported
 from ejkernel.bench.timing import buffer_count, time_calls
 
-__all__ = ["BenchConfig", "configurations", "make_inputs", "build_step", "compiled_peak_bytes", "run_benchmarks"]
+__all__ = [
+    "BenchConfig", "configurations", "make_inputs", "build_step", "compiled_peak_bytes", "failure_reason", "all_finite",
+    "run_benchmarks",
+]
 
 MIB = 1 << 20
 
@@ -117,14 +120,15 @@ def device_memory_limit() -> int | None:
     return int(stats["bytes_limit"]) if stats and stats.get("bytes_limit") else None
 
 
-def _reason(error: BaseException) -> str:
+def failure_reason(error: BaseException) -> str:
+    """``"Type: first line of the message"``, at most 240 characters: why a measurement is n/a."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     text = f"{type(error).__name__}: {lines[0] if lines else ''}".strip()
     return text if len(text) <= 240 else text[:237] + "..."
 
 
-def _all_finite(tree: Any) -> bool:
-    """Checked on the device: only one boolean per array comes back to the host."""
+def all_finite(tree: Any) -> bool:
+    """Every array of ``tree`` is finite; checked on the device: one boolean per array comes back to the host."""
     return all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(tree))
 
 
@@ -198,7 +202,7 @@ def measure(
             target_round_s=config.target_round_s,
             max_calls=config.max_calls,
         )
-        if not _all_finite(step(*input_sets[0])):
+        if not all_finite(step(*input_sets[0])):
             record["reason"] = "non-finite output on random inputs"
             return record
     except Unsupported as e:
@@ -207,7 +211,7 @@ def measure(
             record["status"] = "same"
         return record
     except Exception as e:  # a baseline or kernel that cannot run this config: report it, keep going
-        record["reason"] = _reason(e)
+        record["reason"] = failure_reason(e)
         return record
     flops = record["flops"]
     record.update(
@@ -264,7 +268,7 @@ def run_benchmarks(
                         try:
                             input_sets = make_inputs(shape, config.dtype, buffers, config.seed)
                         except Exception as e:  # e.g. out of memory: every candidate of this shape is n/a
-                            input_sets = _reason(e)
+                            input_sets = failure_reason(e)
                     if isinstance(input_sets, str):
                         record = _base_record(candidate, shape, causal, mode, config.dtype)
                         record["reason"] = f"could not create inputs: {input_sets}"
