@@ -2,6 +2,7 @@
 
     nox -s tests -- tests/test_registry.py -x     # arguments after -- go to pytest
     HYPOTHESIS_PROFILE=thorough nox -s tests      # ten times the property-test examples
+    nox -s tests_x64 tests_debug_infs             # the suite with jax_enable_x64, then with jax_debug_infs
     nox -s benchmarks                             # not run by default: minutes of CPU
 """
 
@@ -20,6 +21,20 @@ def tests(session: nox.Session) -> None:
     """The test suite on the CPU (Pallas kernels in interpret mode), docs build included."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)  # HYPOTHESIS_PROFILE passes through from the environment
+
+
+@nox.session(name="tests_x64")
+def tests_x64(session: nox.Session) -> None:
+    """The test suite with ``jax_enable_x64`` on: every backend must work with 64-bit types enabled."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs, env={"JAX_ENABLE_X64": "1"})
+
+
+@nox.session(name="tests_debug_infs")
+def tests_debug_infs(session: nox.Session) -> None:
+    """The test suite under ``jax_debug_infs``: no call with a finite result may raise a false alarm."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs, env={"JAX_DEBUG_INFS": "1"})
 
 
 @nox.session
