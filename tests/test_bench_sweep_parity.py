@@ -4,7 +4,6 @@ call them, and the curated result files the docs cite."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import pathlib
 import re
@@ -221,19 +220,6 @@ def test_parity_needs_the_platform_or_interpret(capsys):
 
 # --- the scripts -----------------------------------------------------------------------------------
 
-
-def test_triton_gpu_script_calls_the_sub_commands(monkeypatch):
-    spec = importlib.util.spec_from_file_location("triton_gpu", ROOT / "benchmarks" / "triton_gpu.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    calls = []
-    monkeypatch.setattr(script, "run", lambda argv: calls.append(argv) or len(calls) - 1)
-    assert script.main(["--parity", "--sweep", "--bench", "--out", "D"]) == 2
-    assert calls[0] == ["parity", "--platform", "triton", "--out", "D"] and calls[1] == ["sweep", "--out", "D"]
-    assert calls[2][:4] == ["--shape", script.MAIN_SHAPES[0], "--shape", script.MAIN_SHAPES[1]] and "--grid" not in calls[2]
-    calls.clear()
-    script.main(["--grid"])
-    assert calls[0][:2] == ["--grid", "fa3"] and "--shape" not in calls[0]
 
 
 def test_run_bench_rejects_an_unknown_phase():
