@@ -1,17 +1,23 @@
-"""``ejkernel check``: every implementation that can run here against the XLA oracle.
+"""``ejkernel check``: every implementation that can run here against an independent oracle.
 
 Each case draws random inputs (a distinct stream for q, k, v), runs the implementation through the registry
-(forward and gradients w.r.t. q, k, v, bias and sinks) and compares with the oracle: the XLA reference
-in float32 at highest matmul precision. The error is ``max|x - ref| / max(max|ref|, 1e-6)`` per output.
-The output cotangent is noise plus the oracle's output, so that gradients summed over rows (sinks) do
-not cancel (see ``case_reference``).
+(forward and gradients w.r.t. q, k, v, bias and sinks) and compares with the oracle. The oracle of
+``ejkernel check`` (``case_reference``) is the XLA reference computed in **float64** where the device has
+float64 (CPU, GPU), so that the float32 XLA rows are compared with something other than themselves; on a
+TPU it is float32 at highest precision. (``oracle``/``reference_for``, used by the parity tests, keep the
+float32 highest-precision reference.) The error is ``max|x - ref| / max(max|ref|, 1e-6)`` per output. The
+output cotangent is noise plus the oracle's output, so that gradients summed over rows (sinks) do not
+cancel (see ``case_reference``).
+
+A case another platform served (a fallback) is reported as such, never as a pass; it fails the check when
+the user named the platform (``iter_check(..., named=True)``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
@@ -19,11 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ejkernel.errors import FallbackWarning
+from ejkernel.platform import canonical_platform, current_platform
 from ejkernel.registry import get_kernel, list_kernels
 
 __all__ = [
     "CheckCase", "CheckResult", "CASES", "QUICK_CASES", "Reference", "make_inputs", "oracle", "reference_for",
-    "case_reference", "relative_error", "run_case", "run_check", "select_cases",
+    "case_reference", "relative_error", "run_case", "run_check", "iter_check", "select_cases",
 ]
 
 #: Relative tolerance of the compute dtype against the float32 oracle.
@@ -138,11 +145,33 @@ def _loss_and_grads(
     return run(diff, arrays, cotangent)
 
 
-def _oracle(args: dict[str, Any], cotangent: jax.Array, plus_output: bool = False):
+def _oracle(args: dict[str, Any], cotangent: jax.Array, plus_output: bool = False, float64: bool = False):
     from ejkernel.kernels.xla.reference import attention as reference
 
-    with jax.default_matmul_precision("highest"):
-        return _loss_and_grads(reference, args, jnp.float32, cotangent, plus_output)
+    if not float64:
+        with jax.default_matmul_precision("highest"):
+            return _loss_and_grads(reference, args, jnp.float32, cotangent, plus_output)
+    with _x64():
+        wide = {k: jnp.asarray(v, jnp.float64) if _is_float_array(v) else v for k, v in args.items()}
+        out, grads, cot = _loss_and_grads(reference, wide, jnp.float64, jnp.asarray(cotangent, jnp.float64), plus_output)
+        # Kept in float64: results are compared in NumPy, and a float32 rounding would be the oracle's own error.
+        return np.asarray(out), {k: np.asarray(g) for k, g in grads.items()}, jnp.asarray(cot, jnp.float32)
+
+
+def _is_float_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def _x64():
+    """64-bit types enabled for a block (``jax.enable_x64`` in newer jax, ``jax.experimental`` before)."""
+    enable = getattr(jax, "enable_x64", None)
+    if enable is None:  # pragma: no cover - older jax
+        from jax.experimental import enable_x64 as enable
+    return enable(True)
+
+
+def _has_float64() -> bool:
+    return current_platform() in ("cpu", "cuda", "rocm")
 
 
 def oracle(args: dict[str, Any], cotangent: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -180,14 +209,14 @@ def case_reference(case: CheckCase, seed: int = 0) -> Reference:
     args = make_inputs(case, seed)
     shape = (case.batch, case.q_len, case.num_q_heads, case.v_head_dim or case.head_dim)
     noise = _normal(np.random.default_rng(np.random.SeedSequence([seed, 1])), shape)
-    out, grads, cotangent = _oracle(args, noise, plus_output=True)
+    out, grads, cotangent = _oracle(args, noise, plus_output=True, float64=_has_float64())
     return Reference(args, cotangent, out, grads)
 
 
 def relative_error(x: Any, ref: Any) -> float:
     """``max|x - ref| / max(max|ref|, 1e-6)``, computed in NumPy; ``inf`` when ``x`` is not finite."""
-    x = np.asarray(x).astype(np.float32)
-    ref = np.asarray(ref).astype(np.float32)
+    x = np.asarray(x).astype(np.float64)
+    ref = np.asarray(ref).astype(np.float64)
     if not np.all(np.isfinite(x)):
         return float("inf")
     return float(np.max(np.abs(x - ref)) / max(float(np.max(np.abs(ref))), 1e-6))
@@ -203,10 +232,23 @@ class CheckResult:
     served_by: str
     errors: dict[str, float]
     tolerance: float
+    fallback: bool = False  # another platform served the call
+
+    @property
+    def accurate(self) -> bool:
+        return all(e <= self.tolerance for e in self.errors.values())
 
     @property
     def passed(self) -> bool:
-        return all(e <= self.tolerance for e in self.errors.values())
+        """Accurate, and served by the platform that was checked."""
+        return self.accurate and not self.fallback
+
+    @property
+    def status(self) -> str:
+        """``PASS``, ``FAIL`` (too far from the oracle), or ``FALLBACK`` (accurate, but served elsewhere)."""
+        if not self.accurate:
+            return "FAIL"
+        return "FALLBACK" if self.fallback else "PASS"
 
 
 def run_case(
@@ -229,7 +271,8 @@ def run_case(
     errors = {"out": relative_error(out, ref.out)}
     errors.update({f"d{k}": relative_error(grads[k], g) for k, g in ref.grads.items()})
     label = decision.chosen.label + (" (interpret)" if interpret and decision.chosen.uses_pallas else "")
-    return CheckResult(platform, case.name, dtype, label, errors, TOLERANCE[dtype])
+    fallback = decision.chosen.platform != canonical_platform(platform)
+    return CheckResult(platform, case.name, dtype, label, errors, TOLERANCE[dtype], fallback)
 
 
 def select_cases(names: Iterable[str] | None = None, quick: bool = False) -> tuple[CheckCase, ...]:
@@ -244,28 +287,43 @@ def select_cases(names: Iterable[str] | None = None, quick: bool = False) -> tup
     return cases
 
 
+def iter_check(
+    interpret: bool = False,
+    platforms: Iterable[str] | None = None,
+    cases: Iterable[CheckCase] = CASES,
+    dtype: str | None = None,
+) -> Iterator[CheckResult]:
+    """Yields each result as it is computed: every case on every implementation that can run here (Pallas
+    ones too with ``interpret``), or on ``platforms``. The oracle runs once per case, shared by every
+    platform and dtype.
+
+    Raises:
+      ValueError: a platform that is neither known nor registered.
+    """
+    records = list_kernels("attention")
+    registered = {r["platform"] for r in records}
+    if platforms is None:
+        platforms = sorted({r["platform"] for r in records if r["runnable"] or (interpret and r["interpretable"])})
+    platforms = [canonical_platform(p) for p in platforms]
+    unknown = [p for p in platforms if p not in registered]
+    if unknown:
+        raise ValueError(f"unknown platform(s) {unknown}; registered: {sorted(registered)}")
+    for case in cases:
+        reference = case_reference(case)
+        for platform in platforms:
+            caps = [r for r in records if r["platform"] == platform]
+            for d in [dtype] if dtype else _dtypes_for(platform, caps):
+                yield run_case(platform, case, d, interpret=interpret, reference=reference)
+
+
 def run_check(
     interpret: bool = False,
     platforms: Iterable[str] | None = None,
     cases: Iterable[CheckCase] = CASES,
     dtype: str | None = None,
 ) -> list[CheckResult]:
-    """Runs every case on every implementation that can run here (Pallas ones too with ``interpret``).
-
-    The oracle runs once per case and is shared by every platform and dtype.
-    """
-    records = list_kernels("attention")
-    if platforms is None:
-        platforms = sorted({r["platform"] for r in records if r["runnable"] or (interpret and r["interpretable"])})
-    platforms = list(platforms)
-    results = []
-    for case in cases:
-        reference = case_reference(case)
-        for platform in platforms:
-            caps = [r for r in records if r["platform"] == platform]
-            for d in [dtype] if dtype else _dtypes_for(platform, caps):
-                results.append(run_case(platform, case, d, interpret=interpret, reference=reference))
-    return results
+    """``iter_check``'s results as a list."""
+    return list(iter_check(interpret, platforms, cases, dtype))
 
 
 def _dtypes_for(platform: str, records: list[dict[str, Any]]) -> list[str]:

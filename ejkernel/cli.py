@@ -6,6 +6,7 @@ With no sub-command it runs ``info`` then ``check``: show what runs here, then p
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 
 __all__ = ["main"]
@@ -30,21 +31,30 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ejkernel.check import run_check, select_cases
+    from ejkernel.check import iter_check, select_cases
 
+    named = bool(getattr(args, "platform", None))
     try:
         cases = select_cases(getattr(args, "case", None), quick=getattr(args, "quick", False))
+        results = iter_check(interpret=args.interpret, platforms=args.platform or None, cases=cases, dtype=args.dtype)
+        first = next(results, None)  # raises here for an unknown platform, before any line is printed
     except ValueError as e:
         print(f"ejkernel check: {e}", file=sys.stderr)
         return 2
-    results = run_check(interpret=args.interpret, platforms=args.platform or None, cases=cases, dtype=args.dtype)
-    failures = 0
-    for r in results:
+    total = failures = fallbacks = 0
+    for r in itertools.chain([first] if first is not None else [], results):
         worst = max(r.errors, key=r.errors.get)
-        status = "PASS" if r.passed else "FAIL"
-        failures += not r.passed
-        print(f"{status}  {r.implementation:7s} {r.case:18s} {r.dtype:9s} served by {r.served_by:20s} max err {r.errors[worst]:.2e} ({worst}) tol {r.tolerance:.0e}")
-    print(f"{len(results) - failures}/{len(results)} passed")
+        total += 1
+        failed = not r.accurate or (r.fallback and named)
+        failures += failed
+        fallbacks += r.fallback
+        print(
+            f"{r.status:8s} {r.implementation:10s} {r.case:18s} {r.dtype:9s} served by {r.served_by:20s} "
+            f"max err {r.errors[worst]:.2e} ({worst}) tol {r.tolerance:.0e}",
+            flush=True,
+        )
+    note = f" ({fallbacks} served by another platform{', which fails a named platform' if named and fallbacks else ''})" if fallbacks else ""
+    print(f"{total - failures}/{total} passed{note}", flush=True)
     return 1 if failures else 0
 
 

@@ -37,7 +37,7 @@ def register_wrong():
     """Registers a deliberately wrong CPU implementation under ``platform`` for one test."""
     keys = []
 
-    def register(platform, wrong):
+    def register(platform, wrong, **capabilities):
         def build(interpret):
             return wrong
 
@@ -47,7 +47,7 @@ def register_wrong():
             priority=900,
             devices=frozenset({"cpu"}),
             build=build,
-            capabilities=xla_spec.REFERENCE.capabilities,
+            capabilities=dataclasses.replace(xla_spec.REFERENCE.capabilities, **capabilities),
             description="deliberately wrong",
         )
         registry.register_kernel(spec)
@@ -83,7 +83,7 @@ def test_check_quick_passes(capsys):
     lines = out.splitlines()
     assert lines[-1] == f"{len(check.QUICK_CASES)}/{len(check.QUICK_CASES)} passed"
     for name in check.QUICK_CASES:
-        assert any(line.startswith("PASS  xla") and f" {name} " in line for line in lines), name
+        assert any(line.startswith("PASS     xla") and f" {name} " in line for line in lines), name
 
 
 def test_check_fails_on_a_wrong_implementation(register_wrong, capsys):
@@ -91,7 +91,7 @@ def test_check_fails_on_a_wrong_implementation(register_wrong, capsys):
     code = cli.main(["check", "--platform", "testwrong", "--dtype", "float32", "--case", "plain"])
     out = capsys.readouterr().out
     assert code == 1, out
-    assert out.splitlines()[0].startswith("FAIL  testwrong plain")
+    assert out.splitlines()[0].split()[:3] == ["FAIL", "testwrong", "plain"]
     assert "served by testwrong" in out
     assert out.splitlines()[-1] == "0/1 passed"
 
@@ -105,6 +105,45 @@ def test_check_catches_a_wrong_sink_gradient(register_wrong, capsys):
     failures = [line for line in lines if line.startswith("FAIL")]
     assert len(failures) == 4, lines  # both cases, float32 and bfloat16
     assert all("(dsoftmax_aux)" in line for line in failures), failures
+
+
+def test_check_compares_xla_with_an_independent_oracle(capsys):
+    """The float32 XLA rows are measured against a float64 oracle: their error is small but never exactly 0."""
+    code = cli.main(["check", "--platform", "xla", "--dtype", "float32", "--case", "plain"])
+    line = capsys.readouterr().out.splitlines()[0]
+    assert code == 0 and line.startswith("PASS")
+    error = float(line.split("max err ")[1].split()[0])
+    assert 0 < error < 1e-5, line
+
+
+def test_check_reports_a_fallback_and_fails_a_named_platform(register_wrong, capsys):
+    """A platform that cannot serve a case: the line says FALLBACK (not PASS), and naming it fails the check."""
+    register_wrong("testnocausal", reference_attention, causal=False)
+    code = cli.main(["check", "--platform", "testnocausal", "--dtype", "float32", "--case", "plain", "--case", "causal"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1, lines
+    assert lines[0].split()[:3] == ["PASS", "testnocausal", "plain"]
+    assert lines[1].split()[:3] == ["FALLBACK", "testnocausal", "causal"] and "served by xla" in lines[1]
+    assert lines[-1].startswith("1/2 passed (1 served by another platform")
+
+
+def test_check_rejects_an_unknown_platform_as_usage(capsys):
+    assert cli.main(["check", "--platform", "nosuch"]) == 2
+    captured = capsys.readouterr()
+    assert "unknown platform" in captured.err and "Traceback" not in captured.err and captured.out == ""
+
+
+def test_check_prints_each_line_as_it_finishes(monkeypatch, capsys):
+    seen = []
+
+    def results(**kwargs):
+        for case in ("plain", "causal"):
+            seen.append(capsys.readouterr().out)  # what was printed before this result was computed
+            yield check.CheckResult("xla", case, "float32", "xla", {"out": 1e-7}, 2e-5)
+
+    monkeypatch.setattr(check, "iter_check", results)
+    assert cli.main(["check", "--platform", "xla"]) == 0
+    assert seen[0] == "" and seen[1].startswith("PASS") and " plain " in seen[1]
 
 
 def test_check_rejects_an_unknown_case(capsys):
