@@ -107,6 +107,50 @@ def test_rows_without_keys_are_zero_with_zero_finite_gradients():
     _assert_matches_oracle(_small, case, "float32", extra={"attention_mask": mask})
 
 
+def test_very_negative_sinks_beside_a_block_of_pure_padding():
+    """The forward visits keys for real rows only, so a query block of pure padding (the dK/dV pass's query
+    block is larger than the forward's) holds nothing but the sinks; at -100 their lse is so far below the
+    padded rows' ``s2 = 0`` that a recomputed ``p`` would overflow (``inf * 0 = NaN`` in dK, dV). The
+    backward counts padded rows as empty."""
+    case = CheckCase("padded-sinks", batch=1, q_len=10, kv_len=40, num_q_heads=2, num_kv_heads=2, head_dim=16)
+    _assert_matches_oracle(_small, case, "float32", extra={"softmax_aux": jnp.full((2, 2), -100.0)})
+
+
+def _int64_in_kernels(jaxpr, inside=False) -> set[str]:
+    """The primitives inside the ``pallas_call``s of ``jaxpr`` that take or make a 64-bit integer."""
+    from jax.extend import core
+
+    found = set()
+    for eqn in jaxpr.eqns:
+        here = inside or eqn.primitive.name == "pallas_call"
+        if here:
+            for v in (*eqn.invars, *eqn.outvars):
+                dtype = getattr(getattr(v, "aval", None), "dtype", None)
+                if dtype is not None and jnp.issubdtype(dtype, jnp.integer) and jnp.dtype(dtype).itemsize == 8:
+                    found.add(eqn.primitive.name)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                if isinstance(sub, (core.ClosedJaxpr, core.Jaxpr)):
+                    found |= _int64_in_kernels(getattr(sub, "jaxpr", sub), here)
+    return found
+
+
+def test_jax_enable_x64():
+    """With x64 on, every index stays int32 (a Python int beside a traced int32 in ``lax.div`` was int64 and
+    failed), so forward and backward match the oracle and no int64 enters a kernel."""
+    with jax.enable_x64(True):
+        _assert_matches_oracle(_small, ALL_FEATURES, "float32")
+        args = make_inputs(ALL_FEATURES)
+        diff = {k: args[k] for k in ("query", "key", "value", "bias", "softmax_aux")}
+        rest = {k: v for k, v in args.items() if k not in diff}
+
+        def loss(d):
+            return _small(**d, **rest, dtype=jnp.float32)[0].sum()
+
+        jaxpr = jax.make_jaxpr(jax.grad(loss))(diff).jaxpr
+    assert not _int64_in_kernels(jaxpr)
+
+
 def test_lse_merges_over_disjoint_keys():
     """``flash_attention_with_lse`` over two key halves, merged, equals attention over all keys."""
     case = CheckCase("merge", batch=1, q_len=40, kv_len=64, num_q_heads=2, num_kv_heads=1, head_dim=16)

@@ -1,8 +1,11 @@
 """Block arithmetic, configuration table and CUDA lowering of the Triton flash attention (CPU only).
 
-- ``tiles.key_blocks``/``query_blocks`` against brute force over ``masks.allowed``: every allowed pair is
-  visited, interior blocks need no mask (all pairs allowed, no padded key), skipped blocks hold no allowed
-  pair, and the forward's and the dK/dV kernel's views visit the same (query block, key block) pairs.
+- ``tiles.key_blocks``/``query_blocks`` (the shared ``masks`` ranges on the plan's sizes, rows mapped to
+  positions in the decoding layout) against brute force over ``masks.allowed`` on padded lengths: exactly
+  the blocks holding an allowed pair of a real query and a real key are visited, interior blocks need no
+  mask (every real query's pairs allowed, no padded key), and the forward's and the dK/dV kernel's views
+  visit the same (query block, key block) pairs. Padded query rows are not visited for their own sake: they
+  carry a zero cotangent and the backward recomputes their ``p`` as 0 (``flash._kernel_lse``).
 - ``jax.jit(...).trace(...).lower(lowering_platforms=("cuda",))`` works on a CPU jaxlib for every config
   class the kernel claims (forward and backward), and rejects a non-power-of-2 block.
 """
@@ -28,16 +31,24 @@ from ejkernel.kernels.pallas_triton.tiles import key_blocks, query_blocks
 from ejkernel.ops.attention.masks import allowed
 
 
-def _problem(q_len, kv_len, bq, bk, causal, window):
-    def pad(n):
-        return -(-n // max(bq, bk)) * max(bq, bk)
+def _problem(q_len, kv_len, bq, bk, causal, window, pack, extra_q, extra_k):
+    """A plan whose padded lengths are block multiples plus ``extra_*`` blocks of pure padding (a pass's
+    blocks can be smaller than the plan's padding multiple); ``q_len`` positions of ``pack`` rows each."""
+    def pad(n, block, extra):
+        return (-(-n // block) + extra) * block
 
-    return Plan(batch=1, q_len=q_len, kv_len=kv_len, q_len_pad=pad(q_len), kv_len_pad=pad(kv_len),
-                   num_q_heads=1, num_kv_heads=1, head_dim=16, v_head_dim=16, softmax_scale=1.0,
-                   causal=causal, window=window)
+    return Plan(batch=1, q_len=q_len, kv_len=kv_len, q_len_pad=pad(q_len * pack, bq, extra_q),
+                kv_len_pad=pad(kv_len, bk, extra_k), num_q_heads=pack, num_kv_heads=1, head_dim=16,
+                v_head_dim=16, softmax_scale=1.0, causal=causal, window=window, pack=pack)
 
 
-@settings(max_examples=examples(3))
+def _tiles(matrix, bq, bk):
+    """``[rows, keys]`` as ``[query block, key block, bq, bk]``."""
+    nq, nk = matrix.shape[0] // bq, matrix.shape[1] // bk
+    return matrix.reshape(nq, bq, nk, bk).transpose(0, 2, 1, 3)
+
+
+@settings(max_examples=examples(10))  # NumPy only: a hundred draws take seconds
 @given(
     q_len=st.integers(1, 150),
     kv_len=st.integers(1, 150),
@@ -46,36 +57,42 @@ def _problem(q_len, kv_len, bq, bk, causal, window):
     causal=st.booleans(),
     window=st.none() | st.tuples(st.integers(0, 60), st.integers(0, 60)),
     dense=st.booleans(),
+    pack=st.sampled_from([1, 1, 3, 4]),
+    extra_q=st.integers(0, 1),
+    extra_k=st.integers(0, 1),
 )
-def test_block_ranges_match_brute_force(q_len, kv_len, bq, bk, causal, window, dense):
-    p = _problem(q_len, kv_len, bq, bk, causal, window)
-    qi = np.arange(p.q_len_pad)[:, None]
+def test_block_ranges_match_brute_force(q_len, kv_len, bq, bk, causal, window, dense, pack, extra_q, extra_k):
+    if pack > 1:  # the decoding layout serves few positions
+        q_len = 1 + q_len % 12
+    p = _problem(q_len, kv_len, bq, bk, causal, window, pack, extra_q, extra_k)
+    row = np.arange(p.q_len_pad)[:, None]
     kj = np.arange(p.kv_len_pad)[None, :]
-    ok = np.broadcast_to(np.asarray(allowed(qi, kj, q_len, kv_len, causal, window)), (p.q_len_pad, p.kv_len_pad))
-    ok = ok & (kj < kv_len)
+    real = (row < q_len * pack) & (kj < kv_len)
+    ok = real & np.asarray(allowed(row // pack, kj, q_len, kv_len, causal, window))
     nq, nk = p.q_len_pad // bq, p.kv_len_pad // bk
-    blocks = ok.reshape(nq, bq, nk, bk).transpose(0, 2, 1, 3)  # [qb, kb, bq, bk]
-    has, full = blocks.any((2, 3)), blocks.all((2, 3))
+    has = _tiles(ok, bq, bk).any((2, 3))
+    # Interior: every pair of a real query with a key is allowed and no key is padding.
+    full = _tiles(ok | ((row >= q_len * pack) & (kj < kv_len)), bq, bk).all((2, 3))
     visited_fwd = np.zeros((nq, nk), bool)
     for qb in range(nq):
         lo, ilo, ihi, hi = (int(x) for x in key_blocks(p, jnp.int32(qb * bq), bq, bk, dense))
-        assert lo <= ilo <= ihi <= hi <= nk
+        assert lo <= ilo <= ihi <= hi and (lo == hi or 0 <= lo and hi <= nk), "a block outside the padding"
         visited_fwd[qb, lo:hi] = True
         assert full[qb, ilo:ihi].all(), "an interior block needs a mask"
-        assert not has[qb, :lo].any() and not has[qb, hi:].any(), "a skipped block holds an allowed pair"
         if dense:
             assert ilo == ihi
-    # The dK/dV view: padded query rows carry zero cotangents, so only real rows need masking or visiting.
-    real = ok & (qi < q_len)
-    has_real = real.reshape(nq, bq, nk, bk).transpose(0, 2, 1, 3).any((2, 3))
-    full_real = (real | ((qi >= q_len) & (kj < kv_len))).reshape(nq, bq, nk, bk).transpose(0, 2, 1, 3).all((2, 3))
+    np.testing.assert_array_equal(visited_fwd, has, "visited blocks != blocks with an allowed pair")
+    if pack > 1:  # the dK/dV kernel runs on the standard layout only
+        return
+    visited_dkv = np.zeros((nq, nk), bool)
     for kb in range(nk):
         lo, ilo, ihi, hi = (int(x) for x in query_blocks(p, jnp.int32(kb * bk), bk, bq, dense))
-        assert lo <= ilo <= ihi <= hi <= nq
-        assert full_real[ilo:ihi, kb].all(), "an interior block needs a mask"
-        assert not has_real[:lo, kb].any() and not has_real[hi:, kb].any(), "a skipped block holds an allowed pair"
+        assert lo <= ilo <= ihi <= hi and (lo == hi or 0 <= lo and hi <= nq), "a block outside the padding"
+        visited_dkv[lo:hi, kb] = True
+        assert full[ilo:ihi, kb].all(), "an interior block needs a mask"
         if dense:
             assert ilo == ihi
+    np.testing.assert_array_equal(visited_dkv, visited_fwd, "the two views visit different pairs")
 
 
 def test_pass_config_rejects_non_power_of_2_and_table_is_consistent():

@@ -83,6 +83,12 @@ def test_decoding_matches_the_oracle(case, dtype):
     _assert_matches_oracle(_with_splits(4), case, dtype)
 
 
+def test_decoding_under_jax_enable_x64():
+    """The packed rows' positions, the split ranges and the merge keep their dtypes with x64 on."""
+    with jax.enable_x64(True):
+        _assert_matches_oracle(_with_splits(4), CASES[7], "float32")
+
+
 def test_one_split_and_automatic_splits():
     case = CASES[0]
     _assert_matches_oracle(_with_splits(1), case, "float32")

@@ -8,8 +8,10 @@
   bias it also writes each visited dS tile into a zero-initialised ``[B, Hq, Sq, Skv]`` float32 buffer
   (the bias gradient before it is summed to the bias's layout).
 
-``delta = rowsum(dO * O)`` is precomputed (``flash._backward``). Skipped blocks and the two-loop
-masked/interior split are the forward's (``tiles``), so both passes visit exactly the same pairs.
+``delta = rowsum(dO * O)`` is precomputed and ``lse2`` is in ``merge.recompute_lse``'s form (``+inf`` for an
+empty or padded row, so ``p`` is 0 there with no extra select; ``flash._backward``). Skipped blocks and the
+masked/interior split come from the shared ``masks.key_blocks``/``query_blocks`` (through ``tiles``), so
+both passes visit exactly the pairs the forward visits.
 """
 
 from __future__ import annotations
@@ -24,22 +26,12 @@ from jax.experimental.pallas import triton as plgpu
 
 from ejkernel.kernels.pallas_triton.blocks import PassBlocks
 from ejkernel.kernels.pallas_triton.plan import Plan
-from ejkernel.kernels.pallas_triton.tiles import (
-    dot,
-    key_blocks,
-    logits,
-    operand_index,
-    query_blocks,
-    split_refs,
-    valid_tile,
-)
+from ejkernel.kernels.pallas_triton.tiles import dot, i32, index32, key_blocks, query_blocks, split_refs
+from ejkernel.ops.attention.layouts import kv_head, operand_index
+from ejkernel.ops.attention.logits import cap_gradient, transform_logits
+from ejkernel.ops.attention.masks import valid_pairs
 
 __all__ = ["dkv_call", "dq_call"]
-
-
-def _logit_grad(p: Plan, ds, t):
-    """Gradient w.r.t. ``q·k`` from the gradient w.r.t. the final logits (scale applied by the caller)."""
-    return ds if t is None else ds * (1.0 - t * t)
 
 
 def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
@@ -48,7 +40,7 @@ def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
     bq, bk = c.block_q, c.block_k
     kj = pl.program_id(0)
     bh = pl.program_id(1)
-    b, hkv = lax.div(bh, p.num_kv_heads), lax.rem(bh, p.num_kv_heads)
+    b, hkv = lax.div(bh, i32(p.num_kv_heads)), lax.rem(bh, i32(p.num_kv_heads))
     k_first = kj * bk
     k = k_ref[b, pl.ds(k_first, bk), hkv, :]
     v = v_ref[b, pl.ds(k_first, bk), hkv, :]
@@ -57,6 +49,8 @@ def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
 
     def head(g, carry):
         h = hkv * p.group + g
+        bias_idx = index32(operand_index(p.bias_layout, b, h, p.group)) if bias_ref is not None else None
+        mask_idx = index32(operand_index(p.mask_layout, b, h, p.group)) if mask_ref is not None else None
 
         def body(qb, carry, masked: bool):
             dk, dv = carry
@@ -68,20 +62,19 @@ def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
             st = dot(k, q, transpose_b=True)
             bias = None
             if bias_ref is not None:
-                bi, hi_ = operand_index(p.bias_layout, b, h, p.group)
-                bias = bias_ref[bi, hi_, pl.ds(q_first, bq), pl.ds(k_first, bk)].T
-            s2, t = logits(p, st, bias)
+                bias = bias_ref[bias_idx[0], bias_idx[1], pl.ds(q_first, bq), pl.ds(k_first, bk)].T
+            s2, t = transform_logits(st, p.softmax_scale, p.logits_soft_cap, bias, base2=True)
             if masked:
                 mask = None
                 if mask_ref is not None:
-                    mi, mh = operand_index(p.mask_layout, b, h, p.group)
-                    mask = mask_ref[mi, mh, pl.ds(q_first, bq), pl.ds(k_first, bk)].T
+                    mask = mask_ref[mask_idx[0], mask_idx[1], pl.ds(q_first, bq), pl.ds(k_first, bk)].T
                 q_idx = q_first + lax.broadcasted_iota(jnp.int32, (bk, bq), 1)
-                s2 = jnp.where(valid_tile(p, q_idx, k_idx, mask), s2, -jnp.inf)
+                ok = valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window, mask)
+                s2 = jnp.where(ok, s2, -jnp.inf)
             pt = jnp.exp2(s2 - lse[None, :])
             dv = dv + dot(pt.astype(do.dtype), do)
             dpt = dot(v, do, transpose_b=True)
-            dst = _logit_grad(p, pt * (dpt - delta[None, :]), t)
+            dst = cap_gradient(pt * (dpt - delta[None, :]), t)
             dk = dk + dot(dst.astype(q.dtype), q)
             return dk, dv
 
@@ -93,7 +86,7 @@ def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
     if p.group == 1:
         dk, dv = head(0, carry)
     else:
-        dk, dv = lax.fori_loop(0, p.group, head, carry)
+        dk, dv = lax.fori_loop(i32(0), i32(p.group), head, carry)
     dk_ref[b, pl.ds(k_first, bk), hkv, :] = (dk * p.softmax_scale).astype(dk_ref.dtype)
     dv_ref[b, pl.ds(k_first, bk), hkv, :] = dv.astype(dv_ref.dtype)
 
@@ -107,14 +100,16 @@ def _dq_kernel(*refs, p: Plan, c: PassBlocks):
     bq, bk = c.block_q, c.block_k
     qi = p.q_len_pad // bq - 1 - pl.program_id(0)
     bh = pl.program_id(1)
-    b, h = lax.div(bh, p.num_q_heads), lax.rem(bh, p.num_q_heads)
-    hkv = lax.div(h, p.group) if p.group > 1 else h
+    b, h = lax.div(bh, i32(p.num_q_heads)), lax.rem(bh, i32(p.num_q_heads))
+    hkv = kv_head(h, p.group)
     q_first = qi * bq
     q = q_ref[b, pl.ds(q_first, bq), h, :]
     do = do_ref[b, pl.ds(q_first, bq), h, :]
     lse = lse_ref[b, h, pl.ds(q_first, bq)]
     delta = delta_ref[b, h, pl.ds(q_first, bq)]
     q_idx = q_first + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+    bias_idx = index32(operand_index(p.bias_layout, b, h, p.group)) if bias_ref is not None else None
+    mask_idx = index32(operand_index(p.mask_layout, b, h, p.group)) if mask_ref is not None else None
 
     def body(kb, dq, masked: bool):
         k_first = kb * bk
@@ -123,22 +118,21 @@ def _dq_kernel(*refs, p: Plan, c: PassBlocks):
         s = dot(q, k, transpose_b=True)
         bias = None
         if bias_ref is not None:
-            bi, hi_ = operand_index(p.bias_layout, b, h, p.group)
-            bias = bias_ref[bi, hi_, pl.ds(q_first, bq), pl.ds(k_first, bk)]
-        s2, t = logits(p, s, bias)
+            bias = bias_ref[bias_idx[0], bias_idx[1], pl.ds(q_first, bq), pl.ds(k_first, bk)]
+        s2, t = transform_logits(s, p.softmax_scale, p.logits_soft_cap, bias, base2=True)
         if masked:
             mask = None
             if mask_ref is not None:
-                mi, mh = operand_index(p.mask_layout, b, h, p.group)
-                mask = mask_ref[mi, mh, pl.ds(q_first, bq), pl.ds(k_first, bk)]
+                mask = mask_ref[mask_idx[0], mask_idx[1], pl.ds(q_first, bq), pl.ds(k_first, bk)]
             k_idx = k_first + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
-            s2 = jnp.where(valid_tile(p, q_idx, k_idx, mask), s2, -jnp.inf)
+            ok = valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window, mask)
+            s2 = jnp.where(ok, s2, -jnp.inf)
         prob = jnp.exp2(s2 - lse[:, None])
         dp = dot(do, v, transpose_b=True)
         ds = prob * (dp - delta[:, None])
         if dbias_ref is not None:
             dbias_ref[b, h, pl.ds(q_first, bq), pl.ds(k_first, bk)] = ds
-        ds = _logit_grad(p, ds, t)
+        ds = cap_gradient(ds, t)
         return dq + dot(ds.astype(k.dtype), k)
 
     lo, interior_lo, interior_hi, hi = key_blocks(p, q_first, bq, bk, dense=mask_ref is not None)
@@ -154,7 +148,8 @@ def _params(c: PassBlocks):
 
 
 def dkv_call(p: Plan, c: PassBlocks, q, k, v, bias, mask, do, lse2, delta):
-    """``(dk, dv)`` for padded operands; ``lse2``/``delta`` are ``[B, Hq, Sq]`` float32."""
+    """``(dk, dv)`` for padded operands; ``lse2`` (``recompute_lse``'s form) and ``delta`` are ``[B, Hq, Sq]``
+    float32."""
     operands = [x for x in (q, k, v, bias, mask, do, lse2, delta) if x is not None]
     return pl.pallas_call(
         functools.partial(_dkv_kernel, p=p, c=c),

@@ -1,8 +1,9 @@
 """Block configurations of the Triton flash attention: a table measured on an H100, looked up by head dim and length range.
 
-Each pass (forward, dK/dV, dQ) has its own ``PassBlocks``. The table's rows come from
-``benchmarks/triton_gpu.py --sweep`` (see ``benchmarks/NOTES-triton.md``); nothing is tuned at import or
-trace time. Blocks are clipped to the (padded) sequence so short sequences use small tiles.
+Each pass (forward, dK/dV, dQ) has its own ``PassBlocks``. The table's rows are the fastest candidates of
+``ejkernel bench sweep`` on the GPU (measurements and shapes in ``benchmarks/NOTES-triton.md``); nothing is
+tuned at import or trace time. Blocks are clipped to the (padded) sequence so short sequences use small
+tiles.
 """
 
 from __future__ import annotations
@@ -60,12 +61,12 @@ def padded_head_dim(d: int) -> int:
     return max(16, next_power_of_2(d))
 
 
-# (max padded head dim, itemsize) -> BlockSizes: the fastest rows of ``benchmarks/triton_gpu.py --sweep`` on
-# an H100 (bf16, B2 S8192 H16 D128 / B4 S4096 H16 D64 / B4 S4096 H8 D256, non-causal; NOTES-triton.md).
+# (max padded head dim, itemsize) -> BlockSizes: the fastest rows of the sweep on an H100 (bf16, B2 S8192
+# H16 D128 / B4 S4096 H16 D64 / B4 S4096 H8 D256, non-causal; benchmarks/NOTES-triton.md).
 _TABLE: dict[tuple[int, int], BlockSizes] = {
     (64, 2): BlockSizes(PassBlocks(64, 64, 4, 3), PassBlocks(64, 64, 4, 3), PassBlocks(128, 64, 4, 3)),
     (128, 2): BlockSizes(PassBlocks(128, 128, 8, 3), PassBlocks(32, 64, 4, 3), PassBlocks(128, 128, 8, 2)),
-    # D256 backward rows from the session-end sweep (triton_sweep_call4): dK/dV 8 warps, dQ 64x64 2 stages.
+    # D256 backward rows from a later sweep of those passes alone: dK/dV 8 warps, dQ 64x64 2 stages.
     (256, 2): BlockSizes(PassBlocks(64, 64, 4, 3), PassBlocks(32, 64, 8, 3), PassBlocks(64, 64, 4, 2)),
     # float32 tiles take twice the shared memory (and IEEE fp32 dots): smaller tiles.
     (64, 4): BlockSizes(PassBlocks(64, 64, 4, 2), PassBlocks(64, 64, 4, 2), PassBlocks(64, 64, 4, 2)),
@@ -74,7 +75,7 @@ _TABLE: dict[tuple[int, int], BlockSizes] = {
 }
 
 # Short sequences (max(Sq, Skv) <= SHORT_LEN), 2-byte dtypes: the passes whose winner differs from the long
-# row above by more than a few percent in the S512/S1024 sweep (triton_sweep_call7). Smaller tiles win where
+# row above by more than a few percent in the S512/S1024 sweep (NOTES-triton.md). Smaller tiles win where
 # a causal mask lets them skip more work; every other pass keeps its long-sequence row.
 SHORT_LEN = 1024
 _SHORT: dict[tuple[int, bool], dict[str, PassBlocks]] = {
@@ -118,7 +119,7 @@ def choose_block_sizes(head_dim: int, v_head_dim: int, q_len: int, kv_len: int, 
 
 # Decoding (``interface.decode_plan``): at most this many query rows (Sq x GQA group) per kv head are
 # folded into one query block, and the keys are split until about TARGET_PROGRAMS programs run, keeping at
-# least MIN_BLOCKS_PER_SPLIT key blocks per program. Measured on an H100 (results/triton_decode_call10):
+# least MIN_BLOCKS_PER_SPLIT key blocks per program. Measured on an H100 (decoding, NOTES-triton.md):
 # 64 unsplit programs (B8 x Hkv8) already stream K/V at 2.9 TB/s, and splitting them 5 ways was 6 % slower;
 # with fewer programs than that, fewer SMs stream, which the split restores (not measured below 64).
 DECODE_MAX_ROWS = 64

@@ -2,12 +2,14 @@
 
 ``flash_with_lse(problem, config, q, k, v, bias, mask, sinks)`` takes operands already cast to the compute
 dtype and padded (sequences to block multiples, head dims to powers of 2; the interface does that) and
-returns the padded output and the natural-log log-sum-exp ``[B, Sq, Hq]``. Gradients flow to q, k, v,
-bias and sinks; the sinks' gradient needs no kernel: ``d sink_j = -sum_rows exp(sink_j - lse) * delta``.
+returns the padded output and the natural-log log-sum-exp ``[B, Sq, Hq]`` (``-inf`` for an empty row:
+``merge``'s convention). Gradients flow to q, k, v, bias and sinks; the sinks' gradient needs no kernel
+(``sinks.sink_gradient``) and the bias gradient is summed to its layout by ``layouts.reduce_to_layout``.
 
 ``decode_with_lse`` is the same function for few query rows (decoding): its forward folds the GQA group
 into the query rows (each K/V block is read once per kv head, not once per query head) and splits the
-keys over several programs whose float32 partials are merged here; its backward is ``flash_with_lse``'s.
+keys over several programs whose float32 partials are merged here (``merge.merge_many``, then
+``merge.add_sinks``); its backward is ``flash_with_lse``'s.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from ejkernel.kernels.pallas_triton.backward import dkv_call, dq_call
 from ejkernel.kernels.pallas_triton.blocks import BlockSizes
 from ejkernel.kernels.pallas_triton.forward import forward_call
 from ejkernel.kernels.pallas_triton.plan import Plan
-from ejkernel.kernels.pallas_triton.tiles import LOG2E
-from ejkernel.ops.attention.merge import add_sinks
+from ejkernel.ops.attention.layouts import reduce_to_layout
+from ejkernel.ops.attention.logits import LOG2E
+from ejkernel.ops.attention.merge import add_sinks, merge_many, recompute_lse
+from ejkernel.ops.attention.sinks import sink_gradient, sinks_lse
 
 __all__ = ["flash_with_lse", "decode_with_lse", "pad_axis"]
 
@@ -43,7 +47,18 @@ def _sinks2(sinks, p: Plan):
 
 
 def _natural_lse(lse2):
-    return jnp.where(jnp.isposinf(lse2), -jnp.inf, lse2 / LOG2E).transpose(0, 2, 1)
+    """The kernels' base-2 ``lse2 [B, Hq, Sq]`` as the natural-log ``lse [B, Sq, Hq]`` (``-inf`` stays)."""
+    return (lse2 / LOG2E).transpose(0, 2, 1)
+
+
+def _kernel_lse(lse2, p: Plan):
+    """The ``lse2`` the backward kernels recompute ``p = exp2(s2 - lse2)`` from (``merge.recompute_lse``).
+
+    Padded rows count as empty too: the forward visits keys for real rows only, so a padded row may hold
+    nothing but the sinks, whose lse can sit so far below ``s2 = 0`` that ``p`` overflows (``inf * 0``).
+    """
+    real = jnp.arange(p.q_len_pad, dtype=jnp.int32) < p.q_len
+    return recompute_lse(jnp.where(real, lse2, -jnp.inf))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -64,33 +79,16 @@ def _backward(p: Plan, c: BlockSizes, residuals, cotangents):
     # delta = rowsum(dO * O) (FlashAttention-2's preprocessing), [B, Hq, Sq] float32, fused by XLA.
     delta = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32), out.astype(jnp.float32))
     # A cotangent on the lse adds d_lse * p to dS: the same as shifting delta by -d_lse.
-    lse_used = jnp.isfinite(lse2)
-    delta = delta - jnp.where(lse_used, d_lse.astype(jnp.float32).transpose(0, 2, 1), 0.0)
+    delta = delta - jnp.where(jnp.isfinite(lse2), d_lse.astype(jnp.float32).transpose(0, 2, 1), 0.0)
     pk = dataclasses.replace(p, num_sinks=0)
-    dk, dv = dkv_call(pk, c.dkv, q, k, v, bias, mask, d_out, lse2, delta)
-    dq, dbias_full = dq_call(pk, c.dq, q, k, v, bias, mask, d_out, lse2, delta)
-    dbias = None if bias is None else _reduce_to(dbias_full, bias.shape, p).astype(bias.dtype)
+    lse2_kernel = _kernel_lse(lse2, p)
+    dk, dv = dkv_call(pk, c.dkv, q, k, v, bias, mask, d_out, lse2_kernel, delta)
+    dq, dbias_full = dq_call(pk, c.dq, q, k, v, bias, mask, d_out, lse2_kernel, delta)
+    dbias = None if bias is None else reduce_to_layout(dbias_full, bias.shape, p.num_q_heads).astype(bias.dtype)
     dsinks = None
-    if sinks is not None:
-        rows = lse_used[:, :, : p.q_len]  # [B, Hq, Sq]: real rows with a denominator
-        lse = jnp.where(rows, lse2[:, :, : p.q_len] / LOG2E, 0.0)
-        weight = jnp.where(rows, delta[:, :, : p.q_len], 0.0)
-        prob = jnp.exp(sinks.astype(jnp.float32)[None, :, None, :] - lse[..., None])  # [B, Hq, Sq, n]
-        dsinks = -jnp.einsum("bhqn,bhq->hn", prob, weight).astype(sinks.dtype)
+    if sinks is not None:  # real rows only, lse in natural log
+        dsinks = sink_gradient(sinks, lse2[:, :, : p.q_len] / LOG2E, delta[:, :, : p.q_len])
     return dq, dk, dv, dbias, None, dsinks
-
-
-def _merge_splits(out, lse2):
-    """Merges ``[n, B, R, H, Dv]`` float32 partials with base-2 ``lse2 [n, B, H, R]`` (``+inf`` = empty)."""
-    lse2 = jnp.where(jnp.isposinf(lse2), -jnp.inf, lse2)
-    top = jnp.max(lse2, axis=0)
-    top = jnp.where(jnp.isfinite(top), top, 0.0)
-    weight = jnp.exp2(lse2 - top)  # 0 for an empty split
-    total = jnp.sum(weight, axis=0)
-    some = total > 0
-    weight = weight / jnp.where(some, total, 1.0)
-    out = jnp.einsum("nbrhd,nbhr->brhd", out, weight)
-    return out, jnp.where(some, top + jnp.log2(jnp.where(some, total, 1.0)), jnp.inf)
 
 
 def _pack_rows(x, p: Plan, pp: Plan, per_q_head: bool):
@@ -105,39 +103,41 @@ def _pack_rows(x, p: Plan, pp: Plan, per_q_head: bool):
     return pad_axis(x, 2, pp.q_len_pad, False if x.dtype == jnp.bool_ else 0)
 
 
-def _decode_forward(p: Plan, pp: Plan, c: BlockSizes, q, k, v, bias, mask, sinks):
-    """Standard-layout ``(out [B, Sq_pad, Hq, Dv], lse2 [B, Hq, Sq_pad])`` through the packed problem ``pp``."""
+def _unpack_rows(x, p: Plan):
+    """``[B, rows_pad, Hkv, ...]`` in the packed row order ``(position, group member)`` as ``[B, Sq, Hq, ...]``."""
     b, sq, g, hkv = p.batch, p.q_len, p.group, p.num_kv_heads
-    rows = sq * g
-    qp = q[:, :sq].reshape(b, sq, hkv, g, -1).transpose(0, 1, 3, 2, 4).reshape(b, rows, hkv, -1)
+    x = x[:, : sq * g].reshape(b, sq, g, hkv, *x.shape[3:])
+    return jnp.swapaxes(x, 2, 3).reshape(b, sq, p.num_q_heads, *x.shape[4:])
+
+
+def _decode_forward(p: Plan, pp: Plan, c: BlockSizes, q, k, v, bias, mask, sinks):
+    """Standard-layout ``(out [B, Sq_pad, Hq, Dv], lse [B, Sq_pad, Hq])`` through the packed problem ``pp``;
+    ``lse`` in natural log, padded rows empty."""
+    b, sq, g, hkv = p.batch, p.q_len, p.group, p.num_kv_heads
+    qp = q[:, :sq].reshape(b, sq, hkv, g, -1).transpose(0, 1, 3, 2, 4).reshape(b, sq * g, hkv, -1)
     if bias is not None:
         bias = _pack_rows(bias, p, pp, p.bias_layout[1] == "q")
     if mask is not None:
         mask = _pack_rows(mask, p, pp, p.mask_layout[1] == "q")
     out, lse2 = forward_call(pp, c.forward, pad_axis(qp, 1, pp.q_len_pad), k, v, bias, mask, None)
+    lse = jnp.swapaxes(lse2 / LOG2E, -1, -2)  # [splits?, B, rows, Hkv], as out without Dv
     if pp.kv_splits > 1:
-        out, lse2 = _merge_splits(out, lse2)
-    out = out[:, :rows].reshape(b, sq, g, hkv, -1).transpose(0, 1, 3, 2, 4).reshape(b, sq, p.num_q_heads, -1)
-    lse2 = lse2[:, :, :rows].reshape(b, hkv, sq, g).transpose(0, 1, 3, 2).reshape(b, p.num_q_heads, sq)
-    if sinks is not None:  # folded in once per row, after the keys (merge.add_sinks, in natural log)
-        lse = jnp.where(jnp.isposinf(lse2), -jnp.inf, lse2 / LOG2E).transpose(0, 2, 1)
-        sinks_lse = jax.nn.logsumexp(sinks.astype(jnp.float32), axis=-1)
-        out, lse = add_sinks(out, lse, sinks_lse[None, None, :])
-        lse2 = jnp.where(jnp.isneginf(lse), jnp.inf, lse * LOG2E).transpose(0, 2, 1)
-    out = pad_axis(out.astype(q.dtype), 1, p.q_len_pad)
-    return out, pad_axis(lse2, 2, p.q_len_pad, jnp.inf)
+        out, lse = merge_many(out, lse)
+    out, lse = _unpack_rows(out, p), _unpack_rows(lse, p)
+    if sinks is not None:  # folded in once per row, after the keys
+        out, lse = add_sinks(out, lse, sinks_lse(sinks, p.num_q_heads)[None, None, :])
+    return pad_axis(out.astype(q.dtype), 1, p.q_len_pad), pad_axis(lse, 1, p.q_len_pad, -jnp.inf)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def decode_with_lse(p: Plan, pp: Plan, c: BlockSizes, q, k, v, bias, mask, sinks):
     """``flash_with_lse``, its forward computed through the packed, key-split problem ``pp``."""
-    out, lse2 = _decode_forward(p, pp, c, q, k, v, bias, mask, sinks)
-    return out, _natural_lse(lse2)
+    return _decode_forward(p, pp, c, q, k, v, bias, mask, sinks)
 
 
 def _decode_fwd(p, pp, c, q, k, v, bias, mask, sinks):
-    out, lse2 = _decode_forward(p, pp, c, q, k, v, bias, mask, sinks)
-    return (out, _natural_lse(lse2)), (q, k, v, bias, mask, sinks, out, lse2)
+    out, lse = _decode_forward(p, pp, c, q, k, v, bias, mask, sinks)
+    return (out, lse), (q, k, v, bias, mask, sinks, out, (lse * LOG2E).transpose(0, 2, 1))
 
 
 def _decode_bwd(p, pp, c, residuals, cotangents):
@@ -146,18 +146,6 @@ def _decode_bwd(p, pp, c, residuals, cotangents):
 
 
 decode_with_lse.defvjp(_decode_fwd, _decode_bwd)
-
-
-def _reduce_to(full, shape, p: Plan):
-    """Sums ``[B, Hq, Sq', Skv']`` to a bias shape ``[B|1, Hq|Hkv|1, Sq', Skv']``."""
-    if shape[0] == 1:
-        full = full.sum(0, keepdims=True)
-    if shape[1] == 1:
-        full = full.sum(1, keepdims=True)
-    elif shape[1] != p.num_q_heads:
-        b = full.shape[0]
-        full = full.reshape(b, p.num_kv_heads, p.group, *full.shape[2:]).sum(2)
-    return full
 
 
 flash_with_lse.defvjp(_forward, _backward)

@@ -3,8 +3,9 @@
 Operands are whole arrays (padded to block multiples by ``flash``) indexed by program ids: ``q [B, Sq, Hq,
 D]``, ``k [B, Skv, Hkv, D]``, ``v [B, Skv, Hkv, Dv]``, optional ``bias``/``mask [B|1, H|1, Sq, Skv]`` and
 ``sinks [Hq, n]`` (base-2, padded with ``-inf``). Outputs: ``out [B, Sq, Hq, Dv]`` and ``lse2 [B, Hq, Sq]``,
-the base-2 log-sum-exp (``+inf`` for a row with nothing in its denominator, so the backward's
-``exp2(s2 - lse2)`` is 0 there). Query blocks run last-first: under causal masks they hold the most work.
+the base-2 log-sum-exp, both from ``merge.normalize_rows`` (the one empty-row convention: a row with nothing
+in its denominator has ``out = 0`` and ``lse2 = -inf``). Query blocks run last-first: under causal masks
+they hold the most work.
 """
 
 from __future__ import annotations
@@ -19,15 +20,11 @@ from jax.experimental.pallas import triton as plgpu
 
 from ejkernel.kernels.pallas_triton.blocks import PassBlocks
 from ejkernel.kernels.pallas_triton.plan import Plan
-from ejkernel.kernels.pallas_triton.tiles import (
-    NEG_INIT,
-    dot,
-    key_blocks,
-    logits,
-    operand_index,
-    split_refs,
-    valid_tile,
-)
+from ejkernel.kernels.pallas_triton.tiles import NEG_INIT, dot, i32, index32, key_blocks, positions, split_refs
+from ejkernel.ops.attention.layouts import kv_head, operand_index
+from ejkernel.ops.attention.logits import transform_logits
+from ejkernel.ops.attention.masks import valid_pairs
+from ejkernel.ops.attention.merge import normalize_rows
 
 __all__ = ["forward_call"]
 
@@ -37,8 +34,8 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
     bq, bk = c.block_q, c.block_k
     qi = p.q_len_pad // bq - 1 - pl.program_id(0)
     bh = pl.program_id(1)
-    b, h = lax.div(bh, p.num_q_heads), lax.rem(bh, p.num_q_heads)
-    hkv = lax.div(h, p.group) if p.group > 1 else h
+    b, h = lax.div(bh, i32(p.num_q_heads)), lax.rem(bh, i32(p.num_q_heads))
+    hkv = kv_head(h, p.group)
     q_first = qi * bq
     q = q_ref[b, pl.ds(q_first, bq), h, :]
 
@@ -50,11 +47,9 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
         m = jnp.broadcast_to(m0, (bq,))
         denom = jnp.broadcast_to(jnp.sum(jnp.exp2(sinks - m0)), (bq,))
     acc = jnp.zeros((bq, p.v_head_dim), jnp.float32)
-    bias_idx = operand_index(p.bias_layout, b, h, p.group) if bias_ref is not None else None
-    mask_idx = operand_index(p.mask_layout, b, h, p.group) if mask_ref is not None else None
-    q_idx = q_first + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
-    if p.pack > 1:
-        q_idx = lax.div(q_idx, p.pack)
+    bias_idx = index32(operand_index(p.bias_layout, b, h, p.group)) if bias_ref is not None else None
+    mask_idx = index32(operand_index(p.mask_layout, b, h, p.group)) if mask_ref is not None else None
+    q_idx = positions(q_first + lax.broadcasted_iota(jnp.int32, (bq, bk), 0), p.pack)
 
     def body(kb, carry, masked: bool):
         acc, m, denom = carry
@@ -65,13 +60,14 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
         bias = None
         if bias_ref is not None:
             bias = bias_ref[bias_idx[0], bias_idx[1], pl.ds(q_first, bq), pl.ds(k_first, bk)]
-        s2, _ = logits(p, s, bias)
+        s2, _ = transform_logits(s, p.softmax_scale, p.logits_soft_cap, bias, base2=True)
         if masked:
             mask = None
             if mask_ref is not None:
                 mask = mask_ref[mask_idx[0], mask_idx[1], pl.ds(q_first, bq), pl.ds(k_first, bk)]
             k_idx = k_first + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
-            s2 = jnp.where(valid_tile(p, q_idx, k_idx, mask), s2, -jnp.inf)
+            ok = valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window, mask)
+            s2 = jnp.where(ok, s2, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(s2, axis=1))
         alpha = jnp.exp2(m - m_new)
         prob = jnp.exp2(s2 - m_new[:, None])
@@ -83,7 +79,7 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
     split = None
     if p.kv_splits > 1:  # this program's share of the key blocks
         split = pl.program_id(2)
-        per_split = -(-(p.kv_len_pad // bk) // p.kv_splits)
+        per_split = i32(-(-(p.kv_len_pad // bk) // p.kv_splits))
         lo = jnp.maximum(lo, split * per_split)
         hi = jnp.maximum(jnp.minimum(hi, (split + 1) * per_split), lo)
         interior_lo = jnp.clip(interior_lo, lo, hi)
@@ -93,10 +89,8 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
     carry = lax.fori_loop(interior_lo, interior_hi, functools.partial(body, masked=False), carry)
     acc, m, denom = lax.fori_loop(interior_hi, hi, functools.partial(body, masked=True), carry)
 
-    nonempty = denom > 0
-    inv_l = jnp.where(nonempty, 1.0 / jnp.where(nonempty, denom, 1.0), 0.0)
-    out = (acc * inv_l[:, None]).astype(o_ref.dtype)
-    lse2 = jnp.where(nonempty, m + jnp.log2(jnp.where(nonempty, denom, 1.0)), jnp.inf)
+    out, lse2 = normalize_rows(acc, m, denom, base2=True)
+    out = out.astype(o_ref.dtype)
     if split is None:
         o_ref[b, pl.ds(q_first, bq), h, :] = out
         lse_ref[b, h, pl.ds(q_first, bq)] = lse2
