@@ -19,6 +19,7 @@ from jax import lax
 
 from ejkernel.kernels.pallas_triton.plan import Plan
 from ejkernel.ops.attention import masks
+from ejkernel.ops.attention.precision import matmul_precision
 
 __all__ = ["dot", "NEG_INIT", "i32", "index32", "positions", "key_blocks", "query_blocks", "split_refs"]
 
@@ -26,11 +27,10 @@ NEG_INIT = -1e30  # initial running max: below every finite logit, above -inf
 
 
 def dot(a: Any, b: Any, transpose_b: bool = False) -> Any:
-    """``a @ b`` (``a @ b.T`` with ``transpose_b``) accumulated in float32.
-
-    float32 operands ask for HIGHEST precision: Triton's default for them is TF32 (~1e-3 error).
-    """
-    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    """``a @ b`` (``a @ b.T`` with ``transpose_b``) accumulated in float32, at ``precision.matmul_precision``:
+    IEEE float32 for float32 operands (Triton's own default would be TF32, ~1e-3 error) unless the user asked
+    for TF32 with ``jax.default_matmul_precision``."""
+    precision = matmul_precision(a.dtype)
     dims = (((1,), (1 if transpose_b else 0,)), ((), ()))
     return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
 
