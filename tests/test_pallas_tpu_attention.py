@@ -93,6 +93,21 @@ def test_rows_without_keys_are_zero_with_zero_finite_gradients():
     _assert_matches_oracle(_pallas(), case, "float32", extra={"attention_mask": mask})
 
 
+def test_large_sink_with_ragged_queries_has_finite_sink_gradient():
+    """A sink logit above ~88.7 with ``Sq`` not a block multiple: padded rows must not enter the sink gradient.
+
+    They carry ``lse = 0`` in the kernel layout, and ``exp(100 - 0)`` overflows float32: ``inf * 0`` was NaN.
+    """
+    case = CheckCase("large-sink", batch=1, q_len=130, kv_len=50, num_q_heads=2, num_kv_heads=1, head_dim=16,
+                     sinks="per_head")
+    aux = jnp.array([[100.0, 0.5], [0.3, -0.2]], jnp.float32)  # head 0: a sink of 100; head 1: ordinary
+    args = make_inputs(case)
+    args["softmax_aux"] = aux
+    _, grads = forward_and_grads(_pallas(), args, "float32", jnp.ones((1, 130, 2, 16)))
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in grads.values())
+    _assert_matches_oracle(_pallas(), case, "float32", extra={"softmax_aux": aux})
+
+
 def test_lse_merges_over_disjoint_keys():
     """``flash_attention_with_lse`` over two key halves, merged, equals attention over all keys."""
     case = CheckCase("merge", batch=1, q_len=64, kv_len=300, num_q_heads=2, num_kv_heads=1, head_dim=32)

@@ -42,22 +42,47 @@ def test_skip_predicates_are_exact(q_len, kv_len, block_q, block_k, causal, wind
     grid = _allowed_grid(q_len, kv_len, causal, window)
     args = (block_q, block_k, q_len, kv_len, causal, window)
     num_q, num_k = -(-q_len // block_q), -(-kv_len // block_k)
+    uniform = blocks.uniform_mask_need(*args, False)
     for qb, kb in itertools.product(range(num_q), range(num_k)):
         tile = grid[qb * block_q:(qb + 1) * block_q, kb * block_k:(kb + 1) * block_k]
         visited = bool(blocks.block_visited(qb, kb, *args))
         assert visited == bool(tile.any()), (qb, kb)
         ragged = (kb + 1) * block_k > kv_len
-        if visited and not blocks.block_needs_mask(qb, kb, *args, False):
+        needs_mask = blocks.block_needs_mask(qb, kb, *args, False)
+        if visited and not needs_mask:
             assert tile.all() and not ragged
-        if blocks.block_needs_mask(qb, kb, *args, False) is False:
+        if needs_mask is False:
             assert not ragged
+        if visited and uniform is not None:  # the kernels' one static branch is every visited tile's
+            assert needs_mask == uniform, (qb, kb)
+        assert blocks.block_needs_mask(qb, kb, *args, True)  # with an attention_mask every tile is masked
         # The dk/dv kernel walks query blocks per key block: the same set of tiles.
-        first, last = blocks.q_block_range(kb, *args)
-        assert visited == (first <= qb <= last)
+        lo, _, _, hi = blocks.q_block_range(kb, *args)
+        assert visited == (lo <= qb < hi)
+    assert blocks.uniform_mask_need(*args, True) is True
     assert blocks.count_visited_blocks(q_len, kv_len, block_q, block_k, causal, window) == sum(
         bool(grid[qb * block_q:(qb + 1) * block_q, kb * block_k:(kb + 1) * block_k].any())
         for qb, kb in itertools.product(range(num_q), range(num_k))
     )
+
+
+def test_plain_grid_is_statically_unmasked():
+    """No causal/window and whole key blocks: the kernels compile the mask-free branch only; a ragged
+    key block or a causal diagonal needs the per-tile choice."""
+    assert blocks.uniform_mask_need(512, 256, 1000, 1024, False, None, False) is False
+    assert blocks.uniform_mask_need(512, 256, 1000, 1000, False, None, False) is None
+    assert blocks.uniform_mask_need(128, 128, 512, 512, True, None, False) is None
+
+
+def test_index_maps_clamp_skipped_steps_to_a_visited_block():
+    """``clamp_to_visited`` (the K/V and Q index maps) sends every step to a visited block, never out of range."""
+    q_len, kv_len, bq, bk, window = 300, 700, 128, 128, (40, 0)
+    num_k = -(-kv_len // bk)
+    for qb in range(-(-q_len // bq)):
+        lo, _, _, hi = blocks.kv_block_range(qb, bq, bk, q_len, kv_len, True, window)
+        for kb in range(num_k):
+            clamped = int(blocks.clamp_to_visited(kb, lo, hi, num_k))
+            assert lo <= clamped < hi and (clamped == kb) == (lo <= kb < hi)
 
 
 def test_causal_visits_about_half_the_blocks():

@@ -2,7 +2,9 @@
 
 Both recompute the probabilities of a tile from the saved log-sum-exp, ``p = exp(s - lse)``, and use
 ``ds = p * (dp - di)`` with ``dp = do @ v.T`` and ``di = rowsum(o * do) - dlse`` (the lse cotangent enters
-there). With a soft cap, ``ds`` is multiplied by ``1 - tanh²`` before the products with k or q.
+there). With a soft cap, ``ds`` is multiplied by ``1 - tanh²`` (``logits.cap_gradient``) before the products
+with k or q. Rows that must get no gradient (padding, rows with no allowed key) carry ``lse = +inf``
+(``merge.recompute_lse``), so their ``p`` is 0.
 
 - dq: grid ``(batch, q_head, q_block, kv_block)``, sequential over key blocks, ``dq`` accumulated in
   float32 scratch. It also writes ``ds`` per tile (zeros for skipped tiles) when there is a bias: the bias
@@ -15,7 +17,7 @@ there). With a soft cap, ``ds`` is multiplied by ``1 - tanh²`` before the produ
   never repeated and no per-query-head dk/dv is materialised.
 
 Skipped tiles are those the forward skips (``blocks.block_visited``); their index maps are clamped to a
-visited block so that they cost no DMA.
+visited block (``blocks.clamp_to_visited``) so that they cost no DMA.
 """
 
 from __future__ import annotations
@@ -30,8 +32,20 @@ from jax.experimental.pallas import tpu as pltpu
 
 from ejkernel.kernels.pallas_tpu import blocks as blk
 from ejkernel.kernels.pallas_tpu.forward import kv_index
-from ejkernel.kernels.pallas_tpu.plan import Plan, kv_head
-from ejkernel.kernels.pallas_tpu.tiles import NN, NT, TN, block_logits, block_valid, dot, lanes
+from ejkernel.kernels.pallas_tpu.plan import Plan
+from ejkernel.kernels.pallas_tpu.tiles import (
+    NN,
+    NT,
+    TN,
+    block_logits,
+    block_valid,
+    dot,
+    lanes,
+    tile_predicates,
+    when_visited,
+)
+from ejkernel.ops.attention.layouts import kv_head, operand_index
+from ejkernel.ops.attention.logits import cap_gradient
 
 __all__ = ["flash_backward_dq", "flash_backward_dkv", "flash_backward_dbias"]
 
@@ -46,7 +60,7 @@ def _tile_grads(q, k, v, do, lse, di, bias_ref, mask_ref, q_block, kv_block, mas
         p = jnp.where(valid, p, 0.0)
     dp = dot(do, v, NT, plan)
     ds = p * (dp - lanes(di, bk))
-    ds_raw = ds if t is None else ds * (1.0 - t * t)
+    ds_raw = cap_gradient(ds, t)
     return p, ds, ds_raw
 
 
@@ -54,14 +68,6 @@ def _split_refs(refs: list, plan: Plan) -> tuple[Any, Any, list]:
     bias_ref = refs.pop(0) if plan.bias_layout is not None else None
     mask_ref = refs.pop(0) if plan.mask_layout is not None else None
     return bias_ref, mask_ref, refs
-
-
-def _when_visited(visit: Any, needs_mask: Any, step) -> None:
-    if needs_mask is True or needs_mask is False:
-        pl.when(visit)(lambda: step(needs_mask))
-    else:
-        pl.when(visit & needs_mask)(lambda: step(True))
-        pl.when(visit & jnp.logical_not(needs_mask))(lambda: step(False))
 
 
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, *refs, plan: Plan):
@@ -76,9 +82,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, *refs, plan: Plan):
     def _init():
         dq_acc[...] = jnp.zeros(dq_acc.shape, jnp.float32)
 
-    args = (bq, bk, plan.q_len, plan.kv_len, plan.causal, plan.window)
-    visit = blk.block_visited(q_block, kv_block, *args)
-    needs_mask = blk.block_needs_mask(q_block, kv_block, *args, mask_ref is not None)
+    visit, needs_mask = tile_predicates(q_block, kv_block, bq, bk, plan)
 
     def step(masked: bool) -> None:
         k = k_ref[...]
@@ -95,7 +99,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, *refs, plan: Plan):
         def _skipped():
             dbias_ref[...] = jnp.zeros(dbias_ref.shape, dbias_ref.dtype)
 
-    _when_visited(visit, needs_mask, step)
+    when_visited(visit, needs_mask, step)
 
     @pl.when(kv_block == pl.num_programs(3) - 1)
     def _finish():
@@ -115,9 +119,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, *refs, plan: Plan)
         dk_acc[...] = jnp.zeros(dk_acc.shape, jnp.float32)
         dv_acc[...] = jnp.zeros(dv_acc.shape, jnp.float32)
 
-    args = (bq, bk, plan.q_len, plan.kv_len, plan.causal, plan.window)
-    visit = blk.block_visited(q_block, kv_block, *args)
-    needs_mask = blk.block_needs_mask(q_block, kv_block, *args, mask_ref is not None)
+    visit, needs_mask = tile_predicates(q_block, kv_block, bq, bk, plan)
 
     def step(masked: bool) -> None:
         q, do = q_ref[...], do_ref[...]
@@ -128,7 +130,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, *refs, plan: Plan)
         dv_acc[...] += dot(p.astype(do.dtype), do, TN, plan)
         dk_acc[...] += dot(ds_raw.astype(q.dtype), q, TN, plan)
 
-    _when_visited(visit, needs_mask, step)
+    when_visited(visit, needs_mask, step)
 
     @pl.when(last_step)
     def _finish():
@@ -172,14 +174,14 @@ def flash_backward_dq(
     def kv_map(b, h, i, j):
         return b, kv_head(h, group), kv_index(plan, bq, bk, i, j), 0
 
-    def operand_index(layout):
+    def operand_map(layout):
         def index(b, h, i, j):
-            ob, oh = plan.operand_index(layout, b, h)
+            ob, oh = operand_index(layout, b, h, group)
             return ob, oh, i, kv_index(plan, bq, bk, i, j)
 
         return index
 
-    extra_specs, extra_inputs = _operand_specs(plan, bias, mask, operand_index)
+    extra_specs, extra_inputs = _operand_specs(plan, bias, mask, operand_map)
     in_specs = [
         pl.BlockSpec((None, None, bq, head_dim), q_map),
         pl.BlockSpec((None, None, bk, head_dim), kv_map),
@@ -220,11 +222,8 @@ def flash_backward_dkv(
     num_q = q_pad // bq
 
     def q_index(kv_block, q_block):
-        first, last = blk.q_block_range(kv_block, bq, bk, plan.q_len, plan.kv_len, plan.causal, plan.window)
-        num_real = (plan.q_len + bq - 1) // bq
-        first = jnp.clip(first, 0, num_real - 1)
-        last = jnp.clip(jnp.maximum(last, first), 0, num_real - 1)
-        return jnp.clip(q_block, first, last)
+        lo, _, _, hi = blk.q_block_range(kv_block, bq, bk, plan.q_len, plan.kv_len, plan.causal, plan.window)
+        return blk.clamp_to_visited(q_block, lo, hi, -(-plan.q_len // bq))
 
     def q_map(b, h, j, g, i):
         return b, h * group + g, q_index(j, i), 0
@@ -232,14 +231,14 @@ def flash_backward_dkv(
     def kv_map(b, h, j, g, i):
         return b, h, j, 0
 
-    def operand_index(layout):
+    def operand_map(layout):
         def index(b, h, j, g, i):
-            ob, oh = plan.operand_index(layout, b, h * group + g)
+            ob, oh = operand_index(layout, b, h * group + g, group)
             return ob, oh, q_index(j, i), j
 
         return index
 
-    extra_specs, extra_inputs = _operand_specs(plan, bias, mask, operand_index)
+    extra_specs, extra_inputs = _operand_specs(plan, bias, mask, operand_map)
     in_specs = [
         pl.BlockSpec((None, None, bq, head_dim), q_map),
         pl.BlockSpec((None, None, bk, head_dim), kv_map),
@@ -280,9 +279,7 @@ def _dbias_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, bias_ref, *refs,
     def _init():
         acc[...] = jnp.zeros(acc.shape, jnp.float32)
 
-    args = (bq, bk, plan.q_len, plan.kv_len, plan.causal, plan.window)
-    visit = blk.block_visited(q_block, kv_block, *args)
-    needs_mask = blk.block_needs_mask(q_block, kv_block, *args, mask_ref is not None)
+    visit, needs_mask = tile_predicates(q_block, kv_block, bq, bk, plan)
 
     def step(masked: bool) -> None:
         _, ds, _ = _tile_grads(
@@ -291,7 +288,7 @@ def _dbias_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, bias_ref, *refs,
         )
         acc[...] += ds
 
-    _when_visited(visit, needs_mask, step)
+    when_visited(visit, needs_mask, step)
 
     @pl.when(pair == pl.num_programs(4) - 1)
     def _finish():
@@ -333,7 +330,7 @@ def flash_backward_dbias(
 
     def mask_map(bb, hb, i, j, r):
         b, h = pair_of(bb, hb, r)
-        mb, mh = plan.operand_index(plan.mask_layout, b, h)
+        mb, mh = operand_index(plan.mask_layout, b, h, group)
         return mb, mh, i, j
 
     in_specs = [

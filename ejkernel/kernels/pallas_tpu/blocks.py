@@ -8,12 +8,14 @@ every kernel (``vmem_bytes``) fits ``VMEM_BUDGET``, which sits below the 16 MiB 
 default on v5e (v6e's compile allows its whole 128 MiB). Sequences are padded up to a multiple of their block; padded keys are
 masked inside the kernel and padded queries are sliced away, so the caller never sees them.
 
-Skipping: a pair is *visited* when causal/window allow at least one (real query, real key) in it; the
-others are skipped in the forward and in both backward kernels, and their index maps point at an already
-resident block so that no DMA is issued either. A visited pair *needs a mask* unless causal/window allow
-every pair in it, it holds no padded key, and there is no ``attention_mask``. The same functions serve the
-kernels (on traced int32 scalars), the index maps, and ``count_visited_blocks`` (on Python ints) that the
-tests compare against the kernel's own visit counter.
+Skipping (``docs/design.rst``, *Kernels*): which pairs are visited and which need a mask is the shared
+rule ``masks.key_blocks`` (and its transpose ``masks.query_blocks``). A pair is *visited* when causal/window
+allow at least one (real query, real key) in it; the others are skipped in the forward and in both backward
+kernels, and their index maps point at an already resident block (``clamp_to_visited``) so that no DMA is
+issued either. A visited pair *needs a mask* unless it is interior: causal/window allow every pair in it, it
+holds no padded key, and there is no ``attention_mask``. The same functions serve the kernels (on traced
+int32 scalars), the index maps, and ``count_visited_blocks`` (on NumPy arrays) that the tests compare
+against the kernel's own visit counter.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ejkernel.ops.attention.masks import block_fully_allowed, key_range, query_range
+from ejkernel.ops.attention.masks import key_blocks, query_blocks
 
 __all__ = [
     "LANES",
@@ -35,9 +37,10 @@ __all__ = [
     "round_up",
     "kv_block_range",
     "q_block_range",
-    "query_range",
+    "clamp_to_visited",
     "block_visited",
     "block_needs_mask",
+    "uniform_mask_need",
     "count_visited_blocks",
 ]
 
@@ -154,100 +157,77 @@ def choose_block_sizes(
 # --- which blocks are visited -----------------------------------------------------------------------
 
 
-def _min(a: Any, b: Any) -> Any:
-    if isinstance(a, (int, np.integer)) and isinstance(b, (int, np.integer)):
-        return min(a, b)
-    return np.minimum(a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) else _jnp().minimum(a, b)
-
-
-def _max(a: Any, b: Any) -> Any:
-    if isinstance(a, (int, np.integer)) and isinstance(b, (int, np.integer)):
-        return max(a, b)
-    return np.maximum(a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) else _jnp().maximum(a, b)
-
-
-def _jnp():
-    import jax.numpy as jnp
-
-    return jnp
-
-
 def kv_block_range(q_block: Any, block_q: int, block_k: int, q_len: int, kv_len: int, causal: bool,
-                   window: tuple[int, int] | None) -> tuple[Any, Any]:
-    """Inclusive ``[first, last]`` key blocks visited by query block ``q_block``; ``first > last`` if none."""
-    q_lo = q_block * block_q
-    q_hi = _min(q_lo + (block_q - 1), q_len - 1)
-    k_lo, k_hi = key_range(q_lo, q_hi, q_len, kv_len, causal, window)
-    k_lo = _max(k_lo, 0)
-    k_hi = _min(k_hi, kv_len - 1)
-    first = _div(k_lo, block_k)
-    last = _div(_max(k_hi, 0), block_k)
-    # A query block made only of padding, or a key range that is empty, visits nothing.
-    empty = (q_lo >= q_len) | (k_lo > k_hi)
-    return first, _where(empty, first - 1, last)
+                   window: tuple[int, int] | None, dense: bool = False) -> tuple[Any, Any, Any, Any]:
+    """Key blocks ``(lo, interior_lo, interior_hi, hi)`` of query block ``q_block`` (``masks.key_blocks``).
+
+    Blocks ``[lo, hi)`` are visited; ``[interior_lo, interior_hi)`` need no per-element mask.
+    """
+    q_first = q_block * block_q
+    return key_blocks(q_first, q_first + (block_q - 1), block_k, q_len, kv_len, causal, window, dense)
 
 
 def q_block_range(kv_block: Any, block_q: int, block_k: int, q_len: int, kv_len: int, causal: bool,
-                  window: tuple[int, int] | None) -> tuple[Any, Any]:
-    """Inclusive ``[first, last]`` query blocks that visit key block ``kv_block``; ``first > last`` if none."""
-    k_lo = kv_block * block_k
-    k_hi = _min(k_lo + (block_k - 1), kv_len - 1)
-    q_lo, q_hi = query_range(k_lo, k_hi, q_len, kv_len, causal, window)
-    q_lo = _max(q_lo, 0)
-    q_hi = _min(q_hi, q_len - 1)
-    first = _div(q_lo, block_q)
-    last = _div(_max(q_hi, 0), block_q)
-    empty = (k_lo >= kv_len) | (q_lo > q_hi)
-    return first, _where(empty, first - 1, last)
+                  window: tuple[int, int] | None, dense: bool = False) -> tuple[Any, Any, Any, Any]:
+    """Query blocks ``(lo, interior_lo, interior_hi, hi)`` that see key block ``kv_block``
+    (``masks.query_blocks``): the transpose of ``kv_block_range``, for the dk/dv kernel's index maps."""
+    k_first = kv_block * block_k
+    return query_blocks(k_first, k_first + (block_k - 1), block_q, q_len, kv_len, causal, window, dense)
 
 
-def _div(x: Any, block: int) -> Any:
-    """``x // block`` for ``x >= 0``. Traced values use a truncating division: ``//`` on int32 lowers
-    through ``sign``, whose Mosaic rule needs a TPU to be attached."""
-    if isinstance(x, (int, np.integer, np.ndarray)):
-        return x // block
-    import jax
+def clamp_to_visited(block: Any, lo: Any, hi: Any, num_blocks: int) -> Any:
+    """``block`` clamped into the visited ``[lo, hi)`` (and ``[0, num_blocks)``): an index map sends a skipped
+    step to a block that is already resident, so the pipeline issues no DMA for it."""
+    import jax.numpy as jnp
 
-    return jax.lax.div(x, jax.numpy.int32(block))
+    first = jnp.clip(lo, 0, num_blocks - 1)
+    last = jnp.clip(jnp.maximum(hi - 1, first), 0, num_blocks - 1)
+    return jnp.clip(block, first, last)
 
 
-def _where(cond: Any, a: Any, b: Any) -> Any:
-    if isinstance(cond, (bool, np.bool_)):
-        return a if cond else b
-    if isinstance(cond, np.ndarray):
-        return np.where(cond, a, b)
-    return _jnp().where(cond, a, b)
+def _inside(x: Any, lo: Any, hi: Any) -> Any:
+    return (x >= lo) & (x < hi)
 
 
 def block_visited(q_block: Any, kv_block: Any, block_q: int, block_k: int, q_len: int, kv_len: int,
                   causal: bool, window: tuple[int, int] | None) -> Any:
     """Whether the kernels compute the pair (the one skip predicate of forward and backward)."""
-    first, last = kv_block_range(q_block, block_q, block_k, q_len, kv_len, causal, window)
-    return (kv_block >= first) & (kv_block <= last)
+    lo, _, _, hi = kv_block_range(q_block, block_q, block_k, q_len, kv_len, causal, window)
+    return _inside(kv_block, lo, hi)
 
 
 def block_needs_mask(q_block: Any, kv_block: Any, block_q: int, block_k: int, q_len: int, kv_len: int,
                      causal: bool, window: tuple[int, int] | None, has_mask: bool) -> Any:
-    """Whether a visited pair must be masked element by element (see the module docstring)."""
-    if has_mask:
+    """Whether a visited pair must be masked element by element: it is not interior (see the module
+    docstring); with an ``attention_mask`` every pair is."""
+    _, interior_lo, interior_hi, _ = kv_block_range(q_block, block_q, block_k, q_len, kv_len, causal, window,
+                                                    dense=has_mask)
+    interior = _inside(kv_block, interior_lo, interior_hi)
+    return not interior if isinstance(interior, (bool, np.bool_)) else ~interior
+
+
+def uniform_mask_need(block_q: int, block_k: int, q_len: int, kv_len: int, causal: bool,
+                      window: tuple[int, int] | None, has_mask: bool) -> bool | None:
+    """``True`` when every visited pair of the grid needs a mask, ``False`` when none does, ``None`` when it
+    varies: decided on the host from ``kv_block_range`` over every query block, so that a kernel whose tiles
+    are all alike compiles one branch only."""
+    num_q = -(-q_len // block_q)
+    lo, interior_lo, interior_hi, hi = (
+        np.asarray(x) for x in kv_block_range(np.arange(num_q), block_q, block_k, q_len, kv_len, causal, window,
+                                              dense=has_mask)
+    )
+    visited = hi > lo
+    interior = (interior_hi - interior_lo)[visited]
+    if np.all(interior == (hi - lo)[visited]):
+        return False
+    if np.all(interior == 0):
         return True
-    q_lo = q_block * block_q
-    q_hi = _min(q_lo + (block_q - 1), q_len - 1)
-    k_lo = kv_block * block_k
-    k_hi = k_lo + (block_k - 1)
-    # With kv_len a multiple of block_k no visited tile holds a padded key (statically known).
-    ragged = False if kv_len % block_k == 0 else k_hi >= kv_len
-    if not causal and window is None:
-        return ragged
-    full = block_fully_allowed(q_lo, q_hi, k_lo, k_hi, q_len, kv_len, causal, window)
-    return ragged | ~full if not isinstance(full, (bool, np.bool_)) else (ragged | (not full))
+    return None
 
 
 def count_visited_blocks(q_len: int, kv_len: int, block_q: int, block_k: int, causal: bool,
                          window: tuple[int, int] | None) -> int:
     """How many (query block, key block) pairs one (batch, head) visits, from the kernels' predicate."""
     num_q = round_up(q_len, block_q) // block_q
-    num_k = round_up(kv_len, block_k) // block_k
-    qb = np.arange(num_q)[:, None]
-    kb = np.arange(num_k)[None, :]
-    return int(np.sum(block_visited(qb, kb, block_q, block_k, q_len, kv_len, causal, window)))
+    lo, _, _, hi = kv_block_range(np.arange(num_q), block_q, block_k, q_len, kv_len, causal, window)
+    return int(np.sum(np.asarray(hi) - np.asarray(lo)))

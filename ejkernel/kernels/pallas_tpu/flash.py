@@ -5,8 +5,10 @@ this module transposes from the library's ``[B, S, H, D]``, pads, and slices the
 padding never reaches the caller and its gradients are dropped by autodiff of the pad itself.
 
 The ``custom_vjp`` saves the output and the per-row log-sum-exp; its backward runs the dq and dk/dv
-kernels (and the dbias kernel for a broadcast bias), and computes the sink gradient in XLA from the lse alone:
-``d aux[h, j] = -sum_rows exp(aux[h, j] - lse) * di`` with ``di = rowsum(o * do) - dlse``.
+kernels (and the dbias kernel for a broadcast bias), and computes the sink gradient in XLA from the lse alone
+(``sinks.sink_gradient``, with ``di = rowsum(o * do) - dlse``). Padded query rows are given ``lse = -inf``
+there, the empty-row form: the backward kernels recompute ``p`` from ``merge.recompute_lse`` of it (0 for
+those rows) and the sink gradient leaves them out.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from ejkernel.kernels.pallas_tpu.backward import flash_backward_dbias, flash_bac
 from ejkernel.kernels.pallas_tpu.blocks import LANES, round_up
 from ejkernel.kernels.pallas_tpu.forward import flash_forward
 from ejkernel.kernels.pallas_tpu.plan import Plan
-from ejkernel.ops.attention.sinks import sink_gradient
+from ejkernel.ops.attention.merge import recompute_lse
+from ejkernel.ops.attention.sinks import sink_gradient, sinks_lse
 
 __all__ = ["flash_core", "flash_with_lse", "visit_counts", "to_kernel_layout", "from_kernel_layout"]
 
@@ -46,9 +49,10 @@ def from_kernel_layout(x: Array, seq_len: int) -> Array:
 
 
 def _sink_lse(plan: Plan, sinks: Array | None) -> Array:
+    """``[Hq]`` float32 for the forward's scalar prefetch: the sinks' log-sum-exp, zeros (unread) without."""
     if sinks is None:
         return jnp.zeros((plan.num_q_heads,), jnp.float32)
-    return jax.nn.logsumexp(sinks.astype(jnp.float32), axis=-1)
+    return sinks_lse(sinks, plan.num_q_heads)
 
 
 def _row_stat(plan: Plan, x: Array) -> Array:
@@ -76,19 +80,19 @@ def _core_bwd(plan: Plan, residuals, cotangents):
     q, k, v, bias, mask, sinks, out, lse = residuals
     d_out, d_lse = cotangents
     di = jnp.sum(out.astype(jnp.float32) * d_out.astype(jnp.float32), axis=-1) - d_lse
-    # Rows that must contribute nothing: padding, and rows that saw no key (lse = -inf). exp(s - inf) = 0.
+    # Padded rows count as empty (lse = -inf), like rows that saw no key, so that neither the kernels nor the
+    # sink gradient count them (a stand-in lse of 0 made exp(sink - 0) overflow for a sink above ~88.7).
     rows = jnp.arange(q.shape[2]) < plan.q_len
-    lse_bwd = jnp.where(rows & jnp.isfinite(lse), lse, jnp.inf)
+    lse = jnp.where(rows, lse, -jnp.inf)
     di = jnp.where(rows, di, 0.0)
-    lse_tiles, di_tiles = _row_stat(plan, lse_bwd), _row_stat(plan, di)
+    lse_tiles, di_tiles = _row_stat(plan, recompute_lse(lse)), _row_stat(plan, di)
     d_out = d_out.astype(v.dtype)
     dq, ds = flash_backward_dq(plan, q, k, v, bias, mask, d_out, lse_tiles, di_tiles)
     dk, dv = flash_backward_dkv(plan, q, k, v, bias, mask, d_out, lse_tiles, di_tiles)
     d_bias = ds
     if bias is not None and d_bias is None:
         d_bias = flash_backward_dbias(plan, q, k, v, bias, mask, d_out, lse_tiles, di_tiles)
-    # Padded rows must not count: their lse is not the row's (0), and exp(sink - 0) overflows for a sink > 88.7.
-    d_sinks = None if sinks is None else sink_gradient(sinks, jnp.where(rows, lse, -jnp.inf), di)
+    d_sinks = None if sinks is None else sink_gradient(sinks, lse, di)
     return dq, dk, dv, d_bias, None, d_sinks
 
 

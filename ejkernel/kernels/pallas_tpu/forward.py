@@ -3,9 +3,10 @@
 Grid ``(batch, q_head, q_block, kv_block)``; the last axis is sequential ("arbitrary") and carries the
 running max ``m``, denominator ``l`` and unnormalised output in VMEM scratch. Query head ``h`` reads kv
 head ``h // group`` through the index maps, so K/V are never repeated. Pairs that causal/window rule out
-are skipped (``blocks.block_visited``), and their K/V index maps are clamped to a visited block so that
-the pipeline issues no DMA for them either. Sinks enter as the initial state: ``m = logsumexp(sinks)``,
-``l = 1``. A row with no allowed key ends with ``l = 0``: its output is zero and its lse ``-inf``.
+are skipped (``blocks.block_visited``, i.e. ``masks.key_blocks``), and their K/V index maps are clamped to a
+visited block so that the pipeline issues no DMA for them either. Sinks enter as the initial state:
+``m = logsumexp(sinks)``, ``l = 1``. A row with no allowed key ends with ``l = 0``: ``merge.normalize_rows``
+gives it output 0 and lse ``-inf`` (the one empty-row convention, ``docs/design.rst``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,19 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from ejkernel.kernels.pallas_tpu import blocks as blk
-from ejkernel.kernels.pallas_tpu.plan import Plan, kv_head
-from ejkernel.kernels.pallas_tpu.tiles import MASK_VALUE, NN, block_logits, block_valid, dot, lanes
+from ejkernel.kernels.pallas_tpu.plan import Plan
+from ejkernel.kernels.pallas_tpu.tiles import (
+    MASK_VALUE,
+    NN,
+    block_logits,
+    block_valid,
+    dot,
+    lanes,
+    tile_predicates,
+    when_visited,
+)
+from ejkernel.ops.attention.layouts import kv_head, operand_index
+from ejkernel.ops.attention.merge import normalize_rows
 
 __all__ = ["flash_forward"]
 
@@ -49,9 +61,7 @@ def _forward_kernel(sink_ref, q_ref, k_ref, v_ref, *refs, plan: Plan):
         if count_ref is not None:
             count_ref[...] = jnp.zeros(count_ref.shape, jnp.int32)
 
-    args = (bq, bk, plan.q_len, plan.kv_len, plan.causal, plan.window)
-    visit = blk.block_visited(q_block, kv_block, *args)
-    needs_mask = blk.block_needs_mask(q_block, kv_block, *args, plan.mask_layout is not None)
+    visit, needs_mask = tile_predicates(q_block, kv_block, bq, bk, plan)
 
     def step(masked: bool) -> None:
         s, _ = block_logits(q_ref[...], k_ref[...], bias_ref, plan)
@@ -72,29 +82,20 @@ def _forward_kernel(sink_ref, q_ref, k_ref, v_ref, *refs, plan: Plan):
         if count_ref is not None:
             count_ref[...] += 1
 
-    if needs_mask is True or needs_mask is False:
-        pl.when(visit)(lambda: step(needs_mask))
-    else:
-        pl.when(visit & needs_mask)(lambda: step(True))
-        pl.when(visit & jnp.logical_not(needs_mask))(lambda: step(False))
+    when_visited(visit, needs_mask, step)
 
     @pl.when(kv_block == pl.num_programs(3) - 1)
     def _finish():
-        denom = l_ref[...]
-        seen = denom > 0
-        safe = jnp.where(seen, denom, 1.0)
-        inv = jnp.where(seen, 1.0 / safe, 0.0)
-        o_ref[...] = (acc_ref[...] * lanes(inv, acc_ref.shape[-1])).astype(o_ref.dtype)
-        lse_ref[...] = jnp.where(seen, m_ref[...] + jnp.log(safe), -jnp.inf)
+        # The statistics are lane-replicated [rows, 128]: normalize_rows takes one value per row.
+        out, lse = normalize_rows(acc_ref[...], m_ref[...][:, 0], l_ref[...][:, 0])
+        o_ref[...] = out.astype(o_ref.dtype)
+        lse_ref[...] = jnp.broadcast_to(lse[:, None], lse_ref.shape)
 
 
 def kv_index(plan: Plan, block_q: int, block_k: int, q_block: Any, kv_block: Any) -> Any:
     """``kv_block`` clamped into the visited range of ``q_block``: skipped steps re-use a resident block."""
-    first, last = blk.kv_block_range(q_block, block_q, block_k, plan.q_len, plan.kv_len, plan.causal, plan.window)
-    num_kv = (plan.kv_len + block_k - 1) // block_k
-    first = jnp.clip(first, 0, num_kv - 1)
-    last = jnp.clip(jnp.maximum(last, first), 0, num_kv - 1)
-    return jnp.clip(kv_block, first, last)
+    lo, _, _, hi = blk.kv_block_range(q_block, block_q, block_k, plan.q_len, plan.kv_len, plan.causal, plan.window)
+    return blk.clamp_to_visited(kv_block, lo, hi, -(-plan.kv_len // block_k))
 
 
 def flash_forward(
@@ -127,7 +128,7 @@ def flash_forward(
 
     def operand_map(layout):
         def index(b, h, i, j, sinks):
-            ob, oh = plan.operand_index(layout, b, h)
+            ob, oh = operand_index(layout, b, h, group)
             return ob, oh, i, kv_index(plan, bq, bk, i, j)
 
         return index

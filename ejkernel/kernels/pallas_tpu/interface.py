@@ -34,10 +34,9 @@ from ejkernel.ops.attention.sinks import sink_logits
 __all__ = ["flash_attention", "flash_attention_with_lse", "flash_with_lse_call", "registered_attention", "plan_for"]
 
 
-def plan_for(f: AttentionFeatures, block_sizes: BlockSizes | None, interpret: Any,
-                  bias_dtype: Any = None) -> Plan:
+def plan_for(f: AttentionFeatures, block_sizes: BlockSizes | None, interpret: Any, bias_dtype: Any = None) -> Plan:
     """The kernels' static plan for a call the kernel serves (``CAPABILITIES``); the heuristic picks absent
-    block sizes."""
+    block sizes. The window is taken as validation clamped it (``masks.clamp_window``), never clamped again."""
     if block_sizes is None:
         block_sizes = choose_block_sizes(
             f.q_len, f.kv_len, f.head_dim, f.v_head_dim,

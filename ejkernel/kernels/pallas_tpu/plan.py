@@ -7,22 +7,7 @@ from typing import Any
 
 from ejkernel.kernels.pallas_tpu.blocks import BlockSizes
 
-__all__ = ["Plan", "kv_head"]
-
-
-def kv_head(q_head: Any, group: int) -> Any:
-    """The kv head that query head ``q_head`` reads: ``q_head // group``.
-
-    A truncating division (heads are non-negative): ``//`` on traced int32 lowers through ``sign``,
-    whose Mosaic rule asks for an attached TPU, which breaks compiling on a host without one.
-    """
-    if group == 1:
-        return q_head
-    if isinstance(q_head, int):
-        return q_head // group
-    import jax
-
-    return jax.lax.div(q_head, jax.numpy.int32(group))
+__all__ = ["Plan"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +15,9 @@ class Plan:
     """Everything static about one call, as the kernels see it.
 
     Lengths are the true (unpadded) ones: the arrays handed to the kernels are padded to multiples of
-    ``blocks.q_multiple`` / ``blocks.kv_multiple``. ``window`` is clamped to ``q_len + kv_len`` (wider
-    windows mean the same) so that index arithmetic stays inside int32. ``bias_layout``/``mask_layout`` are
-    ``(batch, heads)`` broadcast classes of ``AttentionFeatures`` ("B"|"1", "q"|"kv"|"1").
+    ``BlockSizes.q_multiple`` / ``kv_multiple``. ``window`` is the call's, already clamped by validation
+    (``masks.clamp_window``). ``bias_layout``/``mask_layout`` are ``(batch, heads)`` broadcast classes of
+    ``AttentionFeatures`` ("B"|"1", "q"|"kv"|"1"), read through ``layouts.operand_index``.
     """
 
     q_len: int
@@ -62,14 +47,3 @@ class Plan:
         import jax
 
         return jax.lax.Precision.HIGHEST if self.dtype == "float32" else None
-
-    def operand_index(self, layout: tuple[str, str], batch: Any, q_head: Any) -> tuple[Any, Any]:
-        """Block indices (batch, head) of a bias/mask with ``layout`` for query head ``q_head``."""
-        b = batch if layout[0] == "B" else 0
-        if layout[1] == "q":
-            h = q_head
-        elif layout[1] == "kv":
-            h = kv_head(q_head, self.group_size)
-        else:
-            h = 0
-        return b, h

@@ -1,7 +1,8 @@
-"""Tile math shared by the forward and backward kernels: logits of one block and which of its pairs count.
+"""Tile helpers shared by the forward and backward kernels; each calls the shared rule it applies.
 
-All of it runs inside a Mosaic kernel on values already loaded from VMEM refs. The logits follow DESIGN
-§1 exactly: ``s = (q·k) * scale`` in float32, then ``cap * tanh(s / cap)``, then ``+ bias``.
+All of it runs inside a Mosaic kernel on values already loaded from VMEM refs: the logits of a tile
+(``logits.transform_logits``), which of its pairs count (``masks.valid_pairs``), whether a tile is visited
+and needs a mask (``blocks``, built on ``masks.key_blocks``), and the two branches a visited tile runs.
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 
+from ejkernel.kernels.pallas_tpu import blocks as blk
 from ejkernel.kernels.pallas_tpu.blocks import LANES
 from ejkernel.kernels.pallas_tpu.plan import Plan
-from ejkernel.ops.attention.masks import allowed
+from ejkernel.ops.attention.logits import transform_logits
+from ejkernel.ops.attention.masks import valid_pairs
 
-__all__ = ["MASK_VALUE", "NT", "TN", "NN", "block_logits", "block_valid", "lanes", "dot"]
+__all__ = [
+    "MASK_VALUE", "NT", "TN", "NN", "block_logits", "block_valid", "tile_predicates", "when_visited", "lanes", "dot",
+]
 
 # Masked logits take this finite value (never -inf, so max/exp stay NaN-free); their probabilities are
 # then zeroed explicitly, so a row with no allowed key gets no weight at all.
@@ -47,28 +53,37 @@ def block_logits(q: jax.Array, k: jax.Array, bias_ref: Any, plan: Plan) -> tuple
 
     ``bias_ref`` is the bias tile's ref, or ``None``.
     """
-    s = dot(q, k, NT, plan) * jnp.float32(plan.softmax_scale)
-    t = None
-    if plan.logits_soft_cap is not None:
-        cap = jnp.float32(plan.logits_soft_cap)
-        t = jnp.tanh(s / cap)
-        s = cap * t
-    if bias_ref is not None:
-        s = s + bias_ref[...].astype(jnp.float32)
-    return s, t
+    bias = None if bias_ref is None else bias_ref[...]
+    return transform_logits(dot(q, k, NT, plan), plan.softmax_scale, plan.logits_soft_cap, bias)
 
 
 def block_valid(q_block: Any, kv_block: Any, shape: tuple[int, int], mask_ref: Any, plan: Plan,
                 block_q: int, block_k: int) -> jax.Array:
-    """Which pairs of the ``[block_q, block_k]`` tile may attend: causal/window, real keys, and the mask."""
+    """Which pairs of the ``[block_q, block_k]`` tile count: real keys, causal/window, and the mask."""
     q_idx = q_block * block_q + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
     k_idx = kv_block * block_k + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
-    ok = k_idx < plan.kv_len
-    rule = allowed(q_idx, k_idx, plan.q_len, plan.kv_len, plan.causal, plan.window)
-    if rule is not True:
-        ok = ok & rule
-    if mask_ref is not None:
-        # Widened first: an int8 compare yields a packed boolean layout Mosaic cannot combine with the
-        # int32 iota compares (an "invalid relayout" at compile time).
-        ok = ok & (mask_ref[...].astype(jnp.int32) != 0)
-    return ok
+    # The int8 mask is widened first: an int8 compare yields a packed boolean layout Mosaic cannot combine
+    # with the int32 iota compares (an "invalid relayout" at compile time).
+    mask = None if mask_ref is None else mask_ref[...].astype(jnp.int32) != 0
+    return valid_pairs(q_idx, k_idx, plan.q_len, plan.kv_len, plan.causal, plan.window, mask)
+
+
+def tile_predicates(q_block: Any, kv_block: Any, block_q: int, block_k: int, plan: Plan) -> tuple[Any, Any]:
+    """``(visited, needs a mask)`` of one ``[block_q, block_k]`` tile; the second is a Python bool when it
+    is the same for every visited tile of the grid (``blocks.uniform_mask_need``)."""
+    args = (block_q, block_k, plan.q_len, plan.kv_len, plan.causal, plan.window)
+    has_mask = plan.mask_layout is not None
+    visit = blk.block_visited(q_block, kv_block, *args)
+    needs_mask = blk.uniform_mask_need(*args, has_mask)
+    if needs_mask is None:
+        needs_mask = blk.block_needs_mask(q_block, kv_block, *args, has_mask)
+    return visit, needs_mask
+
+
+def when_visited(visit: Any, needs_mask: Any, step) -> None:
+    """Runs ``step(masked)`` on a visited tile: one branch when ``needs_mask`` is static, else two."""
+    if needs_mask is True or needs_mask is False:
+        pl.when(visit)(lambda: step(needs_mask))
+    else:
+        pl.when(visit & needs_mask)(lambda: step(True))
+        pl.when(visit & jnp.logical_not(needs_mask))(lambda: step(False))
