@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from ejkernel.kernels.pallas_tpu.blocks import BlockSizes
+from ejkernel.ops.attention.precision import matmul_precision
 
 __all__ = ["Plan"]
 
@@ -43,7 +44,6 @@ class Plan:
 
     @property
     def precision(self) -> Any:
-        """Full float32 products for float32 (the MXU's default rounds operands to bfloat16)."""
-        import jax
-
-        return jax.lax.Precision.HIGHEST if self.dtype == "float32" else None
+        """``precision.matmul_precision``: full float32 products for float32 (the MXU's default rounds operands
+        to bfloat16) unless the user asked for less with ``jax.default_matmul_precision``."""
+        return matmul_precision(self.dtype)
