@@ -4,8 +4,9 @@ Same semantics as the dense reference (``reference.attention``), computed one
 ``[block_q, block_kv]`` tile of the score matrix at a time:
 
 * forward: for each q chunk, a loop over the kv chunks that causal/window leave some allowed pair in
-  (``masks.block_has_allowed``; the loop range is restricted per q chunk, so skipped chunks cost nothing),
-  with a float32 running max and sum; sinks are folded in once per row afterwards (``merge.add_sinks``);
+  (``masks.key_blocks``; the loop range is restricted per q chunk, so skipped chunks cost nothing), with a
+  float32 running max and sum, ended by ``merge.normalize_rows``; sinks are folded in once per row
+  afterwards (``merge.add_sinks``);
 * backward: a ``custom_vjp`` that recomputes each tile from the saved per-row log-sum-exp; an outer scan
   over kv chunks accumulates dK/dV per chunk and dQ (and dBias) into one O(S) buffer.
 
@@ -39,7 +40,7 @@ from ejkernel.kernels.xla.chunked_tiles import (
     unchunk,
 )
 from ejkernel.ops.attention.call import AttentionCall
-from ejkernel.ops.attention.merge import add_sinks
+from ejkernel.ops.attention.merge import add_sinks, normalize_rows
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.platform import current_platform
 
@@ -82,9 +83,7 @@ def _forward(p: Plan, qh, kh, vh, bias, mask, aux, rng) -> tuple[Array, Array]:
         )
         first, stop = kv_chunk_range(i, p)
         row_max, row_sum, acc = lax.fori_loop(first, stop, kv_step, init)
-        seen = row_sum > 0
-        lse = jnp.where(seen, row_max + jnp.log(jnp.where(seen, row_sum, 1.0)), -jnp.inf)
-        out = acc / jnp.where(seen, row_sum, 1.0)[..., None]
+        out, lse = normalize_rows(acc, row_max, row_sum)
         if sink_lse is not None:
             out, lse = add_sinks(out, lse, sink_lse)
         return out.astype(dtype), lse

@@ -14,19 +14,13 @@ import jax.numpy as jnp
 from jax import Array
 
 from ejkernel.ops.attention.call import AttentionCall
+from ejkernel.ops.attention.layouts import per_query_head
+from ejkernel.ops.attention.logits import transform_logits
 from ejkernel.ops.attention.masks import allowed
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.ops.attention.sinks import sink_logits
 
 __all__ = ["attention", "reference_attention"]
-
-
-def _per_query_head(x: Array, num_q_heads: int) -> Array:
-    """``[b, h, Sq, Skv]`` with ``h`` in (1, Hkv, Hq) as ``[b, Hq|1, Sq, Skv]`` (a kv head serves its group)."""
-    h = x.shape[1]
-    if h in (1, num_q_heads):
-        return x
-    return jnp.repeat(x, num_q_heads // h, axis=1)
 
 
 def _rows(x: Array, drop: tuple[int, ...]) -> Array:
@@ -60,13 +54,8 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array]:
     v = value.astype(dtype)
 
     s = jnp.einsum("bhqd,bkhd->bhqk", q, k, preferred_element_type=acc)
-    s = _rows(s.reshape(full), drop)
-    s = s * jnp.asarray(f.softmax_scale, acc)
-    if f.logits_soft_cap is not None:
-        cap = jnp.asarray(f.logits_soft_cap, acc)
-        s = cap * jnp.tanh(s / cap)
-    if bias is not None:
-        s = s + _rows(_per_query_head(bias.astype(acc), hq), drop)
+    bias_rows = None if bias is None else _rows(per_query_head(bias, hq), drop)
+    s, _ = transform_logits(_rows(s.reshape(full), drop), f.softmax_scale, f.logits_soft_cap, bias_rows)
 
     valid = None
     if f.causal or f.window is not None:
@@ -74,7 +63,7 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array]:
         k_idx = jnp.arange(skv)[None, :]
         valid = _rows(allowed(q_idx, k_idx, sq, skv, f.causal, f.window)[None, None], drop)
     if attention_mask is not None:
-        m = _rows(_per_query_head(attention_mask, hq), drop)
+        m = _rows(per_query_head(attention_mask, hq), drop)
         valid = m if valid is None else (m & valid)
 
     s = s.astype(softmax_dtype)
