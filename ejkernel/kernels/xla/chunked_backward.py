@@ -27,10 +27,10 @@ from ejkernel.kernels.xla.chunked_tiles import (
     tile_logits,
     tile_valid,
     unchunk,
+    varying_zero,
 )
 from ejkernel.ops.attention.layouts import reduce_to_layout
 from ejkernel.ops.attention.logits import cap_gradient
-from ejkernel.ops.attention.merge import recompute_lse
 from ejkernel.ops.attention.sinks import sink_gradient
 
 __all__ = ["backward"]
@@ -42,6 +42,7 @@ def _matmul(a: Array, b: Array, spec: str, dtype: Any) -> Array:
 
 def _add_at(x: Array, update: Array, starts: tuple[Any, ...]) -> Array:
     """``x[starts : starts + update.shape] += update``."""
+    starts = tuple(jnp.asarray(start, jnp.int32) for start in starts)  # one index type, also under x64
     current = lax.dynamic_slice(x, starts, update.shape)
     return lax.dynamic_update_slice(x, current + update, starts)
 
@@ -55,7 +56,8 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
     d, dv = qh.shape[-1], vh.shape[-1]
     # d lse / d logit = P, so an lse cotangent only shifts delta.
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - d_lse
-    lse_rows = recompute_lse(lse)  # p = exp(s - lse) is 0 on a row that saw no key (and no sink)
+    # lse is held as held_lse: p = exp(s - lse) is 0 on a row that saw no key (and no sink).
+    zero = varying_zero(qh, kh, vh, bias, mask, rng, out, lse, d_out, d_lse)  # the carries' type under shard_map
 
     def kv_chunk(carry: tuple[Array, Array | None], c: Array):
         k_start = block_start(c, p.block_kv, p.kv_len)
@@ -69,7 +71,7 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
             do_tile = chunk_slice(d_out, q_start, p.block_q, 3)
             s, th = tile_logits(q_tile, k_tile, operand_tile(bias, q_start, k_start, p), p)
             valid = tile_valid(i, c, q_start, k_start, operand_tile(mask, q_start, k_start, p), p)
-            probs = jnp.exp(s - chunk_slice(lse_rows, q_start, p.block_q, 3)[..., None])
+            probs = jnp.exp(s - chunk_slice(lse, q_start, p.block_q, 3)[..., None])
             if valid is not None:
                 probs = jnp.where(valid, probs, 0.0)
             dp = _matmul(do_tile.reshape(b, hkv, g * p.block_q, -1), v_tile, "bhqd,bhkd->bhqk", dtype)
@@ -96,8 +98,8 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
         first, stop = q_chunk_range(c, p)
         dq, dbias = carry
         init = (
-            jnp.zeros((b, hkv, p.block_kv, d), jnp.float32),
-            jnp.zeros((b, hkv, p.block_kv, dv), jnp.float32),
+            jnp.zeros((b, hkv, p.block_kv, d), jnp.float32) + zero,
+            jnp.zeros((b, hkv, p.block_kv, dv), jnp.float32) + zero,
             dq,
             dbias,
         )
@@ -105,8 +107,8 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
         return (dq, dbias), (dk, dv_acc)
 
     init = (
-        jnp.zeros(qh.shape, jnp.float32),
-        None if bias is None else jnp.zeros(bias.shape, jnp.float32),
+        jnp.zeros(qh.shape, jnp.float32) + zero,
+        None if bias is None else jnp.zeros(bias.shape, jnp.float32) + zero,
     )
     (dq, dbias), (dk, dv_out) = lax.scan(kv_chunk, init, jnp.arange(p.num_kv_blocks))
     dk = unchunk(dk, p.kv_len, 2)

@@ -1,5 +1,6 @@
 """The tile arithmetic both passes of the chunked XLA attention share: the call's plan, chunk starts and
-slices, a tile's logits and valid pairs, its dropout factors and the chunk ranges causal/window leave.
+slices, a tile's logits and valid pairs, its dropout factors, the chunk ranges causal/window leave, and
+the form in which the core holds each row's log-sum-exp.
 
 Ragged lengths need no padding: the last chunk starts at ``length - block`` (so every slice is in range)
 and the rows/keys it shares with the chunk before it are masked out. The rules themselves (logits, valid
@@ -14,16 +15,29 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array, lax
 
 from ejkernel.ops.attention import sinks
 from ejkernel.ops.attention.logits import transform_logits
 from ejkernel.ops.attention.masks import key_blocks, query_blocks, valid_pairs
+from ejkernel.ops.attention.merge import recompute_lse
 
 __all__ = [
     "Plan", "block_start", "chunk_slice", "operand_tile", "tile_valid", "tile_logits", "dropout_scale", "pv",
-    "kv_chunk_range", "q_chunk_range", "unchunk", "sinks_lse",
+    "kv_chunk_range", "q_chunk_range", "unchunk", "sinks_lse", "LOWEST", "EMPTY_ROW_LSE", "held_lse",
+    "public_lse", "varying_zero",
 ]
+
+
+#: The stand-in for a masked logit in the running max: finite, so that no intermediate of a call whose
+#: result is finite is infinite (``jax.debug_infs``); masked weights are zeroed explicitly all the same.
+LOWEST = float(np.finfo(np.float32).min)
+
+#: An empty row's log-sum-exp as the core holds it between its passes: a finite stand-in for the ``+inf``
+#: of ``merge.recompute_lse``, so ``p = exp(s - lse)`` is 0 for every logit and nothing is infinite.
+#: ``public_lse`` turns it into the convention's ``-inf``.
+EMPTY_ROW_LSE = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +81,9 @@ class Plan:
 
 
 def block_start(index: Array, block: int, length: int) -> Array:
-    """First position of chunk ``index``, clamped so the chunk stays in range (the last may overlap)."""
-    return jnp.minimum(index * block, length - block)
+    """First position of chunk ``index``, clamped so the chunk stays in range (the last may overlap); int32
+    whatever the index's type (loop indices are int64 under ``jax_enable_x64``, block ranges int32)."""
+    return jnp.minimum(index * block, length - block).astype(jnp.int32)
 
 
 def chunk_slice(x: Array, start: Array, size: int, axis: int) -> Array:
@@ -88,7 +103,7 @@ def operand_tile(x: Array | None, q_start: Array, k_start: Array, p: Plan) -> Ar
     if x is None:
         return None
     b, h = x.shape[:2]
-    tile = lax.dynamic_slice(x, (0, 0, q_start, k_start), (b, h, p.block_q, p.block_kv))
+    tile = chunk_slice(chunk_slice(x, q_start, p.block_q, 2), k_start, p.block_kv, 3)
     if h == p.num_kv_heads * p.group and p.group > 1:
         return tile.reshape(b, p.num_kv_heads, p.group, p.block_q, p.block_kv)
     return tile[:, :, None]
@@ -179,3 +194,31 @@ def sinks_lse(aux: Array | None, p: Plan) -> Array | None:
     if aux is None:
         return None
     return sinks.sinks_lse(aux, p.num_kv_heads * p.group).reshape(1, p.num_kv_heads, p.group, 1)
+
+
+def held_lse(lse: Array) -> Array:
+    """A row's log-sum-exp (``-inf`` when empty) in the form the core keeps: ``recompute_lse``'s, finite."""
+    return jnp.minimum(recompute_lse(lse), EMPTY_ROW_LSE)
+
+
+def public_lse(held: Array) -> Array:
+    """The held log-sum-exp in the one convention every returned lse follows: ``-inf`` for an empty row."""
+    return jnp.where(held == EMPTY_ROW_LSE, -jnp.inf, held)
+
+
+def varying_zero(*arrays: Array | None) -> Array:
+    """A float32 ``0`` that depends on every one of ``arrays`` (``None`` skipped).
+
+    Inside ``shard_map`` (with its default ``check_vma``) a loop's initial carry must vary over the same
+    mesh axes as the carry the body returns, which depends on the inputs; ``jnp.zeros`` varies over none.
+    Adding this zero gives an initial value the inputs' varying axes, on any JAX version, at no cost: it is
+    the sum of an empty slice of each input.
+    """
+    zero = jnp.zeros((), jnp.float32)
+    for x in arrays:
+        if x is None:
+            continue
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        zero = zero + jnp.sum(x.reshape(-1)[:0].astype(jnp.float32))
+    return zero
