@@ -1,4 +1,4 @@
-"""Dropout in the XLA reference (DESIGN §1.10): keep rate, unbiasedness, independence, determinism, keys.
+"""Dropout in the XLA reference (``docs/semantics.rst``, step 10): keep rate, unbiasedness, independence, determinism, keys.
 
 Statistical bounds are 6 standard deviations (normal approximation of a binomial or of a mean over many
 draws): a correct implementation fails one of them with probability below 1e-7, while the errors they

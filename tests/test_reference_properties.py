@@ -1,5 +1,6 @@
 """Hypothesis tests of the XLA reference: against the float64 oracle on random shapes, dtypes and feature
-sets, and the oracle-free properties of DESIGN §1 (which need no second implementation at all)."""
+sets, and the oracle-free properties of ``docs/semantics.rst`` ("How the semantics are checked"; they need no
+second implementation at all)."""
 
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ Same semantics as the dense reference (``reference.attention``), computed one
 ``[block_q, block_kv]`` tile of the score matrix at a time:
 
 * forward: for each q chunk, a loop over the kv chunks that causal/window leave some allowed pair in
-  (``masks.block_has_allowed``; the loop range is restricted per q chunk, so skipped chunks cost nothing),
-  with a float32 running max and sum; sinks are folded in once per row afterwards (``merge.add_sinks``);
+  (``masks.key_blocks``; the loop range is restricted per q chunk, so skipped chunks cost nothing), with a
+  float32 running max and sum, ended by ``merge.normalize_rows``; sinks are folded in once per row
+  afterwards (``merge.add_sinks``);
 * backward: a ``custom_vjp`` that recomputes each tile from the saved per-row log-sum-exp; an outer scan
   over kv chunks accumulates dK/dV per chunk and dQ (and dBias) into one O(S) buffer.
 
@@ -26,32 +27,38 @@ from jax import Array, lax
 from ejkernel.kernels.xla.chunk_policy import default_blocks, policy_for
 from ejkernel.kernels.xla.chunked_backward import backward
 from ejkernel.kernels.xla.chunked_tiles import (
+    LOWEST,
     Plan,
     block_start,
     chunk_slice,
     dropout_scale,
+    held_lse,
     kv_chunk_range,
     operand_tile,
+    public_lse,
     pv,
     sinks_lse,
     tile_logits,
     tile_valid,
     unchunk,
+    varying_zero,
 )
 from ejkernel.ops.attention.call import AttentionCall
-from ejkernel.ops.attention.merge import add_sinks
+from ejkernel.ops.attention.merge import add_sinks, normalize_rows
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.platform import current_platform
 
-__all__ = ["attention", "chunked_attention", "chunked_with_lse", "chunked_without_lse"]
+__all__ = ["attention", "chunked_attention", "chunked_with_lse", "chunked_without_lse", "FORWARD_MODE_ERROR"]
 
 
 def _forward(p: Plan, qh, kh, vh, bias, mask, aux, rng) -> tuple[Array, Array]:
-    """``(out [B, Hkv, G, Sq, Dv] in dtype, lse [B, Hkv, G, Sq] float32)``; lse includes the sinks."""
+    """``(out [B, Hkv, G, Sq, Dv] in dtype, lse [B, Hkv, G, Sq] float32)``; lse includes the sinks and is held
+    as ``held_lse``."""
     dtype = jnp.dtype(p.dtype)
     b, hkv, g = p.batch, p.num_kv_heads, p.group
     dv = vh.shape[-1]
     sink_lse = sinks_lse(aux, p)
+    zero = varying_zero(qh, kh, vh, bias, mask, rng)  # the loop carries' type under shard_map
 
     def q_chunk(i: Array) -> tuple[Array, Array]:
         q_start = block_start(i, p.block_q, p.q_len)
@@ -62,13 +69,12 @@ def _forward(p: Plan, qh, kh, vh, bias, mask, aux, rng) -> tuple[Array, Array]:
             k_start = block_start(c, p.block_kv, p.kv_len)
             s, _ = tile_logits(q_tile, chunk_slice(kh, k_start, p.block_kv, 2), operand_tile(bias, q_start, k_start, p), p)
             valid = tile_valid(i, c, q_start, k_start, operand_tile(mask, q_start, k_start, p), p)
-            tile_max = jnp.max(s if valid is None else jnp.where(valid, s, -jnp.inf), axis=-1)
-            new_max = jnp.maximum(row_max, tile_max)
-            shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)  # -inf while nothing was allowed yet
-            e = jnp.exp(s - shift[..., None])
+            tile_max = jnp.max(s if valid is None else jnp.where(valid, s, LOWEST), axis=-1)
+            new_max = jnp.maximum(row_max, tile_max)  # LOWEST while nothing was allowed yet
+            e = jnp.exp(s - new_max[..., None])
             if valid is not None:
                 e = jnp.where(valid, e, 0.0)
-            alpha = jnp.exp(row_max - shift)
+            alpha = jnp.exp(row_max - new_max)
             row_sum = alpha * row_sum + jnp.sum(e, axis=-1)
             if p.dropout_prob:
                 e = e * dropout_scale(rng, i, c, p)
@@ -76,18 +82,16 @@ def _forward(p: Plan, qh, kh, vh, bias, mask, aux, rng) -> tuple[Array, Array]:
             return new_max, row_sum, acc
 
         init = (
-            jnp.full((b, hkv, g, p.block_q), -jnp.inf, jnp.float32),
-            jnp.zeros((b, hkv, g, p.block_q), jnp.float32),
-            jnp.zeros((b, hkv, g, p.block_q, dv), jnp.float32),
+            jnp.full((b, hkv, g, p.block_q), LOWEST, jnp.float32) + zero,
+            jnp.zeros((b, hkv, g, p.block_q), jnp.float32) + zero,
+            jnp.zeros((b, hkv, g, p.block_q, dv), jnp.float32) + zero,
         )
         first, stop = kv_chunk_range(i, p)
         row_max, row_sum, acc = lax.fori_loop(first, stop, kv_step, init)
-        seen = row_sum > 0
-        lse = jnp.where(seen, row_max + jnp.log(jnp.where(seen, row_sum, 1.0)), -jnp.inf)
-        out = acc / jnp.where(seen, row_sum, 1.0)[..., None]
+        out, lse = normalize_rows(acc, row_max, row_sum)
         if sink_lse is not None:
             out, lse = add_sinks(out, lse, sink_lse)
-        return out.astype(dtype), lse
+        return out.astype(dtype), held_lse(lse)
 
     out, lse = lax.map(q_chunk, jnp.arange(p.num_q_blocks))
     return unchunk(out, p.q_len, 3), unchunk(lse, p.q_len, 3)
@@ -111,8 +115,17 @@ def _core(p: Plan) -> Callable[..., tuple[Array, Array]]:
     return core
 
 
-def chunked_with_lse(call: AttentionCall, *, block_q: int | None = None, block_kv: int | None = None) -> tuple[Array, Array]:
-    """The computation of a validated call: ``(out [B, Sq, Hq, Dv], lse [B, Hq, Sq] float32)``."""
+#: Raised for forward-mode autodiff, which a ``jax.custom_vjp`` cannot give (``docs/chunked.rst``).
+FORWARD_MODE_ERROR = (
+    "the chunked XLA attention is differentiable in reverse mode only (jax.grad, jax.vjp, jax.jacrev, and "
+    "forward-over-reverse such as jax.hessian): it is a jax.custom_vjp whose backward recomputes tiles in O(S) "
+    "memory. For jax.jvp or jax.jacfwd, call the dense reference, ejkernel.kernels.xla.reference.attention "
+    "(ejkernel.attention serves calls below the chunked threshold with it, see docs/chunked.rst)"
+)
+
+
+def _run(call: AttentionCall, block_q: int | None, block_kv: int | None) -> tuple[Array, Array]:
+    """``(out [B, Sq, Hq, Dv] in dtype, lse [B, Hq, Sq] float32 as held_lse)`` of a validated call."""
     f = call.features
     if f.softmax_dtype != "float32":
         raise ValueError(f"the chunked path computes the softmax in float32, got softmax_dtype {f.softmax_dtype}")
@@ -133,14 +146,31 @@ def chunked_with_lse(call: AttentionCall, *, block_q: int | None = None, block_k
     qh = call.query.astype(dtype).reshape(b, sq, hkv, g, d).transpose(0, 2, 3, 1, 4)
     kh = call.key.astype(dtype).transpose(0, 2, 1, 3)
     vh = call.value.astype(dtype).transpose(0, 2, 1, 3)
-    out, lse = _core(p)(qh, kh, vh, call.bias, call.attention_mask, call.softmax_aux, call.dropout_rng)
+    bias, mask, aux, rng = call.bias, call.attention_mask, call.softmax_aux, call.dropout_rng
+    # Under shard_map a custom_vjp's cotangents must vary over the mesh axes of their inputs; the backward's
+    # vary over those of every operand. Giving the differentiable operands those axes here lets autodiff
+    # sum each cotangent back to its input's axes (as it does for any implicitly broadcast value).
+    zero = varying_zero(qh, kh, vh, bias, mask, aux, rng)
+    qh, kh, vh, bias, aux = (None if x is None else x + zero.astype(x.dtype) for x in (qh, kh, vh, bias, aux))
+    try:
+        out, lse = _core(p)(qh, kh, vh, bias, mask, aux, rng)
+    except TypeError as e:  # JAX's own message names neither cause nor way out
+        if "forward-mode" not in str(e):
+            raise
+        raise TypeError(FORWARD_MODE_ERROR) from e
     out = out.transpose(0, 3, 1, 2, 4).reshape(b, sq, hq, -1)
     return out, lse.reshape(b, hq, sq)
 
 
+def chunked_with_lse(call: AttentionCall, *, block_q: int | None = None, block_kv: int | None = None) -> tuple[Array, Array]:
+    """The computation of a validated call: ``(out [B, Sq, Hq, Dv], lse [B, Hq, Sq] float32)``."""
+    out, lse = _run(call, block_q, block_kv)
+    return out, public_lse(lse)
+
+
 def chunked_without_lse(call: AttentionCall) -> tuple[Array, None]:
     """The registered implementation: ``(output, None)`` with the device's default chunk sizes."""
-    return chunked_with_lse(call)[0], None
+    return _run(call, None, None)[0], None
 
 
 chunked_attention = entry_point(
@@ -165,7 +195,7 @@ attention = entry_point(
 
     Parameters are the reference's (``ejkernel.kernels.xla.reference.attention``). Like a fused kernel it
     returns ``(output, None)``: the weights are never materialised. Dropout has the reference's semantics
-    and statistics but its own random bits. ``softmax_dtype`` must be float32 (``None``). For ``lse`` or
-    chunk sizes, use ``chunked_attention``.
+    and statistics but its own random bits. ``softmax_dtype`` must be float32 (``None``). Reverse-mode
+    differentiable only (see ``chunked_attention``). For ``lse`` or chunk sizes, use ``chunked_attention``.
     """,
 )

@@ -27,8 +27,11 @@ from ejkernel.kernels.xla.chunked_tiles import (
     tile_logits,
     tile_valid,
     unchunk,
+    varying_zero,
 )
-from ejkernel.ops.attention.sinks import sink_logits
+from ejkernel.ops.attention.layouts import reduce_to_layout
+from ejkernel.ops.attention.logits import cap_gradient
+from ejkernel.ops.attention.sinks import sink_gradient
 
 __all__ = ["backward"]
 
@@ -37,24 +40,9 @@ def _matmul(a: Array, b: Array, spec: str, dtype: Any) -> Array:
     return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
 
 
-def _reduce_to_operand(ds: Array, shape: tuple[int, ...], p: Plan) -> Array:
-    """``[B, Hkv, G, bq, bk]`` logit gradients summed to a bias tile of ``[B|1, Hq|Hkv|1, bq, bk]``."""
-    b, h = shape[:2]
-    hq = p.num_kv_heads * p.group
-    bq, bk = ds.shape[-2:]
-    if h == hq:
-        t = ds.reshape(p.batch, hq, bq, bk)
-    elif h == p.num_kv_heads:
-        t = jnp.sum(ds, axis=2)
-    else:
-        t = jnp.sum(ds, axis=(1, 2))[:, None]
-    if b == 1 and p.batch > 1:
-        t = jnp.sum(t, axis=0, keepdims=True)
-    return t
-
-
 def _add_at(x: Array, update: Array, starts: tuple[Any, ...]) -> Array:
     """``x[starts : starts + update.shape] += update``."""
+    starts = tuple(jnp.asarray(start, jnp.int32) for start in starts)  # one index type, also under x64
     current = lax.dynamic_slice(x, starts, update.shape)
     return lax.dynamic_update_slice(x, current + update, starts)
 
@@ -68,8 +56,8 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
     d, dv = qh.shape[-1], vh.shape[-1]
     # d lse / d logit = P, so an lse cotangent only shifts delta.
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - d_lse
-    # Rows that saw no key (and no sink) have lse -inf and no allowed pair: any finite shift will do.
-    lse_shift = jnp.where(jnp.isneginf(lse), 0.0, lse)
+    # lse is held as held_lse: p = exp(s - lse) is 0 on a row that saw no key (and no sink).
+    zero = varying_zero(qh, kh, vh, bias, mask, rng, out, lse, d_out, d_lse)  # the carries' type under shard_map
 
     def kv_chunk(carry: tuple[Array, Array | None], c: Array):
         k_start = block_start(c, p.block_kv, p.kv_len)
@@ -83,7 +71,7 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
             do_tile = chunk_slice(d_out, q_start, p.block_q, 3)
             s, th = tile_logits(q_tile, k_tile, operand_tile(bias, q_start, k_start, p), p)
             valid = tile_valid(i, c, q_start, k_start, operand_tile(mask, q_start, k_start, p), p)
-            probs = jnp.exp(s - chunk_slice(lse_shift, q_start, p.block_q, 3)[..., None])
+            probs = jnp.exp(s - chunk_slice(lse, q_start, p.block_q, 3)[..., None])
             if valid is not None:
                 probs = jnp.where(valid, probs, 0.0)
             dp = _matmul(do_tile.reshape(b, hkv, g * p.block_q, -1), v_tile, "bhqd,bhkd->bhqk", dtype)
@@ -94,8 +82,9 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
                 dp, kept = dp * z, probs * z
             dlogits = probs * (dp - chunk_slice(delta, q_start, p.block_q, 3)[..., None])
             if bias is not None:
-                dbias = _add_at(dbias, _reduce_to_operand(dlogits, bias.shape, p), (0, 0, q_start, k_start))
-            ds = dlogits if th is None else dlogits * (1.0 - th * th)
+                full = dlogits.reshape(b, hkv * g, p.block_q, -1)
+                dbias = _add_at(dbias, reduce_to_layout(full, bias.shape, hkv * g), (0, 0, q_start, k_start))
+            ds = cap_gradient(dlogits, th)
             ds = (ds * jnp.float32(p.scale)).reshape(b, hkv, g * p.block_q, -1)
             dq_tile = _matmul(ds, k_tile, "bhqk,bhkd->bhqd", dtype).reshape(b, hkv, g, p.block_q, d)
             dq = _add_at(dq, dq_tile, (0, 0, 0, q_start, 0))
@@ -109,8 +98,8 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
         first, stop = q_chunk_range(c, p)
         dq, dbias = carry
         init = (
-            jnp.zeros((b, hkv, p.block_kv, d), jnp.float32),
-            jnp.zeros((b, hkv, p.block_kv, dv), jnp.float32),
+            jnp.zeros((b, hkv, p.block_kv, d), jnp.float32) + zero,
+            jnp.zeros((b, hkv, p.block_kv, dv), jnp.float32) + zero,
             dq,
             dbias,
         )
@@ -118,8 +107,8 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
         return (dq, dbias), (dk, dv_acc)
 
     init = (
-        jnp.zeros(qh.shape, jnp.float32),
-        None if bias is None else jnp.zeros(bias.shape, jnp.float32),
+        jnp.zeros(qh.shape, jnp.float32) + zero,
+        None if bias is None else jnp.zeros(bias.shape, jnp.float32) + zero,
     )
     (dq, dbias), (dk, dv_out) = lax.scan(kv_chunk, init, jnp.arange(p.num_kv_blocks))
     dk = unchunk(dk, p.kv_len, 2)
@@ -127,13 +116,8 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
 
     daux = None
     if aux is not None:
-        sinks = sink_logits(aux, hkv * g).reshape(1, hkv, g, 1, -1)
-        # Rows with sinks always have a finite lse (it includes the sinks).
-        p_sink = jnp.exp(sinks - lse_shift[..., None])
-        daux = -jnp.sum(p_sink * delta[..., None], axis=(0, 3)).reshape(hkv * g, -1)
-        if aux.ndim == 1:
-            daux = jnp.sum(daux, axis=0)
-        daux = daux.astype(aux.dtype)
+        hq = hkv * g
+        daux = sink_gradient(aux, lse.reshape(b, hq, p.q_len), delta.reshape(b, hq, p.q_len))
 
     return (
         dq.astype(qh.dtype),

@@ -1,8 +1,11 @@
 """The tile arithmetic both passes of the chunked XLA attention share: the call's plan, chunk starts and
-slices, a tile's logits and valid pairs, its dropout factors, and the chunk ranges causal/window leave.
+slices, a tile's logits and valid pairs, its dropout factors, the chunk ranges causal/window leave, and
+the form in which the core holds each row's log-sum-exp.
 
 Ragged lengths need no padding: the last chunk starts at ``length - block`` (so every slice is in range)
-and the rows/keys it shares with the chunk before it are masked out.
+and the rows/keys it shares with the chunk before it are masked out. The rules themselves (logits, valid
+pairs, visited blocks, sinks, the empty-row convention) are the shared ones of ``ejkernel/ops/attention``
+(``docs/design.rst``); only the ownership of a clamped last chunk is local.
 """
 
 from __future__ import annotations
@@ -12,15 +15,29 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array, lax
 
-from ejkernel.ops.attention.masks import allowed, block_has_allowed
-from ejkernel.ops.attention.sinks import sink_logits
+from ejkernel.ops.attention import sinks
+from ejkernel.ops.attention.logits import transform_logits
+from ejkernel.ops.attention.masks import key_blocks, query_blocks, valid_pairs
+from ejkernel.ops.attention.merge import recompute_lse
 
 __all__ = [
     "Plan", "block_start", "chunk_slice", "operand_tile", "tile_valid", "tile_logits", "dropout_scale", "pv",
-    "kv_chunk_range", "q_chunk_range", "unchunk", "sinks_lse",
+    "kv_chunk_range", "q_chunk_range", "unchunk", "sinks_lse", "LOWEST", "EMPTY_ROW_LSE", "held_lse",
+    "public_lse", "varying_zero",
 ]
+
+
+#: The stand-in for a masked logit in the running max: finite, so that no intermediate of a call whose
+#: result is finite is infinite (``jax.debug_infs``); masked weights are zeroed explicitly all the same.
+LOWEST = float(np.finfo(np.float32).min)
+
+#: An empty row's log-sum-exp as the core holds it between its passes: a finite stand-in for the ``+inf``
+#: of ``merge.recompute_lse``, so ``p = exp(s - lse)`` is 0 for every logit and nothing is infinite.
+#: ``public_lse`` turns it into the convention's ``-inf``.
+EMPTY_ROW_LSE = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +81,9 @@ class Plan:
 
 
 def block_start(index: Array, block: int, length: int) -> Array:
-    """First position of chunk ``index``, clamped so the chunk stays in range (the last may overlap)."""
-    return jnp.minimum(index * block, length - block)
+    """First position of chunk ``index``, clamped so the chunk stays in range (the last may overlap); int32
+    whatever the index's type (loop indices are int64 under ``jax_enable_x64``, block ranges int32)."""
+    return jnp.minimum(index * block, length - block).astype(jnp.int32)
 
 
 def chunk_slice(x: Array, start: Array, size: int, axis: int) -> Array:
@@ -85,42 +103,33 @@ def operand_tile(x: Array | None, q_start: Array, k_start: Array, p: Plan) -> Ar
     if x is None:
         return None
     b, h = x.shape[:2]
-    tile = lax.dynamic_slice(x, (0, 0, q_start, k_start), (b, h, p.block_q, p.block_kv))
+    tile = chunk_slice(chunk_slice(x, q_start, p.block_q, 2), k_start, p.block_kv, 3)
     if h == p.num_kv_heads * p.group and p.group > 1:
         return tile.reshape(b, p.num_kv_heads, p.group, p.block_q, p.block_kv)
     return tile[:, :, None]
 
 
 def tile_valid(i: Array, c: Array, q_start: Array, k_start: Array, mask_tile: Array | None, p: Plan) -> Array | None:
-    """Which pairs of tile (i, c) count: causal/window, the user mask, and not owned by a neighbour chunk.
-
-    ``None`` when every pair counts.
+    """Which pairs of tile (i, c) count: ``masks.valid_pairs`` (causal/window, the user mask), and not owned
+    by a neighbour chunk. ``None`` when every pair counts.
     """
+    if not (p.restricted or p.ragged_q or p.ragged_kv):
+        return mask_tile  # every pair of the tile is a real key that causal/window allow
     q_idx = q_start + lax.broadcasted_iota(jnp.int32, (p.block_q, p.block_kv), 0)
     k_idx = k_start + lax.broadcasted_iota(jnp.int32, (p.block_q, p.block_kv), 1)
-    valid = None
-    if p.restricted:
-        valid = allowed(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window)
+    valid = valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window)
     if p.ragged_q:  # rows of a clamped last chunk that the previous chunk owns
-        valid = both(valid, q_idx >= i * p.block_q)
+        valid = valid & (q_idx >= i * p.block_q)
     if p.ragged_kv:
-        valid = both(valid, k_idx >= c * p.block_kv)
+        valid = valid & (k_idx >= c * p.block_kv)
     return both(valid, mask_tile)
 
 
 def tile_logits(q_tile: Array, k_tile: Array, bias_tile: Array | None, p: Plan) -> tuple[Array, Array | None]:
-    """Float32 logits ``[B, Hkv, G, bq, bk]`` after scale, soft cap and bias; also ``tanh`` of the cap."""
+    """Float32 logits ``[B, Hkv, G, bq, bk]`` (``logits.transform_logits``); also ``tanh`` of the cap."""
     b, hkv, g, bq, d = q_tile.shape
     s = jnp.einsum("bhqd,bhkd->bhqk", q_tile.reshape(b, hkv, g * bq, d), k_tile, preferred_element_type=jnp.float32)
-    s = s.reshape(b, hkv, g, bq, -1) * jnp.float32(p.scale)
-    th = None
-    if p.cap is not None:
-        cap = jnp.float32(p.cap)
-        th = jnp.tanh(s / cap)
-        s = cap * th
-    if bias_tile is not None:
-        s = s + bias_tile.astype(jnp.float32)
-    return s, th
+    return transform_logits(s.reshape(b, hkv, g, bq, -1), p.scale, p.cap, bias_tile)
 
 
 def dropout_scale(rng: Any, i: Array, c: Array, p: Plan) -> Array:
@@ -144,31 +153,23 @@ def pv(weights: Array, v_tile: Array, dtype: Any) -> Array:
 
 
 def kv_chunk_range(i: Array, p: Plan) -> tuple[Array | int, Array | int]:
-    """``(first, stop)`` of the kv chunks that q chunk ``i`` has an allowed pair in (contiguous)."""
+    """``(first, stop)`` of the kv chunks that q chunk ``i`` has an allowed pair in (``masks.key_blocks``).
+
+    Chunk ``c`` owns the keys ``[c * block_kv, (c + 1) * block_kv)`` (a clamped last chunk masks the rest),
+    so the chunks are the blocks of a grid and the shared block rule applies as it is.
+    """
     if not p.restricted:
         return 0, p.num_kv_blocks
-    c = jnp.arange(p.num_kv_blocks)
-    has = block_has_allowed(
-        i * p.block_q, jnp.minimum((i + 1) * p.block_q, p.q_len) - 1,
-        c * p.block_kv, jnp.minimum((c + 1) * p.block_kv, p.kv_len) - 1,
-        p.q_len, p.kv_len, p.causal, p.window,
-    )
-    first = jnp.argmax(has)
-    return first, first + jnp.sum(has)
+    lo, _, _, hi = key_blocks(i * p.block_q, (i + 1) * p.block_q - 1, p.block_kv, p.q_len, p.kv_len, p.causal, p.window)
+    return lo, hi
 
 
 def q_chunk_range(c: Array, p: Plan) -> tuple[Array | int, Array | int]:
-    """``(first, stop)`` of the q chunks with an allowed pair in kv chunk ``c`` (contiguous)."""
+    """``(first, stop)`` of the q chunks with an allowed pair in kv chunk ``c`` (``masks.query_blocks``)."""
     if not p.restricted:
         return 0, p.num_q_blocks
-    i = jnp.arange(p.num_q_blocks)
-    has = block_has_allowed(
-        i * p.block_q, jnp.minimum((i + 1) * p.block_q, p.q_len) - 1,
-        c * p.block_kv, jnp.minimum((c + 1) * p.block_kv, p.kv_len) - 1,
-        p.q_len, p.kv_len, p.causal, p.window,
-    )
-    first = jnp.argmax(has)
-    return first, first + jnp.sum(has)
+    lo, _, _, hi = query_blocks(c * p.block_kv, (c + 1) * p.block_kv - 1, p.block_q, p.q_len, p.kv_len, p.causal, p.window)
+    return lo, hi
 
 
 def unchunk(stacked: Array, length: int, axis: int) -> Array:
@@ -189,8 +190,35 @@ def unchunk(stacked: Array, length: int, axis: int) -> Array:
 
 
 def sinks_lse(aux: Array | None, p: Plan) -> Array | None:
-    """Log-sum-exp of each query head's sinks as ``[1, Hkv, G, 1]``."""
+    """Log-sum-exp of each query head's sinks (``sinks.sinks_lse``) as ``[1, Hkv, G, 1]``."""
     if aux is None:
         return None
-    logits = sink_logits(aux, p.num_kv_heads * p.group)
-    return jax.nn.logsumexp(logits, axis=-1).reshape(1, p.num_kv_heads, p.group, 1)
+    return sinks.sinks_lse(aux, p.num_kv_heads * p.group).reshape(1, p.num_kv_heads, p.group, 1)
+
+
+def held_lse(lse: Array) -> Array:
+    """A row's log-sum-exp (``-inf`` when empty) in the form the core keeps: ``recompute_lse``'s, finite."""
+    return jnp.minimum(recompute_lse(lse), EMPTY_ROW_LSE)
+
+
+def public_lse(held: Array) -> Array:
+    """The held log-sum-exp in the one convention every returned lse follows: ``-inf`` for an empty row."""
+    return jnp.where(held == EMPTY_ROW_LSE, -jnp.inf, held)
+
+
+def varying_zero(*arrays: Array | None) -> Array:
+    """A float32 ``0`` that depends on every one of ``arrays`` (``None`` skipped).
+
+    Inside ``shard_map`` (with its default ``check_vma``) a loop's initial carry must vary over the same
+    mesh axes as the carry the body returns, which depends on the inputs; ``jnp.zeros`` varies over none.
+    Adding this zero gives an initial value the inputs' varying axes, on any JAX version, at no cost: it is
+    the sum of an empty slice of each input.
+    """
+    zero = jnp.zeros((), jnp.float32)
+    for x in arrays:
+        if x is None:
+            continue
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        zero = zero + jnp.sum(x.reshape(-1)[:0].astype(jnp.float32))
+    return zero

@@ -9,24 +9,20 @@ against ``[B, Skv, Hkv, D]`` directly. The layout was measured on the CPU for ev
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import Array
 
 from ejkernel.ops.attention.call import AttentionCall
+from ejkernel.ops.attention.layouts import per_query_head
+from ejkernel.ops.attention.logits import transform_logits
 from ejkernel.ops.attention.masks import allowed
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.ops.attention.sinks import sink_logits
 
 __all__ = ["attention", "reference_attention"]
-
-
-def _per_query_head(x: Array, num_q_heads: int) -> Array:
-    """``[b, h, Sq, Skv]`` with ``h`` in (1, Hkv, Hq) as ``[b, Hq|1, Sq, Skv]`` (a kv head serves its group)."""
-    h = x.shape[1]
-    if h in (1, num_q_heads):
-        return x
-    return jnp.repeat(x, num_q_heads // h, axis=1)
 
 
 def _rows(x: Array, drop: tuple[int, ...]) -> Array:
@@ -60,13 +56,8 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array]:
     v = value.astype(dtype)
 
     s = jnp.einsum("bhqd,bkhd->bhqk", q, k, preferred_element_type=acc)
-    s = _rows(s.reshape(full), drop)
-    s = s * jnp.asarray(f.softmax_scale, acc)
-    if f.logits_soft_cap is not None:
-        cap = jnp.asarray(f.logits_soft_cap, acc)
-        s = cap * jnp.tanh(s / cap)
-    if bias is not None:
-        s = s + _rows(_per_query_head(bias.astype(acc), hq), drop)
+    bias_rows = None if bias is None else _rows(per_query_head(bias, hq), drop)
+    s, _ = transform_logits(_rows(s.reshape(full), drop), f.softmax_scale, f.logits_soft_cap, bias_rows)
 
     valid = None
     if f.causal or f.window is not None:
@@ -74,30 +65,38 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array]:
         k_idx = jnp.arange(skv)[None, :]
         valid = _rows(allowed(q_idx, k_idx, sq, skv, f.causal, f.window)[None, None], drop)
     if attention_mask is not None:
-        m = _rows(_per_query_head(attention_mask, hq), drop)
+        m = _rows(per_query_head(attention_mask, hq), drop)
         valid = m if valid is None else (m & valid)
 
-    s = s.astype(softmax_dtype)
+    # The row max is taken and subtracted in float32 (or wider); only the shifted logits are narrowed to
+    # softmax_dtype, which cannot hold logits past its range (float16: 65504).
+    wide = jnp.promote_types(acc, softmax_dtype)
+    s = s.astype(wide)
     sinks = None
     if softmax_aux is not None:
-        sinks = _rows(sink_logits(softmax_aux, hq)[None, :, None, :], drop).astype(softmax_dtype)
+        sinks = _rows(sink_logits(softmax_aux, hq)[None, :, None, :], drop).astype(wide)
 
-    if valid is None:
-        row_max = jnp.max(s, axis=-1, keepdims=True)
-    else:
-        row_max = jnp.max(jnp.where(valid, s, -jnp.inf), axis=-1, keepdims=True)
+    # Masked logits stand at the lowest finite value, not -inf (jax.debug_infs); their weights are zeroed below.
+    row_max = jnp.max(s if valid is None else jnp.where(valid, s, jnp.finfo(wide).min), axis=-1, keepdims=True)
     if sinks is not None:
         row_max = jnp.maximum(row_max, jnp.max(sinks, axis=-1, keepdims=True))
-    # Softmax is invariant to the shift; a row with nothing allowed has max -inf, shifted by 0 instead.
+    # Softmax is invariant to the shift; a row whose logits are all -inf (an infinite bias) is shifted by 0.
     row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0))
+
+    def exp_shifted(x: Array) -> Array:
+        shifted = x - row_max
+        if softmax_dtype != wide:  # clipped to the narrow dtype's range: exp is 0 there, and nothing is -inf
+            shifted = jnp.maximum(shifted, jnp.finfo(softmax_dtype).min).astype(softmax_dtype)
+        return jnp.exp(shifted)
+
     if valid is None:
-        e = jnp.exp(s - row_max)
+        e = exp_shifted(s)
     else:
         # The inner where keeps exp finite on masked entries, so their (zero) gradient stays finite too.
-        e = jnp.where(valid, jnp.exp(jnp.where(valid, s, row_max) - row_max), 0)
+        e = jnp.where(valid, exp_shifted(jnp.where(valid, s, row_max)), 0)
     denom = jnp.sum(e, axis=-1, keepdims=True)
     if sinks is not None:
-        denom = denom + jnp.sum(jnp.exp(sinks - row_max), axis=-1, keepdims=True)
+        denom = denom + jnp.sum(exp_shifted(sinks), axis=-1, keepdims=True)
     weights = e / jnp.where(denom == 0, 1, denom)
 
     if f.dropout:
@@ -105,10 +104,36 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array]:
         keep = jax.random.bernoulli(call.dropout_rng, 1.0 - f.dropout_prob, (b, hkv, g, sq, skv))
         weights = jnp.where(keep.reshape(weights.shape), weights / (1.0 - f.dropout_prob), 0)
 
-    weights = weights.astype(dtype)
-    out = jnp.einsum("bhqk,bkhd->bhqd", weights.reshape(b, hkv, g * sq, skv), v, preferred_element_type=acc)
+    product = _float16_values_product if dtype == jnp.float16 else _values_product
+    out = product(weights.reshape(b, hkv, g * sq, skv), v, dtype)
     out = out.reshape(b, hkv, g, sq, -1).transpose(0, 3, 1, 2, 4).reshape(b, sq, hq, -1).astype(dtype)
-    return out, weights.reshape(full)
+    return out, weights.astype(dtype).reshape(full)
+
+
+def _values_product(weights: Array, v: Array, dtype: jnp.dtype) -> Array:
+    """``[b, Hkv, G * Sq, Skv]`` weights cast to ``dtype`` times ``v [B, Skv, Hkv, Dv]``, accumulated in float32
+    (float64 stays float64): ``[b, Hkv, G * Sq, Dv]``."""
+    acc = jnp.promote_types(dtype, jnp.float32)
+    return jnp.einsum("bhqk,bkhd->bhqd", weights.astype(dtype), v, preferred_element_type=acc)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _float16_values_product(weights: Array, v: Array, dtype: jnp.dtype) -> Array:
+    """``_values_product`` whose derivative in the weights is formed in float32.
+
+    Autodiff of the float16 product would form the weights' cotangent, dO·Vᵀ, in float16: past 65504 it is
+    inf and dQ, dK come out NaN although the float32 gradient fits. The forward product is unchanged.
+    """
+    return _values_product(weights, v, dtype)
+
+
+@_float16_values_product.defjvp
+def _float16_values_product_jvp(dtype: jnp.dtype, primals: tuple, tangents: tuple) -> tuple[Array, Array]:
+    weights, v = primals
+    d_weights, d_v = tangents
+    wide = jnp.float32
+    d_out = jnp.einsum("bhqk,bkhd->bhqd", d_weights.astype(wide), v.astype(wide), preferred_element_type=wide)
+    return _values_product(weights, v, dtype), d_out + _values_product(weights, d_v, dtype)
 
 
 attention = entry_point(
