@@ -77,7 +77,7 @@ def _backward(p: Plan, c: BlockSizes, residuals, cotangents):
     d_out, d_lse = cotangents
     d_out = d_out.astype(q.dtype)
     # delta = rowsum(dO * O) (FlashAttention-2's preprocessing), [B, Hq, Sq] float32, fused by XLA.
-    delta = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32), out.astype(jnp.float32))
+    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1).transpose(0, 2, 1)
     # A cotangent on the lse adds d_lse * p to dS: the same as shifting delta by -d_lse.
     delta = delta - jnp.where(jnp.isfinite(lse2), d_lse.astype(jnp.float32).transpose(0, 2, 1), 0.0)
     pk = dataclasses.replace(p, num_sinks=0)

@@ -31,13 +31,15 @@ from ejkernel.kernels.xla.chunked_tiles import (
 )
 from ejkernel.ops.attention.layouts import reduce_to_layout
 from ejkernel.ops.attention.logits import cap_gradient
+from ejkernel.ops.attention.precision import matmul_precision
 from ejkernel.ops.attention.sinks import sink_gradient
 
 __all__ = ["backward"]
 
 
 def _matmul(a: Array, b: Array, spec: str, dtype: Any) -> Array:
-    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32,
+                      precision=matmul_precision(dtype))
 
 
 def _add_at(x: Array, update: Array, starts: tuple[Any, ...]) -> Array:

@@ -22,6 +22,7 @@ from ejkernel.ops.attention import sinks
 from ejkernel.ops.attention.logits import transform_logits
 from ejkernel.ops.attention.masks import key_blocks, query_blocks, valid_pairs
 from ejkernel.ops.attention.merge import recompute_lse
+from ejkernel.ops.attention.precision import matmul_precision
 
 __all__ = [
     "Plan", "block_start", "chunk_slice", "operand_tile", "tile_valid", "tile_logits", "dropout_scale", "pv",
@@ -128,7 +129,8 @@ def tile_valid(i: Array, c: Array, q_start: Array, k_start: Array, mask_tile: Ar
 def tile_logits(q_tile: Array, k_tile: Array, bias_tile: Array | None, p: Plan) -> tuple[Array, Array | None]:
     """Float32 logits ``[B, Hkv, G, bq, bk]`` (``logits.transform_logits``); also ``tanh`` of the cap."""
     b, hkv, g, bq, d = q_tile.shape
-    s = jnp.einsum("bhqd,bhkd->bhqk", q_tile.reshape(b, hkv, g * bq, d), k_tile, preferred_element_type=jnp.float32)
+    s = jnp.einsum("bhqd,bhkd->bhqk", q_tile.reshape(b, hkv, g * bq, d), k_tile, preferred_element_type=jnp.float32,
+                   precision=matmul_precision(q_tile.dtype))
     return transform_logits(s.reshape(b, hkv, g, bq, -1), p.scale, p.cap, bias_tile)
 
 
@@ -148,7 +150,7 @@ def pv(weights: Array, v_tile: Array, dtype: Any) -> Array:
     """``[B, Hkv, G, bq, bk] @ [B, Hkv, bk, Dv]`` with weights cast to ``dtype``, float32 accumulation."""
     b, hkv, g, bq, bk = weights.shape
     out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype).reshape(b, hkv, g * bq, bk), v_tile,
-                     preferred_element_type=jnp.float32)
+                     preferred_element_type=jnp.float32, precision=matmul_precision(dtype))
     return out.reshape(b, hkv, g, bq, -1)
 
 

@@ -19,6 +19,7 @@ from ejkernel.ops.attention.call import AttentionCall
 from ejkernel.ops.attention.layouts import per_query_head
 from ejkernel.ops.attention.logits import transform_logits
 from ejkernel.ops.attention.masks import allowed
+from ejkernel.ops.attention.precision import matmul_precision
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.ops.attention.sinks import sink_logits
 
@@ -55,7 +56,7 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array]:
     k = key.astype(dtype)
     v = value.astype(dtype)
 
-    s = jnp.einsum("bhqd,bkhd->bhqk", q, k, preferred_element_type=acc)
+    s = jnp.einsum("bhqd,bkhd->bhqk", q, k, preferred_element_type=acc, precision=matmul_precision(dtype))
     bias_rows = None if bias is None else _rows(per_query_head(bias, hq), drop)
     s, _ = transform_logits(_rows(s.reshape(full), drop), f.softmax_scale, f.logits_soft_cap, bias_rows)
 
@@ -114,7 +115,9 @@ def _values_product(weights: Array, v: Array, dtype: jnp.dtype) -> Array:
     """``[b, Hkv, G * Sq, Skv]`` weights cast to ``dtype`` times ``v [B, Skv, Hkv, Dv]``, accumulated in float32
     (float64 stays float64): ``[b, Hkv, G * Sq, Dv]``."""
     acc = jnp.promote_types(dtype, jnp.float32)
-    return jnp.einsum("bhqk,bkhd->bhqd", weights.astype(dtype), v, preferred_element_type=acc)
+    return jnp.einsum(
+        "bhqk,bkhd->bhqd", weights.astype(dtype), v, preferred_element_type=acc, precision=matmul_precision(dtype)
+    )
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -132,7 +135,8 @@ def _float16_values_product_jvp(dtype: jnp.dtype, primals: tuple, tangents: tupl
     weights, v = primals
     d_weights, d_v = tangents
     wide = jnp.float32
-    d_out = jnp.einsum("bhqk,bkhd->bhqd", d_weights.astype(wide), v.astype(wide), preferred_element_type=wide)
+    d_out = jnp.einsum("bhqk,bkhd->bhqd", d_weights.astype(wide), v.astype(wide), preferred_element_type=wide,
+                       precision=matmul_precision(dtype))
     return _values_product(weights, v, dtype), d_out + _values_product(weights, d_v, dtype)
 
 

@@ -48,7 +48,8 @@ def sink_gradient(softmax_aux: Array, lse: Array, delta: Array) -> Array:
     finite = jnp.isfinite(lse)
     shift = jnp.where(finite, lse, 0.0)[..., None]
     prob = jnp.where(finite[..., None], jnp.exp(aux[None, :, None, :] - shift), 0.0)  # [B, Hq, Sq, n]
-    grad = -jnp.einsum("bhqn,bhq->hn", prob, jnp.where(finite, delta, 0.0).astype(prob.dtype))
+    # A sum of products, not an einsum: a dot would run at the device's default (TF32 on a GPU) precision.
+    grad = -jnp.sum(prob * jnp.where(finite, delta, 0.0).astype(prob.dtype)[..., None], axis=(0, 2))
     if softmax_aux.ndim == 1:
         grad = jnp.sum(grad, axis=0)
     return grad.astype(softmax_aux.dtype)
