@@ -109,6 +109,8 @@ def test_pass_config_rejects_non_power_of_2_and_table_is_consistent():
     assert choose_block_sizes(128, 128, 512, 512, 4, causal=True) == choose_block_sizes(128, 128, 512, 512, 4)  # f32: one row
     dense = choose_block_sizes(128, 128, 4096, 4096, 2, dense_tiles=True)
     assert all(p.block_k <= 64 and p.num_stages <= 2 for p in (dense.forward, dense.dkv, dense.dq))
+    wide = choose_block_sizes(256, 256, 4096, 4096, 2, dense_tiles=True)  # D256 + bias/mask: 32-key blocks
+    assert all(p.block_q <= 64 and p.block_k <= 32 and p.num_stages <= 2 for p in (wide.forward, wide.dkv, wide.dq))
 
 
 # One entry per configuration class the kernel claims: head dims (incl. padded 96/192), dtypes, features.

@@ -94,9 +94,14 @@ def _clip(p: PassBlocks, q_len: int, kv_len: int) -> PassBlocks:
 
 
 def _with_dense_tiles(p: PassBlocks, head_dim: int) -> PassBlocks:
-    """A bias or mask tile is loaded (and pipelined) beside K/V: fewer stages and narrower key blocks."""
+    """A bias or mask tile is loaded (and pipelined) beside K/V: fewer stages and narrower key blocks.
+
+    Head dims above 128 take 32-key blocks: on an H200, D256 with a bias and a mask at 64-key blocks asked for
+    233472 bytes of shared memory, 1 KiB over the 232448 available (``benchmarks/NOTES-triton.md``).
+    """
     block_q = min(p.block_q, 64) if head_dim > 128 else p.block_q
-    return dataclasses.replace(p, block_q=block_q, block_k=min(p.block_k, 64), num_stages=min(p.num_stages, 2))
+    block_k = min(p.block_k, 32 if head_dim > 128 else 64)
+    return dataclasses.replace(p, block_q=block_q, block_k=block_k, num_stages=min(p.num_stages, 2))
 
 
 def choose_block_sizes(head_dim: int, v_head_dim: int, q_len: int, kv_len: int, itemsize: int,
