@@ -114,3 +114,21 @@ def test_an_empty_dimension_is_a_documented_value_error():
     with pytest.raises(ValueError, match="empty dimension"):
         ejkernel.attention(q[:, :0], k, v)
     assert "empty dimension" in ejkernel.attention.__doc__ or "empty dimension" in reference.__doc__
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["jvp", "jacfwd"])
+def test_forward_mode_names_the_way_out(backend, mode):
+    """The kernels and the chunked path are custom VJPs: forward mode raises an error that says so and names
+    the dense reference; the dense reference itself supports it."""
+    q, k, v = _inputs(sq=16, skv=24)
+
+    def f(q):
+        return _run(backend, q, k, v, causal=True)
+
+    derivative = (lambda: jax.jvp(f, (q,), (q,))) if mode == "jvp" else (lambda: jax.jacfwd(lambda q: f(q).sum())(q))
+    if backend == "xla":
+        derivative()
+        return
+    with pytest.raises(TypeError, match="reverse mode only.*ejkernel.kernels.xla.reference.attention"):
+        derivative()

@@ -27,6 +27,7 @@ from ejkernel.kernels.pallas_tpu.capabilities import CAPABILITIES
 from ejkernel.kernels.pallas_tpu.flash import flash_with_lse
 from ejkernel.kernels.pallas_tpu.plan import Plan
 from ejkernel.ops.attention.call import AttentionCall
+from ejkernel.ops.attention.derivatives import reverse_mode_only
 from ejkernel.ops.attention.features import AttentionFeatures
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.ops.attention.sinks import sink_logits
@@ -70,10 +71,11 @@ def flash_with_lse_call(
     plan = plan_for(f, block_sizes, interpret, None if call.bias is None else call.bias.dtype)
     compute = jnp.dtype(f.dtype)
     sinks = None if call.softmax_aux is None else sink_logits(call.softmax_aux, f.num_q_heads)
-    return flash_with_lse(
-        plan, call.query.astype(compute), call.key.astype(compute), call.value.astype(compute), call.bias,
-        call.attention_mask, sinks,
-    )
+    with reverse_mode_only("the Pallas-TPU flash attention"):
+        return flash_with_lse(
+            plan, call.query.astype(compute), call.key.astype(compute), call.value.astype(compute), call.bias,
+            call.attention_mask, sinks,
+        )
 
 
 def _without_lse(call: AttentionCall, **extras: Any) -> tuple[Array, None]:

@@ -32,6 +32,7 @@ from ejkernel.kernels.pallas_triton.capabilities import CAPABILITIES
 from ejkernel.kernels.pallas_triton.flash import decode_with_lse, flash_with_lse, pad_axis
 from ejkernel.kernels.pallas_triton.plan import Plan
 from ejkernel.ops.attention.call import AttentionCall
+from ejkernel.ops.attention.derivatives import reverse_mode_only
 from ejkernel.ops.attention.features import AttentionFeatures
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.ops.attention.sinks import sink_logits
@@ -118,10 +119,11 @@ def flash_with_lse_call(
     m = None if call.attention_mask is None else seq_pad(call.attention_mask, 2, 3, False)
     sinks = None if call.softmax_aux is None else sink_logits(call.softmax_aux, f.num_q_heads)
     decode = decode_plan(f, p, c)
-    if decode is not None:
-        out, lse = decode_with_lse(p, decode[0], decode[1], q, k, v, b, m, sinks)
-    else:
-        out, lse = flash_with_lse(p, c, q, k, v, b, m, sinks)
+    with reverse_mode_only("the Pallas-Triton flash attention"):
+        if decode is not None:
+            out, lse = decode_with_lse(p, decode[0], decode[1], q, k, v, b, m, sinks)
+        else:
+            out, lse = flash_with_lse(p, c, q, k, v, b, m, sinks)
     return out[:, : f.q_len, :, : f.v_head_dim], lse[:, : f.q_len]
 
 

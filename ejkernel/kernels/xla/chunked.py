@@ -44,11 +44,12 @@ from ejkernel.kernels.xla.chunked_tiles import (
     varying_zero,
 )
 from ejkernel.ops.attention.call import AttentionCall
+from ejkernel.ops.attention.derivatives import reverse_mode_only
 from ejkernel.ops.attention.merge import add_sinks, normalize_rows
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.platform import current_platform
 
-__all__ = ["attention", "chunked_attention", "chunked_with_lse", "chunked_without_lse", "FORWARD_MODE_ERROR"]
+__all__ = ["attention", "chunked_attention", "chunked_with_lse", "chunked_without_lse"]
 
 
 def _forward(p: Plan, qh, kh, vh, bias, mask, aux, rng) -> tuple[Array, Array]:
@@ -115,13 +116,8 @@ def _core(p: Plan) -> Callable[..., tuple[Array, Array]]:
     return core
 
 
-#: Raised for forward-mode autodiff, which a ``jax.custom_vjp`` cannot give (``docs/chunked.rst``).
-FORWARD_MODE_ERROR = (
-    "the chunked XLA attention is differentiable in reverse mode only (jax.grad, jax.vjp, jax.jacrev, and "
-    "forward-over-reverse such as jax.hessian): it is a jax.custom_vjp whose backward recomputes tiles in O(S) "
-    "memory. For jax.jvp or jax.jacfwd, call the dense reference, ejkernel.kernels.xla.reference.attention "
-    "(ejkernel.attention serves calls below the chunked threshold with it, see docs/chunked.rst)"
-)
+#: Forward-over-reverse works here (the backward is plain XLA), unlike the Pallas kernels (``docs/chunked.rst``).
+_FORWARD_OVER_REVERSE = ", and forward-over-reverse such as jax.hessian"
 
 
 def _run(call: AttentionCall, block_q: int | None, block_kv: int | None) -> tuple[Array, Array]:
@@ -152,12 +148,8 @@ def _run(call: AttentionCall, block_q: int | None, block_kv: int | None) -> tupl
     # sum each cotangent back to its input's axes (as it does for any implicitly broadcast value).
     zero = varying_zero(qh, kh, vh, bias, mask, aux, rng)
     qh, kh, vh, bias, aux = (None if x is None else x + zero.astype(x.dtype) for x in (qh, kh, vh, bias, aux))
-    try:
+    with reverse_mode_only("the chunked XLA attention", _FORWARD_OVER_REVERSE):
         out, lse = _core(p)(qh, kh, vh, bias, mask, aux, rng)
-    except TypeError as e:  # JAX's own message names neither cause nor way out
-        if "forward-mode" not in str(e):
-            raise
-        raise TypeError(FORWARD_MODE_ERROR) from e
     out = out.transpose(0, 3, 1, 2, 4).reshape(b, sq, hq, -1)
     return out, lse.reshape(b, hq, sq)
 
