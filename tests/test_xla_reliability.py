@@ -148,6 +148,27 @@ def test_float16_backward_keeps_its_products_in_float32(path):
         assert relative_error(g, w) <= FLOAT16_GRAD_TOL[path], (name, relative_error(g, w))
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_float16_score_gradient_past_its_range(path):
+    """Cause: the chunked backward cast dS = P * (dO·Vᵀ - delta) to float16 for dQ = dS·K and dK = dSᵀ·Q.
+    With two keys of opposite values dS is ~5e5 (past 65504) while dQ and dK stay below 4e3: inf, then NaN.
+    Now in float16 the two dS products take float32 operands. (The Pallas-Triton backward does the same cast:
+    not fixed there yet.)"""
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((1, 4, 1, 16)) * 0.01, jnp.float16)
+    k = jnp.asarray(rng.standard_normal((1, 2, 1, 16)) * 0.01, jnp.float16)
+    v = jnp.asarray(np.stack([np.full(16, 250.0), np.full(16, -250.0)])[None, :, None, :], jnp.float16)
+    cotangent = jnp.full(q.shape, 250.0)
+    wide = tuple(x.astype(jnp.float32) for x in (q, k, v))
+    with jax.default_matmul_precision("highest"):
+        want = _grads(_dense, wide, cotangent, dtype=jnp.float32)
+    assert max(float(jnp.max(jnp.abs(g))) for g in want) < 4e3
+    got = _grads(PATHS[path], (q, k, v), cotangent, dtype=jnp.float16)
+    for name, g, w in zip("qkv", got, want, strict=True):
+        assert bool(jnp.all(jnp.isfinite(g))), name
+        assert relative_error(g, w) <= 5e-3, (name, relative_error(g, w))
+
+
 # --- c. softmax_dtype narrower than float32 ---------------------------------------------------------------
 
 def test_float16_softmax_subtracts_the_row_max_before_narrowing():

@@ -37,9 +37,11 @@ from ejkernel.ops.attention.sinks import sink_gradient
 __all__ = ["backward"]
 
 
-def _matmul(a: Array, b: Array, spec: str, dtype: Any) -> Array:
-    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32,
-                      precision=matmul_precision(dtype))
+def _matmul(a: Array, b: Array, spec: str, dtype: Any, compute_dtype: Any = None) -> Array:
+    """``einsum(spec)`` of ``a`` and ``b`` cast to ``dtype``, float32 accumulation, at the precision of the
+    call's ``compute_dtype`` (``dtype`` when not given)."""
+    precision = matmul_precision(dtype if compute_dtype is None else compute_dtype)
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32, precision=precision)
 
 
 def _add_at(x: Array, update: Array, starts: tuple[Any, ...]) -> Array:
@@ -54,6 +56,9 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
     qh, kh, vh, bias, mask, aux, rng, out, lse = residuals
     d_out, d_lse = cotangents
     dtype = jnp.dtype(p.dtype)
+    # dS can exceed float16's range (65504) where dQ and dK do not (|dS| ~ |dO V^T|, then scaled and summed):
+    # in float16 its two products take float32 operands. bfloat16 has float32's range.
+    ds_dtype = jnp.float32 if dtype == jnp.float16 else dtype
     b, hkv, g = p.batch, p.num_kv_heads, p.group
     d, dv = qh.shape[-1], vh.shape[-1]
     # d lse / d logit = P, so an lse cotangent only shifts delta.
@@ -88,11 +93,11 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
                 dbias = _add_at(dbias, reduce_to_layout(full, bias.shape, hkv * g), (0, 0, q_start, k_start))
             ds = cap_gradient(dlogits, th)
             ds = (ds * jnp.float32(p.scale)).reshape(b, hkv, g * p.block_q, -1)
-            dq_tile = _matmul(ds, k_tile, "bhqk,bhkd->bhqd", dtype).reshape(b, hkv, g, p.block_q, d)
+            dq_tile = _matmul(ds, k_tile, "bhqk,bhkd->bhqd", ds_dtype, dtype).reshape(b, hkv, g, p.block_q, d)
             dq = _add_at(dq, dq_tile, (0, 0, 0, q_start, 0))
             # Transposed explicitly: XLA's CPU dot runs several times slower contracting the rows of both.
-            ds_t = jnp.swapaxes(ds.astype(dtype), -1, -2)
-            dk = dk + _matmul(ds_t, q_tile.reshape(b, hkv, g * p.block_q, d), "bhkq,bhqd->bhkd", dtype)
+            ds_t = jnp.swapaxes(ds.astype(ds_dtype), -1, -2)
+            dk = dk + _matmul(ds_t, q_tile.reshape(b, hkv, g * p.block_q, d), "bhkq,bhqd->bhkd", ds_dtype, dtype)
             kept_t = jnp.swapaxes(kept.reshape(b, hkv, g * p.block_q, -1).astype(dtype), -1, -2)
             dv_acc = dv_acc + _matmul(kept_t, do_tile.reshape(b, hkv, g * p.block_q, dv), "bhkq,bhqd->bhkd", dtype)
             return dk, dv_acc, dq, dbias
