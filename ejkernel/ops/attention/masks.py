@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "normalize_window", "clamp_window", "allowed", "valid_pairs", "key_range", "query_range", "block_has_allowed",
-    "block_fully_allowed", "key_blocks", "query_blocks", "floor_div", "ceil_div",
+    "normalize_window", "clamp_window", "allowed", "valid_pairs", "key_range", "query_range", "key_blocks", "query_blocks", "floor_div", "ceil_div",
 ]
 
 
@@ -110,28 +109,6 @@ def query_range(k_lo: Any, k_hi: Any, q_len: int, kv_len: int, causal: bool, win
     if causal:
         q_lo = _maximum(q_lo, k_lo - offset)
     return q_lo, q_hi
-
-
-def block_has_allowed(q_lo, q_hi, k_lo, k_hi, q_len, kv_len, causal, window) -> Any:
-    """Whether the block ``[q_lo, q_hi] x [k_lo, k_hi]`` (inclusive) holds at least one allowed pair.
-
-    Ignores bias/mask contents: it only decides what causal/window rule out, so skipping is exact.
-    """
-    lo, hi = key_range(q_lo, q_hi, q_len, kv_len, causal, window)
-    return (k_hi >= lo) & (k_lo <= hi)
-
-
-def block_fully_allowed(q_lo, q_hi, k_lo, k_hi, q_len, kv_len, causal, window) -> Any:
-    """Whether every pair of the block is allowed by causal/window (so no per-element mask is needed)."""
-    offset = kv_len - q_len
-    ok = True
-    if causal:
-        ok = k_hi <= q_lo + offset
-    if window is not None:
-        left, right = window
-        in_window = (k_lo >= q_hi + offset - left) & (k_hi <= q_lo + offset + right)
-        ok = in_window if ok is True else ok & in_window
-    return ok
 
 
 def key_blocks(q_first: Any, q_last: Any, block_k: int, q_len: int, kv_len: int, causal: bool,
