@@ -275,3 +275,33 @@ def test_jit_and_vmap_compose():
     with jax.default_matmul_precision("highest"):
         expected = jax.vmap(ref)(q, k)
     assert relative_error(jax.jit(jax.vmap(ours))(q, k), expected) < 1e-5
+
+
+def test_float16_score_gradient_past_its_range():
+    """Cause: the backward kernels cast dS = P * (dO·Vᵀ - delta) to float16 for dQ = dS·K and dK = dSᵀ·Q.
+    With two keys of opposite values dS is ~5e5 (past 65504) while dQ and dK stay below 4e3: inf, then NaN.
+    Now in float16 the two dS products take float32 operands (``precision.score_gradient_dtype``)."""
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((1, 4, 1, 16)) * 0.01, jnp.float16)
+    k = jnp.asarray(rng.standard_normal((1, 2, 1, 16)) * 0.01, jnp.float16)
+    v = jnp.asarray(np.stack([np.full(16, 250.0), np.full(16, -250.0)])[None, :, None, :], jnp.float16)
+    cotangent = jnp.full(q.shape, 250.0)
+
+    def grads(fn, args, dtype):
+        def loss(*a):
+            return jnp.sum(fn(*a, dtype=dtype).astype(jnp.float32) * cotangent)
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
+
+    def oracle(q, k, v, dtype):
+        return xla_attention(q, k, v, dtype=dtype, softmax_dtype=jnp.float32)[0]
+
+    def kernel(q, k, v, dtype):
+        return _small(query=q, key=k, value=v, dtype=dtype)[0]
+
+    with jax.default_matmul_precision("highest"):
+        want = grads(oracle, tuple(x.astype(jnp.float32) for x in (q, k, v)), jnp.float32)
+    assert max(float(jnp.max(jnp.abs(g))) for g in want) < 4e3
+    got = grads(kernel, (q, k, v), jnp.float16)
+    for name, g, w in zip("qkv", got, want, strict=True):
+        assert bool(jnp.all(jnp.isfinite(g))), name
+        assert relative_error(g, w) <= 5e-3, (name, relative_error(g, w))

@@ -152,8 +152,8 @@ def test_float16_backward_keeps_its_products_in_float32(path):
 def test_float16_score_gradient_past_its_range(path):
     """Cause: the chunked backward cast dS = P * (dO·Vᵀ - delta) to float16 for dQ = dS·K and dK = dSᵀ·Q.
     With two keys of opposite values dS is ~5e5 (past 65504) while dQ and dK stay below 4e3: inf, then NaN.
-    Now in float16 the two dS products take float32 operands. (The Pallas-Triton backward does the same cast:
-    not fixed there yet.)"""
+    Now in float16 the two dS products take float32 operands (``precision.score_gradient_dtype``; the
+    Pallas-Triton backward's test is in ``test_triton_attention.py``)."""
     rng = np.random.default_rng(0)
     q = jnp.asarray(rng.standard_normal((1, 4, 1, 16)) * 0.01, jnp.float16)
     k = jnp.asarray(rng.standard_normal((1, 2, 1, 16)) * 0.01, jnp.float16)

@@ -26,7 +26,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from ejkernel.kernels.pallas_triton.blocks import PassBlocks
 from ejkernel.kernels.pallas_triton.plan import Plan
-from ejkernel.kernels.pallas_triton.tiles import dot, i32, index32, key_blocks, query_blocks, split_refs
+from ejkernel.kernels.pallas_triton.tiles import dot, ds_dot, i32, index32, key_blocks, query_blocks, split_refs
 from ejkernel.ops.attention.layouts import kv_head, operand_index
 from ejkernel.ops.attention.logits import cap_gradient, transform_logits
 from ejkernel.ops.attention.masks import valid_pairs
@@ -75,7 +75,7 @@ def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
             dv = dv + dot(pt.astype(do.dtype), do)
             dpt = dot(v, do, transpose_b=True)
             dst = cap_gradient(pt * (dpt - delta[None, :]), t)
-            dk = dk + dot(dst.astype(q.dtype), q)
+            dk = dk + ds_dot(dst, q)
             return dk, dv
 
         carry = lax.fori_loop(lo, interior_lo, functools.partial(body, masked=True), carry)
@@ -133,7 +133,7 @@ def _dq_kernel(*refs, p: Plan, c: PassBlocks):
         if dbias_ref is not None:
             dbias_ref[b, h, pl.ds(q_first, bq), pl.ds(k_first, bk)] = ds
         ds = cap_gradient(ds, t)
-        return dq + dot(ds.astype(k.dtype), k)
+        return dq + ds_dot(ds, k)
 
     lo, interior_lo, interior_hi, hi = key_blocks(p, q_first, bq, bk, dense=mask_ref is not None)
     dq = jnp.zeros((bq, p.head_dim), jnp.float32)

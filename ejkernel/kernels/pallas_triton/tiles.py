@@ -19,20 +19,28 @@ from jax import lax
 
 from ejkernel.kernels.pallas_triton.plan import Plan
 from ejkernel.ops.attention import masks
-from ejkernel.ops.attention.precision import matmul_precision
+from ejkernel.ops.attention.precision import matmul_precision, score_gradient_dtype
 
-__all__ = ["dot", "NEG_INIT", "i32", "index32", "positions", "key_blocks", "query_blocks", "split_refs"]
+__all__ = ["dot", "ds_dot", "NEG_INIT", "i32", "index32", "positions", "key_blocks", "query_blocks", "split_refs"]
 
 NEG_INIT = -1e30  # initial running max: below every finite logit, above -inf
 
 
-def dot(a: Any, b: Any, transpose_b: bool = False) -> Any:
-    """``a @ b`` (``a @ b.T`` with ``transpose_b``) accumulated in float32, at ``precision.matmul_precision``:
-    IEEE float32 for float32 operands (Triton's own default would be TF32, ~1e-3 error) unless the user asked
-    for TF32 with ``jax.default_matmul_precision``."""
-    precision = matmul_precision(a.dtype)
+def dot(a: Any, b: Any, transpose_b: bool = False, compute_dtype: Any = None) -> Any:
+    """``a @ b`` (``a @ b.T`` with ``transpose_b``) accumulated in float32, at ``precision.matmul_precision``
+    of ``compute_dtype`` (the operands' dtype when not given): IEEE float32 for a float32 call (Triton's own
+    default would be TF32, ~1e-3 error) unless the user asked for TF32 with ``jax.default_matmul_precision``;
+    TF32 for the float32 operands of a float16 call's score-gradient products."""
+    precision = matmul_precision(a.dtype if compute_dtype is None else compute_dtype)
     dims = (((1,), (1 if transpose_b else 0,)), ((), ()))
     return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
+
+
+def ds_dot(ds: Any, x: Any) -> Any:
+    """``ds @ x`` for a float32 score-gradient tile ``ds`` and a tile ``x`` of the call's dtype, with the
+    operands ``precision.score_gradient_dtype`` gives (float32 for float16)."""
+    dtype = score_gradient_dtype(x.dtype)
+    return dot(ds.astype(dtype), x.astype(dtype), compute_dtype=x.dtype)
 
 
 def i32(x: Any) -> Any:

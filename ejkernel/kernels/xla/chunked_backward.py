@@ -31,7 +31,7 @@ from ejkernel.kernels.xla.chunked_tiles import (
 )
 from ejkernel.ops.attention.layouts import reduce_to_layout
 from ejkernel.ops.attention.logits import cap_gradient
-from ejkernel.ops.attention.precision import matmul_precision
+from ejkernel.ops.attention.precision import matmul_precision, score_gradient_dtype
 from ejkernel.ops.attention.sinks import sink_gradient
 
 __all__ = ["backward"]
@@ -56,9 +56,7 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
     qh, kh, vh, bias, mask, aux, rng, out, lse = residuals
     d_out, d_lse = cotangents
     dtype = jnp.dtype(p.dtype)
-    # dS can exceed float16's range (65504) where dQ and dK do not (|dS| ~ |dO V^T|, then scaled and summed):
-    # in float16 its two products take float32 operands. bfloat16 has float32's range.
-    ds_dtype = jnp.float32 if dtype == jnp.float16 else dtype
+    ds_dtype = score_gradient_dtype(dtype)
     b, hkv, g = p.batch, p.num_kv_heads, p.group
     d, dv = qh.shape[-1], vh.shape[-1]
     # d lse / d logit = P, so an lse cotangent only shifts delta.
