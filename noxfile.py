@@ -3,6 +3,7 @@
     nox -s tests -- tests/test_registry.py -x     # arguments after -- go to pytest
     HYPOTHESIS_PROFILE=thorough nox -s tests      # ten times the property-test examples
     nox -s tests_x64 tests_debug_infs             # the suite with jax_enable_x64, then with jax_debug_infs
+    nox -s gpu                                    # the GPU profile (pytest -m gpu), on an NVIDIA GPU
     nox -s benchmarks                             # not run by default: minutes of CPU
 """
 
@@ -35,6 +36,15 @@ def tests_debug_infs(session: nox.Session) -> None:
     """The test suite under ``jax_debug_infs``: no call with a finite result may raise a false alarm."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs, env={"JAX_DEBUG_INFS": "1"})
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """The GPU profile natively on an NVIDIA GPU (``pytest -m gpu``, under 8 minutes on an H200): parity
+    property tests and bad-input tests for Triton, cuDNN and the chunked XLA path. Needs jax with CUDA
+    (``pip install -e ".[test,cuda]"``); without a GPU every test is deselected, with the reason printed."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "gpu", *session.posargs, env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
 
 
 @nox.session

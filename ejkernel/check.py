@@ -26,7 +26,7 @@ import numpy as np
 
 from ejkernel.errors import FallbackWarning
 from ejkernel.platform import canonical_platform, current_platform
-from ejkernel.registry import get_kernel, list_kernels
+from ejkernel.registry import get_kernel, kernel_specs, list_kernels
 
 __all__ = [
     "CheckCase", "CheckResult", "CASES", "QUICK_CASES", "Reference", "make_inputs", "oracle", "reference_for",
@@ -311,8 +311,7 @@ def iter_check(
     for case in cases:
         reference = case_reference(case)
         for platform in platforms:
-            caps = [r for r in records if r["platform"] == platform]
-            for d in [dtype] if dtype else _dtypes_for(platform, caps):
+            for d in [dtype] if dtype else _dtypes_for(platform):
                 yield run_case(platform, case, d, interpret=interpret, reference=reference)
 
 
@@ -326,8 +325,7 @@ def run_check(
     return list(iter_check(interpret, platforms, cases, dtype))
 
 
-def _dtypes_for(platform: str, records: list[dict[str, Any]]) -> list[str]:
-    """float32 where XLA runs on CPU; the half types a GPU/TPU kernel is built for."""
-    if platform == "xla":
-        return ["float32", "bfloat16"]
-    return ["bfloat16", "float32"]
+def _dtypes_for(platform: str) -> list[str]:
+    """The first two of bfloat16, float32, float16 that the platform's implementations serve."""
+    served = set().union(*(s.capabilities.dtypes for s in kernel_specs("attention") if s.platform == platform))
+    return [d for d in ("bfloat16", "float32", "float16") if d in served][:2]

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import jax
 
-__all__ = ["KNOWN_PLATFORMS", "FALLBACK_PLATFORM", "PLATFORM_ALIASES", "canonical_platform", "current_platform"]
+__all__ = [
+    "KNOWN_PLATFORMS", "FALLBACK_PLATFORM", "PLATFORM_ALIASES", "canonical_platform", "current_platform",
+    "cuda_capability_reason",
+]
 
 #: Implementation platforms a user may name. A known platform with nothing registered falls back with a warning.
-KNOWN_PLATFORMS = ("xla", "pallas_tpu", "triton")
+KNOWN_PLATFORMS = ("xla", "pallas_tpu", "triton", "cudnn")
 #: Where every call ends up when nothing better serves it.
 FALLBACK_PLATFORM = "xla"
 #: Older or alternative spellings, mapped to the canonical name.
@@ -36,3 +39,19 @@ def current_platform() -> str:
         version = str(getattr(device.client, "platform_version", "")).lower()
         return "rocm" if "rocm" in version else "cuda"
     return platform
+
+
+def cuda_capability_reason(min_major: int) -> str | None:
+    """``None`` when JAX sees a GPU of compute capability ``>= min_major``.0, else why not."""
+    try:
+        devices = jax.devices("gpu")
+    except RuntimeError as e:
+        return f"no GPU visible to JAX ({e})"
+    capability = str(getattr(devices[0], "compute_capability", "0"))
+    try:
+        major = int(capability.split(".")[0])
+    except ValueError:
+        return f"unknown compute capability {capability!r}"
+    if major < min_major:
+        return f"needs compute capability >= {min_major}.0, this GPU has {capability}"
+    return None

@@ -52,6 +52,7 @@ BUILTIN_MODULES = (
     "ejkernel.kernels.xla.spec",
     "ejkernel.kernels.pallas_tpu.spec",
     "ejkernel.kernels.pallas_triton.spec",
+    "ejkernel.kernels.cudnn.spec",
 )
 
 

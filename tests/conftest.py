@@ -29,6 +29,35 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def _gpu_absent_reason() -> str | None:
+    """Why the GPU profile cannot run here (``None`` on a CUDA GPU)."""
+    try:
+        jax.devices("gpu")
+    except RuntimeError:
+        return f"no GPU visible to JAX (devices: {', '.join(sorted({d.platform for d in jax.devices()}))})"
+    return None
+
+
+_deselected_gpu: list[str] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU-profile tests (``@pytest.mark.gpu``) are collected everywhere and deselected without a GPU."""
+    reason = _gpu_absent_reason()
+    if reason is None:
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+        config.hook.pytest_deselected(items=gpu)
+        _deselected_gpu.append(f"{len(gpu)} GPU-profile tests deselected: {reason}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _deselected_gpu:
+        terminalreporter.write_line(line)
+
+
 def examples(factor: float = 1.0) -> int:
     """Example count for a test, scaled from the active profile."""
     return max(1, int(settings().max_examples * factor))

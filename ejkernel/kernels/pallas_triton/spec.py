@@ -8,6 +8,7 @@ cores for Triton there).
 from __future__ import annotations
 
 from ejkernel.kernels.pallas_triton.capabilities import CAPABILITIES
+from ejkernel.platform import cuda_capability_reason
 from ejkernel.registry import KernelSpec
 
 __all__ = ["SPEC", "SPECS"]
@@ -15,20 +16,7 @@ __all__ = ["SPEC", "SPECS"]
 
 def _available() -> str | None:
     """``None`` on a CUDA GPU of compute capability >= 8.0, else why not."""
-    import jax
-
-    try:
-        devices = jax.devices("gpu")
-    except RuntimeError as e:
-        return f"no GPU visible to JAX ({e})"
-    capability = str(getattr(devices[0], "compute_capability", "0"))
-    try:
-        major = int(capability.split(".")[0])
-    except ValueError:
-        return f"unknown compute capability {capability!r}"
-    if major < 8:
-        return f"needs compute capability >= 8.0, this GPU has {capability}"
-    return None
+    return cuda_capability_reason(8)
 
 
 def _build(interpret: bool):
