@@ -233,6 +233,7 @@ class CheckResult:
     errors: dict[str, float]
     tolerance: float
     fallback: bool = False  # another platform served the call
+    not_served: str | None = None  # why the platform does not serve the case (then nothing was run)
 
     @property
     def accurate(self) -> bool:
@@ -245,7 +246,10 @@ class CheckResult:
 
     @property
     def status(self) -> str:
-        """``PASS``, ``FAIL`` (too far from the oracle), or ``FALLBACK`` (accurate, but served elsewhere)."""
+        """``PASS``, ``FAIL`` (too far from the oracle), ``FALLBACK`` (accurate, but served elsewhere) or
+        ``N/A`` (not served by the platform, so not run: its fallback's own rows check it)."""
+        if self.not_served is not None:
+            return "N/A"
         if not self.accurate:
             return "FAIL"
         return "FALLBACK" if self.fallback else "PASS"
@@ -258,20 +262,28 @@ def run_case(
     interpret: bool = False,
     seed: int = 0,
     reference: Reference | None = None,
+    run_unserved: bool = True,
 ) -> CheckResult:
-    """Checks ``platform`` on one case and compute dtype against ``reference`` (default ``case_reference``)."""
+    """Checks ``platform`` on one case and compute dtype against ``reference`` (default ``case_reference``).
+
+    A case the platform does not serve runs on its fallback (``FALLBACK``), or, with ``run_unserved=False``,
+    is not run at all (``N/A``, with the reason).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)
         kernel = get_kernel("attention", platform, interpret=interpret)
     ref = reference if reference is not None else case_reference(case, seed)
     decision = kernel.explain(**ref.args, dtype=dtype)
+    fallback = decision.chosen.platform != canonical_platform(platform)
+    if fallback and not run_unserved:
+        reason = "; ".join(r for label, r in decision.rejected if label.split(":")[0] == canonical_platform(platform))
+        return CheckResult(platform, case.name, dtype, decision.chosen.label, {}, TOLERANCE[dtype], True, reason)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)
         out, grads, _ = _loss_and_grads(kernel, ref.args, dtype, ref.cotangent)
     errors = {"out": relative_error(out, ref.out)}
     errors.update({f"d{k}": relative_error(grads[k], g) for k, g in ref.grads.items()})
     label = decision.chosen.label + (" (interpret)" if interpret and decision.chosen.uses_pallas else "")
-    fallback = decision.chosen.platform != canonical_platform(platform)
     return CheckResult(platform, case.name, dtype, label, errors, TOLERANCE[dtype], fallback)
 
 
@@ -295,13 +307,16 @@ def iter_check(
 ) -> Iterator[CheckResult]:
     """Yields each result as it is computed: every case on every implementation that can run here (Pallas
     ones too with ``interpret``), or on ``platforms``. The oracle runs once per case, shared by every
-    platform and dtype.
+    platform and dtype. Named ``platforms`` run every case, unserved ones on their fallback (``FALLBACK``);
+    otherwise a case a platform does not serve is reported ``N/A`` and not run (the fallback's own rows
+    check it).
 
     Raises:
       ValueError: a platform that is neither known nor registered.
     """
     records = list_kernels("attention")
     registered = {r["platform"] for r in records}
+    run_unserved = platforms is not None
     if platforms is None:
         platforms = sorted({r["platform"] for r in records if r["runnable"] or (interpret and r["interpretable"])})
     platforms = [canonical_platform(p) for p in platforms]
@@ -312,7 +327,7 @@ def iter_check(
         reference = case_reference(case)
         for platform in platforms:
             for d in [dtype] if dtype else _dtypes_for(platform):
-                yield run_case(platform, case, d, interpret=interpret, reference=reference)
+                yield run_case(platform, case, d, interpret=interpret, reference=reference, run_unserved=run_unserved)
 
 
 def run_check(

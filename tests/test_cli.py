@@ -155,3 +155,14 @@ def test_select_cases():
     assert [c.name for c in check.select_cases(quick=True)] == list(check.QUICK_CASES)
     assert [c.name for c in check.select_cases(["decode", "plain"])] == ["plain", "decode"]
     assert check.select_cases() == check.CASES
+
+
+def test_check_of_every_platform_does_not_run_what_a_platform_does_not_serve(register_wrong, capsys):
+    """Without --platform, a case a platform does not serve is N/A, not run (its fallback's rows check it)."""
+    register_wrong("testnocausal", reference_attention, causal=False)
+    code = cli.main(["check", "--dtype", "float32", "--case", "causal"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0, lines
+    row = next(line for line in lines if " testnocausal " in line)
+    assert row.startswith("N/A") and "causal unsupported" in row and "xla's rows check it" in row, row
+    assert "1 not served by their platform, not run" in lines[-1]
