@@ -12,7 +12,9 @@ if str(ROOT) not in sys.path:  # document the checkout, installed or not
 project = "ejkernel"
 author = "the ejkernel authors"
 copyright = "the ejkernel authors"
-release = "0.1.0"
+from ejkernel import __version__  # noqa: E402  (the one place the version is written)
+
+release = version = __version__
 
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.viewcode"]
 
