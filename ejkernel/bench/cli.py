@@ -460,9 +460,10 @@ def _run_parity(argv: list[str]) -> int:
 
 
 def _run_render(argv: list[str]) -> int:
+    import json
     import pathlib
 
-    from ejkernel.bench import report
+    from ejkernel.bench import report, summary
     from ejkernel.bench.compare import load
     from ejkernel.bench.plots import matplotlib_missing, write_plots
     from ejkernel.bench.sweep_report import SCHEMA as SWEEP_SCHEMA
@@ -470,8 +471,10 @@ def _run_render(argv: list[str]) -> int:
 
     args = build_render_parser().parse_args(argv)
     path = pathlib.Path(args.result)
-    doc = load(args.result)
     out = pathlib.Path(args.out) if args.out else path.parent
+    if json.loads(path.read_text()).get("schema") == summary.SCHEMA:
+        return _render_summary(path, out)
+    doc = load(args.result)
     if doc.get("schema") == SWEEP_SCHEMA:  # a block sweep: its table, winners and rows; no plots
         text_path = report.write_text_file(format_sweep(doc), out / f"{path.stem}.txt")
         print(text_path.read_text(), end="", flush=True)
@@ -484,6 +487,30 @@ def _run_render(argv: list[str]) -> int:
         print(missing, file=sys.stderr)
     else:
         written += write_plots(doc, out, path.stem)
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def _render_summary(path: Any, out: Any) -> int:
+    """A curated summary: its table as CSV (for the docs) and as text, and its plot."""
+    import json
+
+    from ejkernel.bench import report, summary
+    from ejkernel.bench.plots import matplotlib_missing
+
+    doc = json.loads(path.read_text())
+    try:
+        summary.validate_summary(doc)
+    except (ValueError, KeyError) as e:
+        print(f"ejkernel bench render: {path}: {e}", file=sys.stderr)
+        return 2
+    written = [report.write_text_file(summary.format_csv(doc), out / f"{path.stem}.csv")]
+    print(summary.format_summary(doc), end="", flush=True)
+    missing = matplotlib_missing()
+    if missing:
+        print(missing, file=sys.stderr)
+    else:
+        written.append(summary.plot_summary(doc, out / f"{path.stem}.png"))
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
 
