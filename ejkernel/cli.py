@@ -9,7 +9,7 @@ import argparse
 import itertools
 import sys
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -73,18 +73,52 @@ def _bench(args: argparse.Namespace) -> int:
     return run_bench(args.bench_args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ejkernel", description=__doc__)
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("info", help="device, JAX version and every registered implementation")
-    check = sub.add_parser("check", help="run every implementation that can run here against the XLA oracle")
+DESCRIPTION = """\
+Attention kernels for JAX: see what runs on this machine, check it, time it.
+With no command, runs 'info' then 'check'."""
+
+COMMANDS = """\
+bench commands:
+  ejkernel bench [--grid G] ...      time the implementations beside jax.nn (XLA, cuDNN) and tokamax
+  ejkernel bench compare BASE NEW    regressions between two bench results, beyond the noise
+  ejkernel bench render RESULT.json  draw a result's table and plots again (e.g. where matplotlib is)
+  ejkernel bench sweep ...           time the Triton kernel's block sizes (an NVIDIA GPU)
+  ejkernel bench parity ...          every feature at GPU sizes against the oracle
+
+Each command has its own --help, for instance: ejkernel bench compare --help"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ejkernel`` parser (``bench`` hands its arguments to ``ejkernel.bench.cli``)."""
+    parser = argparse.ArgumentParser(
+        prog="ejkernel", description=DESCRIPTION, epilog=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="{info,check,bench}")
+    sub.add_parser(
+        "info",
+        help="this device, the JAX version and every registered implementation",
+        description="This device, the JAX version and every registered implementation: whether it runs here, and why not.",
+    )
+    check = sub.add_parser(
+        "check",
+        help="each implementation that runs here against the float64 XLA oracle",
+        description="Run every implementation that can run here against the XLA reference computed in float64, "
+        "forward and gradients. A call another platform served is reported as FALLBACK, never as a pass.",
+    )
     check.add_argument("--interpret", action="store_true", help="also run Pallas kernels in interpret mode")
     check.add_argument("--platform", action="append", help="only this platform (repeatable)")
     check.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="only this compute dtype")
-    check.add_argument("--case", action="append", help="only this case (repeatable; see ejkernel.check.CASES)")
+    check.add_argument("--case", action="append", help="only this case (repeatable; names in ejkernel.check.CASES)")
     check.add_argument("--quick", action="store_true", help="only a few representative cases (QUICK_CASES)")
-    bench = sub.add_parser("bench", help="time implementations and baselines (see `ejkernel bench --help`)", add_help=False)
+    bench = sub.add_parser(
+        "bench", help="time the implementations beside the baselines (see bench commands below)", add_help=False
+    )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # argparse's REMAINDER rejects a leading option such as `bench --grid small`
         return _bench(argparse.Namespace(bench_args=argv[1:]))

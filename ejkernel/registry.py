@@ -24,7 +24,13 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from ejkernel.errors import DuplicateKernelError, FallbackWarning, KernelNotFoundError, KernelUnavailableError
+from ejkernel.errors import (
+    DuplicateKernelError,
+    FallbackWarning,
+    KernelNotFoundError,
+    KernelUnavailableError,
+    caller_stacklevel,
+)
 from ejkernel.platform import FALLBACK_PLATFORM, KNOWN_PLATFORMS, canonical_platform, current_platform
 
 __all__ = [
@@ -232,27 +238,34 @@ class Kernel:
             if not reasons:
                 return Decision(self.requested, spec, features, tuple(rejected), self.interpret)
             rejected.append((spec.label, "; ".join(reasons)))
-        raise KernelUnavailableError(f"no implementation of {self.algorithm.name} serves {features}: {rejected}")
+        why = "; ".join(f"{label}: {reason}" for label, reason in rejected)
+        raise KernelUnavailableError(f"{self.algorithm.name}: no implementation serves this call ({features}); {why}")
 
     def explain(self, *args: Any, **kwargs: Any) -> Decision:
         """The decision a call with these arguments would get (arrays or ``jax.ShapeDtypeStruct``)."""
         return self._decide(self.bind(*args, **kwargs).features)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.run(self.bind(*args, **kwargs), stacklevel=3)
+        return self.run(self.bind(*args, **kwargs))
 
-    def run(self, call: Any, *, stacklevel: int = 2) -> Any:
-        """Serves an already bound call (``bind``): chooses, warns on fallback, runs the implementation."""
+    def run(self, call: Any, *, stacklevel: int | None = None) -> Any:
+        """Serves an already bound call (``bind``): chooses, warns on fallback, runs the implementation.
+
+        A ``FallbackWarning`` points at the first frame outside ejkernel (``errors.caller_stacklevel``);
+        ``stacklevel`` is accepted for older callers and ignored.
+        """
         decision = self._decide(call.features)
         if self.candidates and decision.chosen.platform != self.candidates[0].platform:
             feature_rejected = decision.rejected[len(self._hardware_rejected):]
-            message = f"{self.algorithm.name}: {decision.chosen.label} serves this call; " + "; ".join(
-                f"{label} cannot ({reason})" for label, reason in feature_rejected
-            )
+            why = "; ".join(f"{label} cannot ({reason})" for label, reason in feature_rejected)
             if self.strict and decision.is_fallback:
-                raise KernelUnavailableError(message)
+                raise KernelUnavailableError(
+                    f"{self.algorithm.name}: {why}; strict=True forbids handing the call to "
+                    f"{decision.chosen.label}, so nothing ran"
+                )
+            message = f"{self.algorithm.name}: {decision.chosen.label} serves this call; {why}"
             logger.info(message)
-            warnings.warn(message, FallbackWarning, stacklevel=stacklevel)
+            warnings.warn(message, FallbackWarning, stacklevel=caller_stacklevel())
         impl = _built(decision.chosen, self.interpret and decision.chosen.uses_pallas)
         return impl(call)
 
@@ -297,12 +310,14 @@ def get_kernel(name: str, platform: str = "auto", *, strict: bool = False, inter
         if not any(s.platform == platform for s in specs):
             rejected.append((platform, f"no {name} implementation is registered for platform {platform!r}"))
         if not any(s.platform == platform for s in candidates):
-            message = f"{name}: asked for {platform!r}, running {FALLBACK_PLATFORM!r} instead: " + "; ".join(
-                f"{label} {reason}" for label, reason in rejected
-            )
+            why = "; ".join(f"{label} {reason}" for label, reason in rejected)
             if strict:
-                raise KernelUnavailableError(message)
-            warnings.warn(message, FallbackWarning, stacklevel=2)
+                raise KernelUnavailableError(
+                    f"{name}: asked for {platform!r}, which cannot run here: {why}. strict=True forbids "
+                    f"falling back to {FALLBACK_PLATFORM!r}, so no kernel was returned"
+                )
+            message = f"{name}: asked for {platform!r}, which cannot run here: {why}. Calls run on {FALLBACK_PLATFORM!r} instead"
+            warnings.warn(message, FallbackWarning, stacklevel=caller_stacklevel())
             logger.info(message)
     return Kernel(algorithm, platform, candidates, rejected, strict=strict, interpret=interpret)
 

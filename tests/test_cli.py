@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -166,3 +167,33 @@ def test_check_of_every_platform_does_not_run_what_a_platform_does_not_serve(reg
     row = next(line for line in lines if " testnocausal " in line)
     assert row.startswith("N/A") and "causal unsupported" in row and "xla's rows check it" in row, row
     assert "1 not served by their platform, not run" in lines[-1]
+
+
+# --- help ----------------------------------------------------------------------------------------
+
+RST_MARKUP = re.compile(r"`|:(func|class|meth|doc|mod|ref):|^\s*\.\. \w+::", re.M)  # literals, roles, directives
+BENCH_COMMANDS = ("compare", "render", "sweep", "parity")
+
+
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [(), ("info",), ("check",), ("bench",), *(("bench", c) for c in BENCH_COMMANDS)])
+def test_help_is_plain_text(capsys, argv):
+    text = _help(capsys, *argv)
+    assert text.startswith(f"usage: {' '.join(('ejkernel', *argv))}"), text[:80]
+    assert not RST_MARKUP.search(text), text
+
+
+def test_help_lists_every_command(capsys):
+    top = _help(capsys)
+    for command in ("info", "check", "bench", *(f"ejkernel bench {c}" for c in BENCH_COMMANDS)):
+        assert command in top, command
+    bench = _help(capsys, "bench")
+    assert "ejkernel bench {compare,render,sweep,parity}" in bench
+    for command in BENCH_COMMANDS:
+        assert f"ejkernel bench {command} " in bench, command

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import pathlib
 import re
+import textwrap
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +16,65 @@ import pytest
 from ejkernel.kernels.xla.reference import attention
 from ejkernel.ops.attention.masks import allowed
 
-DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+README = (ROOT / "README.md").read_text()
+SETUP_COMMANDS = [
+    'python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/ejkernel',
+    'python3 -m venv .venv && .venv/bin/pip install -q -e ".[test]" && .venv/bin/python -m pytest -q',
+]
+
+
+def _rst_python_blocks(page: str) -> list[str]:
+    """The ``.. code-block:: python`` bodies of a docs page, dedented."""
+    text = (DOCS / page).read_text()
+    return [textwrap.dedent(m.group(1)) for m in re.finditer(r"^\.\. code-block:: python\n\n((?:(?: {3}.*)?\n)+)", text, re.M)]
+
+
+def _markdown_blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", text, re.M | re.S)
+
+
+def _run_as_pasted(code: str, name: str) -> str:
+    """Executes ``code`` as a fresh script and returns what it printed (warnings may be raised, not errors)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(code, name, "exec"), {"__name__": "__main__"})
+    return out.getvalue()
+
+
+def test_readme_opens_with_the_two_setup_commands():
+    first = re.search(r"```(\w*)\n(.*?)```", README, re.S)
+    assert first.group(1) == "bash" and first.group(2).splitlines() == SETUP_COMMANDS
+
+
+def test_readme_quickstart_runs_as_pasted():
+    quickstart = README.split("## Quickstart", 1)[1]
+    code = _markdown_blocks(quickstart, "python")[0]
+    printed = _run_as_pasted(code, "README.md")
+    assert "(2, 256, 8, 64)" in printed and "attention: xla" in printed
+
+
+def test_readme_has_an_install_line_per_device():
+    install = "\n".join(_markdown_blocks(README.split("## Install", 1)[1], "bash"))
+    for extra in ('".[cuda]"', '".[tpu]"', '".[bench]"'):
+        assert f"pip install -q -e {extra}" in install, extra
+    assert "pip install -q -e .  " in install  # the CPU line
+
+
+def test_index_example_runs_as_pasted():
+    (code,) = _rst_python_blocks("index.rst")
+    _run_as_pasted(code, "index.rst")
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_migration_examples_run_as_pasted(index):
+    blocks = _rst_python_blocks("migration.rst")
+    assert len(blocks) == 3
+    if "import flax" in blocks[index]:
+        pytest.importorskip("flax")  # not a dependency: the page shows an adapter for flax users
+    _run_as_pasted(blocks[index], f"migration.rst[{index}]")
 
 
 # Sphinx's own napoleon uses an interface Sphinx itself deprecates; not ours to fix.

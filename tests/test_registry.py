@@ -121,7 +121,8 @@ def test_hardware_fallback_warns_exactly_once_and_says_why(platform, hardware):
     messages = _fallback_warnings(record)
     assert len(messages) == 1, messages
     (message,) = messages
-    assert f"asked for {platform!r}, running 'xla' instead" in message
+    assert f"asked for {platform!r}, which cannot run here: " in message
+    assert message.endswith("Calls run on 'xla' instead")
     registered = any(s.platform == platform for s in registry.kernel_specs("attention"))
     why = f"needs a {hardware} device, this is cpu" if registered else f"no attention implementation is registered for platform {platform!r}"
     assert why in message, message
@@ -133,9 +134,46 @@ def test_hardware_fallback_warns_exactly_once_and_says_why(platform, hardware):
 def test_strict_raises_instead_of_falling_back(platform):
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        with pytest.raises(KernelUnavailableError, match=f"asked for {platform!r}"):
+        with pytest.raises(KernelUnavailableError, match=f"asked for {platform!r}") as error:
             ejkernel.get_kernel("attention", platform, strict=True)
     assert _fallback_warnings(record) == []
+    message = str(error.value)  # it says what happened: nothing runs, nothing is returned
+    assert "strict=True forbids falling back to 'xla', so no kernel was returned" in message
+    assert "instead" not in message and "running" not in message
+
+
+def _line_of(marker: str) -> int:
+    """The line of this file that holds ``marker`` (in a comment), for checking where a warning points."""
+    (line,) = [i for i, text in enumerate(pathlib.Path(__file__).read_text().splitlines(), 1) if text.endswith(marker)]
+    return line
+
+
+def test_fallback_warning_points_at_the_callers_line(register):
+    """Each path that warns (hardware fallback in ``attention`` and ``get_kernel``, feature fallback at a
+    call, the same under ``jax.jit``) points at this file's calling line, not into ejkernel or JAX."""
+    register(_fake_spec("testnosinks", 1000, [], sinks=False))
+    args = _inputs()
+    kernel = ejkernel.get_kernel("attention")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        ejkernel.attention(**args, platform="triton")  # warns: attention
+        ejkernel.get_kernel("attention", "pallas_tpu")  # warns: get_kernel
+        kernel(**args)  # warns: kernel call
+        jax.jit(lambda q, k, v, s: kernel(q, k, v, softmax_aux=s)[0])(*args.values())  # warns: jitted
+    got = [(pathlib.Path(w.filename).name, w.lineno) for w in record if issubclass(w.category, FallbackWarning)]
+    markers = ("# warns: attention", "# warns: get_kernel", "# warns: kernel call", "# warns: jitted")
+    assert got == [(pathlib.Path(__file__).name, _line_of(m)) for m in markers]
+
+
+def test_strict_feature_fallback_says_nothing_ran(register):
+    register(_fake_spec("testnosinks", 1000, [], sinks=False))
+    kernel = ejkernel.get_kernel("attention", "testnosinks", strict=True)
+    with pytest.raises(KernelUnavailableError) as error:
+        kernel(**_inputs())
+    message = str(error.value)
+    assert message.startswith("attention: testnosinks cannot (softmax_aux (sinks) unsupported)")
+    assert message.endswith("strict=True forbids handing the call to xla, so nothing ran")
+    assert "serves this call" not in message
 
 
 def test_unknown_platform_and_algorithm():

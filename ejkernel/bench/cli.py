@@ -23,7 +23,29 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["run", "build_parser", "build_sweep_parser", "build_parity_parser", "select_shapes"]
+__all__ = [
+    "run", "build_parser", "build_compare_parser", "build_render_parser", "build_sweep_parser", "build_parity_parser",
+    "select_shapes",
+]
+
+
+USAGE = """\
+ejkernel bench [options]
+       ejkernel bench {compare,render,sweep,parity} ..."""
+
+DESCRIPTION = """\
+Time every ejkernel implementation that runs here beside the baselines (jax.nn XLA and cuDNN,
+tokamax) over shape grids. Writes OUT/NAME.json (rewritten after every measurement), NAME.txt (the
+table, also printed) and NAME.png (the plots; they need matplotlib: pip install 'ejkernel[bench]')."""
+
+COMMANDS = """\
+commands:
+  ejkernel bench compare BASE.json NEW.json  what got slower or stopped running, beyond the noise
+  ejkernel bench render RESULT.json          draw a result's table and plots again
+  ejkernel bench sweep [--shape ...]         time the Triton kernel's passes for candidate block sizes
+  ejkernel bench parity [--platform triton]  every capability class at GPU sizes against the oracle
+
+Each command has its own --help, for instance: ejkernel bench render --help"""
 
 
 def _positive_int(text: str) -> int:
@@ -39,11 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     grids = "; ".join(f"{name}: {text}" for name, text in GRID_DESCRIPTIONS.items())
     p = argparse.ArgumentParser(
         prog="ejkernel bench",
-        description="Time every ejkernel implementation that runs here and the baselines "
-        "(jax.nn XLA/cuDNN, tokamax) over shape grids. `ejkernel bench compare A.json B.json` diffs two runs; "
-        "`ejkernel bench render R.json` redraws a result's table and plots; `ejkernel bench sweep` times the "
-        "Triton kernels' passes for candidate block sizes; `ejkernel bench parity` checks every capability "
-        "class at GPU sizes (each sub-command has its --help).",
+        usage=USAGE,
+        description=DESCRIPTION,
+        epilog=COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--grid",
@@ -149,6 +170,31 @@ def build_parity_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
     p.add_argument("--name", help="output file stem (default parity_<platform>)")
+    return p
+
+
+def build_compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ejkernel bench compare",
+        description="Diff two 'ejkernel bench' JSON results; exit 1 when something got slower beyond the "
+        "noise (the [min, max] ranges of the two runs do not overlap) or stopped running.",
+    )
+    p.add_argument("base", help="the earlier result (JSON)")
+    p.add_argument("new", help="the later result (JSON)")
+    p.add_argument("--threshold", type=float, default=0.0, help="also require the medians to differ by this fraction")
+    p.add_argument("--all", action="store_true", help="show changes within noise too")
+    return p
+
+
+def build_render_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ejkernel bench render",
+        description="Draw the table and plots of a result again: a bench result (its table and one plot per "
+        "grid), a block sweep (its table and block rows) or a curated summary (a compact table as CSV and "
+        "one plot of every device's grid).",
+    )
+    p.add_argument("result", help="the result (JSON)")
+    p.add_argument("--out", help="output folder (default: beside the JSON)")
     return p
 
 
@@ -269,16 +315,7 @@ def _run_bench(argv: list[str]) -> int:
 def _run_compare(argv: list[str]) -> int:
     from ejkernel.bench.compare import compare_results, format_comparison, has_regressions, load
 
-    p = argparse.ArgumentParser(
-        prog="ejkernel bench compare",
-        description="Diff two `ejkernel bench` JSON results; exit 1 when something got slower beyond the "
-        "noise (the [min, max] ranges of the two runs do not overlap) or stopped running.",
-    )
-    p.add_argument("base")
-    p.add_argument("new")
-    p.add_argument("--threshold", type=float, default=0.0, help="also require the medians to differ by this fraction")
-    p.add_argument("--all", action="store_true", help="show changes within noise too")
-    args = p.parse_args(argv)
+    args = build_compare_parser().parse_args(argv)
     base, new = load(args.base), load(args.new)
     for doc, name in ((base, args.base), (new, args.new)):
         env = doc.get("environment", {})
@@ -423,21 +460,21 @@ def _run_parity(argv: list[str]) -> int:
 
 
 def _run_render(argv: list[str]) -> int:
+    import json
     import pathlib
 
-    from ejkernel.bench import report
+    from ejkernel.bench import report, summary
     from ejkernel.bench.compare import load
     from ejkernel.bench.plots import matplotlib_missing, write_plots
     from ejkernel.bench.sweep_report import SCHEMA as SWEEP_SCHEMA
     from ejkernel.bench.sweep_report import format_sweep
 
-    p = argparse.ArgumentParser(prog="ejkernel bench render", description="Redraw a result's table and plots.")
-    p.add_argument("result")
-    p.add_argument("--out", help="output folder (default: beside the JSON)")
-    args = p.parse_args(argv)
+    args = build_render_parser().parse_args(argv)
     path = pathlib.Path(args.result)
-    doc = load(args.result)
     out = pathlib.Path(args.out) if args.out else path.parent
+    if json.loads(path.read_text()).get("schema") == summary.SCHEMA:
+        return _render_summary(path, out)
+    doc = load(args.result)
     if doc.get("schema") == SWEEP_SCHEMA:  # a block sweep: its table, winners and rows; no plots
         text_path = report.write_text_file(format_sweep(doc), out / f"{path.stem}.txt")
         print(text_path.read_text(), end="", flush=True)
@@ -450,6 +487,30 @@ def _run_render(argv: list[str]) -> int:
         print(missing, file=sys.stderr)
     else:
         written += write_plots(doc, out, path.stem)
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def _render_summary(path: Any, out: Any) -> int:
+    """A curated summary: its table as CSV (for the docs) and as text, and its plot."""
+    import json
+
+    from ejkernel.bench import report, summary
+    from ejkernel.bench.plots import matplotlib_missing
+
+    doc = json.loads(path.read_text())
+    try:
+        summary.validate_summary(doc)
+    except (ValueError, KeyError) as e:
+        print(f"ejkernel bench render: {path}: {e}", file=sys.stderr)
+        return 2
+    written = [report.write_text_file(summary.format_csv(doc), out / f"{path.stem}.csv")]
+    print(summary.format_summary(doc), end="", flush=True)
+    missing = matplotlib_missing()
+    if missing:
+        print(missing, file=sys.stderr)
+    else:
+        written.append(summary.plot_summary(doc, out / f"{path.stem}.png"))
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
 

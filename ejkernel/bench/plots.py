@@ -21,7 +21,10 @@ def matplotlib_missing() -> str | None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return "matplotlib is not installed (pip install 'ejkernel[bench]'); skipping plots"
+        return (
+            "no plots: matplotlib is not installed; pip install 'ejkernel[bench]' and "
+            "'ejkernel bench render RESULT.json' draws them"
+        )
     return None
 
 

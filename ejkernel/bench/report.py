@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,8 @@ __all__ = [
     "format_dispatch",
     "format_device",
     "format_header",
+    "fit",
+    "WIDTH",
     "never_ran",
     "write_json",
     "write_text",
@@ -26,6 +29,7 @@ __all__ = [
 ]
 
 SCHEMA = "ejkernel-bench/1"
+WIDTH = 120  # the text table and its header fit a 120-column terminal
 BASELINE = "jax.nn:xla"  # speedups are over this implementation on the same configuration
 
 
@@ -86,10 +90,12 @@ def _tflops(x: float) -> str:
 
 
 def never_ran(results: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """``{impl: reason}`` for implementations that were n/a for every configuration, for the same reason."""
+    """``{impl: reason}`` for implementations that were n/a for every configuration they reached (skipped
+    ones say nothing), for the same reason."""
     reasons: dict[str, set] = {}
     for r in results:
-        reasons.setdefault(r["impl"], set()).add(r.get("reason") if r["status"] == "n/a" else None)
+        if r["status"] != "skipped":
+            reasons.setdefault(r["impl"], set()).add(r.get("reason") if r["status"] == "n/a" else None)
     return {impl: next(iter(rs)) for impl, rs in reasons.items() if len(rs) == 1 and None not in rs}
 
 
@@ -100,6 +106,28 @@ def format_device(env: dict[str, Any]) -> str:
         + (f"; driver {env['driver']}" if env.get("driver") else "")
         + (f"; cuDNN {env['cudnn']}" if env.get("cudnn") else "")
         + (f"; host load {env['load_average'][0]:g} on {env['cpu_count']} CPUs" if env.get("load_average") else "")
+    )
+
+
+def fit(line: str, width: int = WIDTH, indent: str = "    ") -> str:
+    """``line`` wrapped at ``width`` columns, continuation lines indented (words are never split)."""
+    if len(line) <= width:
+        return line
+    lead = line[: len(line) - len(line.lstrip())]
+    return textwrap.fill(
+        line, width, initial_indent="", subsequent_indent=lead + indent, break_long_words=False, break_on_hyphens=False
+    )
+
+
+def _skipped_summary(results: Sequence[dict[str, Any]], budget: Any) -> str | None:
+    skipped = [r for r in results if r["status"] == "skipped"]
+    if not skipped:
+        return None
+    configurations = len({config_key(r) for r in skipped})
+    impls = len({r["impl"] for r in skipped})
+    return (
+        f"skipped: {len(skipped)} measurements ({configurations} configurations x up to {impls} implementations) "
+        f"after the time budget ({budget} s) ran out; they are left out of the table"
     )
 
 
@@ -121,76 +149,93 @@ def format_header(doc: dict[str, Any]) -> str:
     c = doc["config"]
     lines.append(
         f"method: {c['warmup']} warm-up calls, {c['rounds']} rounds of back-to-back calls, one sync per round; "
-        "median [min .. max] per call; TFLOP/s = 4·B·Hq·Sq·Skv·D (x0.5 causal, x3.5 fwd+bwd) / median"
+        "median per call; TFLOP/s = 4*B*Hq*Sq*Skv*D (x0.5 causal, x3.5 fwd+bwd) / median"
     )
     for item in doc.get("not_run_here", []):
         lines.append(f"not run here: {item['impl']}: {item['reason']}")
     for impl, reason in never_ran(doc["results"]).items():
         lines.append(f"n/a for every configuration: {impl}: {reason}")
-    skipped = sum(r["status"] == "skipped" for r in doc["results"])
+    skipped = _skipped_summary(doc["results"], c.get("budget_s"))
     if skipped:
-        lines.append(f"skipped: {skipped} measurements after the time budget ({c.get('budget_s')} s) ran out")
-    return "\n".join(lines)
+        lines.append(skipped)
+    return "\n".join(fit(line) for line in lines)
 
 
-def format_table(results: Sequence[dict[str, Any]], baseline: str = BASELINE) -> str:
-    """One row per (configuration, implementation); n/a rows carry their reason.
+def _pass_label(record: dict[str, Any]) -> str:
+    return record["mode"] + (", causal" if record["causal"] else "")
 
-    Left out (the header lists them): implementations n/a everywhere for one reason, and "same" records.
+
+def _spread(r: dict[str, Any]) -> str:
+    """The fastest and slowest round against the median, in percent: ``-3% +8%``."""
+    median = r["median_ms"]
+    return f"-{100 * (median - r['min_ms']) / median:.0f}% +{100 * (r['max_ms'] - median) / median:.0f}%"
+
+
+def _baseline_short(baseline: str) -> str:
+    return baseline.split(":")[-1] if baseline.startswith("jax.nn:") else baseline
+
+
+def format_table(results: Sequence[dict[str, Any]], baseline: str = BASELINE, width: int = WIDTH) -> str:
+    """The results, one block per configuration and one row per implementation, within ``width`` columns.
+
+    Notes (every n/a reason, and which implementation served a call) are footnoted once each, below the
+    table. Left out (the header lists or counts them): implementations n/a everywhere for one reason,
+    "same" records (timed under their platform's name) and skipped ones.
     """
     ratio = speedups(results, baseline)
     hidden = never_ran(results)
-    header = (
-        "grid",
-        "shape",
-        "causal",
-        "mode",
-        "impl",
-        "median ms",
-        "[min .. max] ms",
-        "TFLOP/s",
-        "% peak",
-        f"vs {baseline}",
-        "peak MiB",
-        "note",
-    )
-    rows = [header]
-    previous = None
+    notes: dict[str, int] = {}
+
+    def mark(text: str) -> str:
+        return f"[{notes.setdefault(text, len(notes) + 1)}]"
+
+    header = ("impl", "median ms", "spread", "TFLOP/s", "% peak", f"vs {_baseline_short(baseline)}", "peak MiB", "note")
+    blocks: dict[tuple, tuple[str, list[tuple[str, ...]]]] = {}
     for i, r in enumerate(results):
-        if r["impl"] in hidden or r["status"] == "same":
+        if r["impl"] in hidden or r["status"] in ("same", "skipped"):
             continue
-        key = config_key(r)
-        first = key != previous
-        previous = key
-        cells = [r["grid"], r["label"], "yes" if r["causal"] else "no", r["mode"]] if first else ["", "", "", ""]
-        cells.append(r["impl"])
+        heading = f"{r['grid']}  {r['label']}  {_pass_label(r)}"
+        rows = blocks.setdefault(config_key(r), (heading, []))[1]
         if r["status"] == "ok":
             pct = f"{r['pct_peak']:.1f}" if r.get("pct_peak") is not None else "-"
             mem = r.get("peak_memory_bytes")
-            cells += [
-                _ms(r["median_ms"]),
-                f"[{_ms(r['min_ms'])} .. {_ms(r['max_ms'])}]",
-                _tflops(r["tflops"]),
-                pct,
-                f"{ratio[i]:.2f}x" if i in ratio else "-",
-                f"{mem / 2**20:.1f}" if mem is not None else "-",
-                r.get("served_by", "") if r.get("served_by") not in (None, r["impl"].split(":", 1)[-1]) else "",
-            ]
+            served = r.get("served_by")
+            note = mark(f"served by {served}") if served not in (None, r["impl"].split(":", 1)[-1]) else ""
+            rows.append((
+                r["impl"], _ms(r["median_ms"]), _spread(r), _tflops(r["tflops"]), pct,
+                f"{ratio[i]:.2f}x" if i in ratio else "-", f"{mem / 2**20:.1f}" if mem is not None else "-", note,
+            ))  # fmt: skip
         else:
-            cells += [r["status"], "", "", "", "", "", r.get("reason") or ""]
-        rows.append(tuple(cells))
-    widths = [max(len(str(row[j])) for row in rows) for j in range(len(header) - 1)]
-    lines = []
-    for row in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + str(row[-1]))
-    return "\n".join(line.rstrip() for line in lines)
+            rows.append((r["impl"], r["status"], "", "", "", "", "", mark(r.get("reason") or "no reason recorded")))
+    if not blocks:
+        return "no measurement to show"
+    every_row = [header, *(row for _, rows in blocks.values() for row in rows)]
+    widths = [max(len(row[j]) for row in every_row) for j in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return ("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))).rstrip()
+
+    lines = [line(header)]
+    for heading, rows in blocks.values():
+        lines.append(heading)
+        lines.extend(line(row) for row in rows)
+    lines.append("")
+    lines.append(
+        fit(
+            f"spread: the fastest and the slowest round against the median; vs {_baseline_short(baseline)}: "
+            f"speedup over {baseline} on the same configuration; peak MiB: the compiled step's peak memory",
+            width,
+        )
+    )
+    lines.extend(fit(f"[{n}] {text}", width) for text, n in notes.items())
+    return "\n".join(lines)
 
 
 def format_dispatch(dispatch: dict[str, Any] | None) -> str:
     if not dispatch:
         return ""
     if "error" in dispatch:
-        return f"dispatch: not measured ({dispatch['error']})"
+        return fit(f"dispatch: not measured ({dispatch['error']})")
     e = dispatch["eager"]
     same = "identical" if dispatch["all_same_program"] else "DIFFERENT"
     failures = [f"{c['mode']}{' causal' if c['causal'] else ''}" for c in dispatch["programs"] if not c["same_program"]]
@@ -203,7 +248,7 @@ def format_dispatch(dispatch: dict[str, Any] | None) -> str:
     ]
     if "decision_us" in e:
         lines.append(f"  the dispatch decision alone (ejkernel.explain): {e['decision_us']:.0f} us")
-    return "\n".join(lines)
+    return "\n".join(fit(line) for line in lines)
 
 
 def _atomic_write(path: pathlib.Path, text: str) -> None:

@@ -1,0 +1,95 @@
+"""The bench's text report on synthetic results: it fits 120 columns, footnotes each note once and
+summarises skipped measurements instead of listing them."""
+
+from __future__ import annotations
+
+import itertools
+
+from ejkernel.bench import report
+
+IMPLS = ("ejkernel:triton", "ejkernel:xla", "ejkernel:xla:chunked", "jax.nn:xla", "jax.nn:cudnn", "tokamax")
+CHUNKED_REASON = "dense score matrix of 262144 elements is below 8388608: the dense reference serves it"
+
+
+def _record(impl: str, seq: int, causal: bool, mode: str, status: str = "ok", **extra) -> dict:
+    shape = {"batch": 16384 // seq, "q_len": seq, "kv_len": seq, "num_q_heads": 16, "num_kv_heads": 16, "head_dim": 128}
+    record = {
+        "grid": "fa3", "label": f"B{16384 // seq} S{seq} H16 D128", "shape": shape, "causal": causal, "mode": mode,
+        "dtype": "bfloat16", "impl": impl, "status": status, "reason": None, "served_by": impl.split(":", 1)[-1],
+    }  # fmt: skip
+    if status == "ok":
+        median = 0.123456 * seq / 512
+        record.update(median_ms=median, min_ms=median * 0.97, max_ms=median * 1.08, tflops=412.345, pct_peak=41.7,
+                      peak_memory_bytes=123_456_789_012)  # fmt: skip
+    record.update(extra)
+    return record
+
+
+def _results() -> list[dict]:
+    out = []
+    for seq, causal, mode in itertools.product((512, 1024, 16384), (False, True), ("fwd", "fwd+bwd")):
+        if seq == 16384:  # the time budget ran out before the longest shape
+            out += [_record(impl, seq, causal, mode, "skipped", reason="time budget exhausted") for impl in IMPLS]
+            continue
+        out.append(_record("ejkernel:triton", seq, causal, mode))
+        out.append(_record("ejkernel:xla", seq, causal, mode, served_by="xla:chunked"))
+        if seq == 512:  # n/a four times for one reason: one footnote
+            out.append(_record("ejkernel:xla:chunked", seq, causal, mode, "n/a", reason=CHUNKED_REASON))
+        else:
+            out.append(_record("ejkernel:xla:chunked", seq, causal, mode))
+        out.append(_record("jax.nn:xla", seq, causal, mode))
+        out.append(_record("jax.nn:cudnn", seq, causal, mode))
+        out.append(_record("tokamax", seq, causal, mode, "n/a", reason="tokamax is not installed (ModuleNotFoundError)"))
+    return out
+
+
+def _document(results: list[dict]) -> dict:
+    env = {
+        "date": "2026-01-01T00:00:00+00:00", "device_kind": "NVIDIA H200", "platform": "cuda", "device_count": 1,
+        "jax": "0.11.2", "jaxlib": "0.11.2", "driver": "580.1", "cudnn": "91900", "load_average": [0.5], "cpu_count": 16,
+        "command": "ejkernel bench --grid fa3 --budget-s 480 --out /a/rather/long/output/folder/for/the/results "
+                   "--name bench_gpu_fa3 --skip-impl ejkernel:xla --no-dispatch --rounds 5 --warmup 2",
+        "peak": {"name": "H200", "nominal_tflops": 989.4, "ceiling_tflops": None},
+    }  # fmt: skip
+    config = {"warmup": 2, "rounds": 5, "dtype": "bfloat16", "budget_s": 480}
+    not_run = [("ejkernel:pallas_tpu", "needs a tpu device, this is cuda (interpret=True runs it anywhere)")]
+    dispatch = {"error": "RuntimeError: " + "a long error message " * 20}
+    return report.build_document(env, config, results, not_run=not_run, dispatch=dispatch)
+
+
+def _text(results: list[dict]) -> str:
+    doc = _document(results)
+    return "\n\n".join([report.format_header(doc), report.format_table(doc["results"]), report.format_dispatch(doc["dispatch"])])
+
+
+def test_report_fits_120_columns():
+    lines = _text(_results()).splitlines()
+    assert max(len(line) for line in lines) <= 120, max(lines, key=len)
+    assert any(len(line) > 100 for line in lines)  # the test data is wide enough to need it
+
+
+def test_each_note_is_footnoted_once():
+    table = report.format_table(_results())
+    assert table.count(CHUNKED_REASON) == 1
+    assert table.count("served by xla:chunked") == 1
+    rows = [line.split() for line in table.splitlines() if line.strip().startswith("ejkernel:xla:chunked")]
+    (chunked_mark,) = {row[-1] for row in rows if row[1] == "n/a"}
+    assert f"{chunked_mark} {CHUNKED_REASON}" in table.splitlines()
+    assert "tokamax" not in table  # n/a everywhere for one reason: the header says so, once
+
+
+def test_skipped_measurements_are_summarised_not_listed():
+    results = _results()
+    text = _text(results)
+    assert "S16384" not in report.format_table(results)
+    assert "time budget exhausted" not in text
+    assert "skipped: 24 measurements (4 configurations x up to 6 implementations) after the time budget (480 s)" in text
+    assert "n/a for every configuration: tokamax: tokamax is not installed" in text
+
+
+def test_a_wide_header_line_wraps_with_an_indent():
+    line = "not run here: " + "word " * 40
+    wrapped = report.fit(line).splitlines()
+    assert len(wrapped) > 1 and all(len(w) <= 120 for w in wrapped)
+    assert all(w.startswith("    ") for w in wrapped[1:])
+    assert report.fit("short") == "short"
