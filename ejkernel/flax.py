@@ -182,8 +182,8 @@ def linen_attention(
     """``flax.linen.dot_product_attention``'s signature and semantics, computed by ``ejkernel.attention``.
 
     Args:
-      query, key, value, bias, mask, broadcast_dropout, dropout_rng, dropout_rate, deterministic, dtype,
-        precision: as in ``nnx_attention``.
+      query: as in ``nnx_attention``, and so are ``key``, ``value``, ``bias``, ``mask``,
+        ``broadcast_dropout``, ``dropout_rng``, ``dropout_rate``, ``deterministic``, ``dtype`` and ``precision``.
       module: a linen ``Module`` to sow the weights into (``"intermediates"``, ``"attention_weights"``).
       force_fp32_for_softmax: accepted either way: ejkernel's softmax is always float32.
       einsum_dot_general, qk_attn_weights_einsum, attn_weights_value_einsum: only ``None`` (a fused kernel

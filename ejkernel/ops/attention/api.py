@@ -101,8 +101,10 @@ def attention(*args: Any, **kwargs: Any) -> tuple[Array, Array | None]:
     docstring: ``dtype=None`` (the inputs' dtype), no weights, NumPy broadcasting of ``bias`` and
     ``attention_mask``.
 
+    The reference parameters (``query``, ``key``, ``value``, ``attention_mask``, ...) come first, positional
+    or by name; then the keyword-only ones.
+
     Args:
-      *args, **kwargs: the reference parameters (``query``, ``key``, ``value``, ``attention_mask``, ...).
       platform: keyword-only: "auto" (the best implementation registered for the device JAX would use),
         "xla", "pallas_tpu" (alias "pallas") or "triton" (NVIDIA GPU). A platform that cannot run here, or
         cannot serve these arguments, hands the call to one that can (finally XLA) with a ``FallbackWarning``.
