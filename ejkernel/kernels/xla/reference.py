@@ -35,8 +35,9 @@ def _rows(x: Array, drop: tuple[int, ...]) -> Array:
     return jnp.squeeze(x, axis=drop) if drop else x
 
 
-def reference_attention(call: AttentionCall) -> tuple[Array, Array]:
-    """The computation of a validated call: ``(output [B, Sq, Hq, Dv], weights [B, Hq, Sq, Skv])``.
+def reference_attention(call: AttentionCall) -> tuple[Array, Array | None]:
+    """The computation of a validated call: ``(output [B, Sq, Hq, Dv], weights [B, Hq, Sq, Skv])``; the
+    weights are ``None`` when the call's ``features.return_weights`` is ``False``.
 
     Query heads are laid out as ``[B, Hkv, G * Sq, D]`` so that each product is one batched matmul per
     kv head, against K and V as they are (never repeated per query head). The softmax runs on the
@@ -108,6 +109,8 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array]:
     product = _float16_values_product if dtype == jnp.float16 else _values_product
     out = product(weights.reshape(b, hkv, g * sq, skv), v, dtype)
     out = out.reshape(b, hkv, g, sq, -1).transpose(0, 3, 1, 2, 4).reshape(b, sq, hq, -1).astype(dtype)
+    if f.return_weights is False:  # the public call asked for none
+        return out, None
     return out, weights.astype(dtype).reshape(full)
 
 

@@ -8,16 +8,24 @@ its ``[B, Hq, Sq, Skv]`` score matrix is below the device's ``chunk_policy`` lim
 CPU, 2**29 on an accelerator), or no larger than K and V themselves (decoding), where it is as fast or
 faster and also returns the weights. Above it, the chunked path serves the call in O(Sq + Skv) memory and
 returns ``(output, None)``.
+
+Only the dense reference forms the weights, so a call with ``return_weights=True`` goes to it (every other
+implementation declines it), unless they cannot fit (``weights_fit``): then no implementation serves the
+call, and the error says why.
 """
 
 from __future__ import annotations
+
+import jax
+import numpy as np
 
 from ejkernel.kernels.xla.chunk_policy import dense_score_elements, input_elements, policy_for
 from ejkernel.ops.attention.features import ALL_LAYOUTS, AttentionCapabilities, AttentionFeatures
 from ejkernel.platform import current_platform
 from ejkernel.registry import KernelSpec
 
-__all__ = ["REFERENCE", "CHUNKED", "SPECS", "dense_is_small"]
+__all__ = ["REFERENCE", "CHUNKED", "SPECS", "dense_is_small", "weights_fit", "MAX_WEIGHTS_ELEMENTS", "weights_bytes",
+           "device_memory_bytes"]
 
 _FLOATS = frozenset({"float16", "bfloat16", "float32", "float64"})
 _EVERY_DEVICE = frozenset({"cpu", "cuda", "rocm", "tpu"})
@@ -34,6 +42,43 @@ def dense_is_small(f: AttentionFeatures) -> str | None:
         return (
             f"dense score matrix of {elements} elements is no larger than K and V ({input_elements(f)}): "
             "the dense reference serves it"
+        )
+    return None
+
+
+#: The largest ``B * Hq * Sq * Skv`` served with ``return_weights=True`` where the device does not report its
+#: memory (a CPU): 2**31 elements, 8 GiB per float32 copy.
+MAX_WEIGHTS_ELEMENTS = 2**31
+
+
+def device_memory_bytes() -> int | None:
+    """The memory of the device JAX would use, where it reports it (GPUs and TPUs do; a CPU does not)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("bytes_limit")
+
+
+def weights_bytes(f: AttentionFeatures) -> int:
+    """What the dense reference holds to return the weights, estimated: three float32 ``[B, Hq, Sq, Skv]``
+    arrays (logits, exponentials, weights) and the weights in the call's dtype."""
+    return dense_score_elements(f) * (3 * 4 + np.dtype(f.dtype).itemsize)
+
+
+def weights_fit(f: AttentionFeatures) -> str | None:
+    """Refuses ``return_weights=True`` when the weights cannot fit: past the device's memory where it reports
+    it (``memory_stats()["bytes_limit"]``), past ``MAX_WEIGHTS_ELEMENTS`` elsewhere."""
+    if not f.return_weights:
+        return None
+    elements = dense_score_elements(f)
+    limit = device_memory_bytes()
+    if limit is not None and weights_bytes(f) > limit:
+        return (
+            f"return_weights=True needs the [B, Hq, Sq, Skv] weights ({elements} elements, about "
+            f"{weights_bytes(f) / 2**30:.1f} GiB with the logits), more than this device's {limit / 2**30:.1f} GiB"
+        )
+    if limit is None and elements > MAX_WEIGHTS_ELEMENTS:
+        return (
+            f"return_weights=True needs the [B, Hq, Sq, Skv] weights ({elements} elements), more than "
+            f"{MAX_WEIGHTS_ELEMENTS} (MAX_WEIGHTS_ELEMENTS)"
         )
     return None
 
@@ -67,7 +112,7 @@ REFERENCE = KernelSpec(
     priority=0,
     devices=_EVERY_DEVICE,
     build=_build_reference,
-    capabilities=_every_feature(_FLOATS, _FLOATS),
+    capabilities=_every_feature(_FLOATS, _FLOATS, weights=True, extra_check=weights_fit),
     description="dense XLA reference; materialises the [B, Hq, Sq, Skv] weights; the parity oracle",
 )
 

@@ -43,6 +43,8 @@ class AttentionFeatures:
     sinks_per_head: bool = False
     dropout: bool = False
     dropout_prob: float = 0.0  # 0.0 whenever ``dropout`` is False
+    # The weights asked for: True (required), False (none), None (the seed's rule: where they are formed).
+    return_weights: bool | None = None
 
     @property
     def group_size(self) -> int:
@@ -68,6 +70,8 @@ class AttentionFeatures:
             parts.append(f"sinks{'[Hq,n]' if self.sinks_per_head else '[n]'}")
         if self.dropout:
             parts.append("dropout")
+        if self.return_weights:
+            parts.append("return_weights")
         return " ".join(parts)
 
 
@@ -78,6 +82,8 @@ class AttentionCapabilities:
     A field left at its default declares the feature *unsupported* (no layouts, ``False``), so a feature
     added to ``AttentionFeatures`` later is never silently claimed by a backend that predates it. The
     defaults serve only a plain call: float32/bfloat16/float16, any head dim, ``Dv == D``, float32 softmax.
+    ``weights`` says the implementation returns the ``[B, Hq, Sq, Skv]`` weights a call with
+    ``return_weights=True`` asks for (only the dense XLA reference forms them).
     ``head_dims`` of ``None`` means any head dim. ``extra_check`` may veto a call for a reason the fields
     cannot express (it returns a sentence, or ``None`` when the call is fine).
     """
@@ -94,6 +100,7 @@ class AttentionCapabilities:
     sinks: bool = False
     dropout: bool = False
     softmax_dtypes: frozenset[str] = frozenset({"float32"})
+    weights: bool = False
     extra_check: Callable[[AttentionFeatures], str | None] | None = None
 
     def unsupported_reasons(self, f: AttentionFeatures) -> list[str]:
@@ -123,6 +130,8 @@ class AttentionCapabilities:
             reasons.append("softmax_aux (sinks) unsupported")
         if f.dropout and not self.dropout:
             reasons.append("dropout unsupported")
+        if f.return_weights and not self.weights:
+            reasons.append("return_weights=True unsupported (the weights are never formed)")
         if f.softmax_dtype not in self.softmax_dtypes:
             reasons.append(f"softmax_dtype {f.softmax_dtype} not in {sorted(self.softmax_dtypes)}")
         if self.extra_check is not None:

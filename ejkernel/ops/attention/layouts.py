@@ -4,14 +4,15 @@ A layout is ``(batch, heads)``: batch ``"B"`` or ``"1"`` (broadcast), heads ``"q
 ``"kv"`` (one per kv head, shared by its group) or ``"1"``. Query head ``h`` reads kv head
 ``h // group``. The index form (``kv_head``, ``operand_index``) serves kernels, on Python ints or traced
 int32 alike; the array forms (``per_query_head``, ``reduce_to_layout``) serve XLA code and the bias
-gradient, which is summed back over every broadcast axis.
+gradient, which is summed back over every broadcast axis. ``broadcast_operand`` brings a bias or mask that
+broadcasts by NumPy rules (``[B, 1, 1, Skv]``, ``[Sq, Skv]``, ...) to that form, for the public call.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["OperandLayout", "operand_layout", "kv_head", "operand_index", "per_query_head", "reduce_to_layout"]
+__all__ = ["OperandLayout", "broadcast_operand", "operand_layout", "kv_head", "operand_index", "per_query_head", "reduce_to_layout"]
 
 # How a bias or mask broadcasts over batch and heads: ("B" | "1", "q" | "kv" | "1").
 OperandLayout = tuple[str, str]
@@ -34,6 +35,32 @@ def operand_layout(shape: tuple[int, ...], batch: int, num_q_heads: int, num_kv_
         head_kind = "kv"
     return batch_kind, head_kind
 
+
+
+def broadcast_operand(x: Any, batch: int, num_q_heads: int, num_kv_heads: int, q_len: int, kv_len: int) -> Any:
+    """A bias or mask broadcastable by NumPy rules to ``[B, H, Sq, Skv]`` in the form ``[B|1, H|1, Sq, Skv]``.
+
+    Missing leading axes become size 1 and size-1 query or key axes are broadcast (``jnp.broadcast_to``:
+    XLA fuses it into the dense and chunked paths; a Pallas kernel reads the broadcast operand). The batch
+    and head axes keep their size, so their layout is still the cheap broadcast one. A shape that does not
+    broadcast (or has rank > 4) is returned unchanged, for validation to name. ``jax.ShapeDtypeStruct`` in,
+    ``jax.ShapeDtypeStruct`` out.
+    """
+    if x is None or not 1 <= len(x.shape) <= 4:
+        return x
+    shape = (1,) * (4 - len(x.shape)) + tuple(x.shape)
+    fits = shape[0] in (1, batch) and shape[1] in (1, num_q_heads, num_kv_heads)
+    if not fits or shape[2] not in (1, q_len) or shape[3] not in (1, kv_len):
+        return x
+    target = (*shape[:2], q_len, kv_len)
+    if target == tuple(x.shape):
+        return x
+    import jax
+    import jax.numpy as jnp
+
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(target, x.dtype)
+    return jnp.broadcast_to(jnp.reshape(x, shape), target)
 
 
 def kv_head(q_head: Any, group: int) -> Any:
