@@ -111,17 +111,26 @@ def gradient_errors(grads: dict, ref_grads: dict, args: dict, cot) -> dict[str, 
     return errors
 
 
-def forward_and_grads(fn, args, dtype, cotangent):
-    """``fn``'s output and its gradients w.r.t. the differentiable arguments present in ``args``."""
+def forward_and_grads(fn, args, dtype, cotangent, jit: bool = False):
+    """``fn``'s output and its gradients w.r.t. the differentiable arguments present in ``args``.
+
+    With ``jit`` the forward and backward compile as one program (on a GPU, eager VJPs compile every glue
+    operation on its own, which dominates a test's time).
+    """
     diff = {k: args[k] for k in DIFF_ARGS if args.get(k) is not None}
     rest = {k: v for k, v in args.items() if k not in diff}
+    arrays = {k: v for k, v in rest.items() if isinstance(v, jax.Array)}
+    static = {k: v for k, v in rest.items() if k not in arrays}
 
-    def forward(d):
-        return fn(**d, **rest, dtype=dtype)[0]
+    def run(diff, arrays, cotangent):
+        def forward(d):
+            return fn(**d, **arrays, **static, dtype=dtype)[0]
 
-    out, vjp = jax.vjp(forward, diff)
-    (grads,) = vjp(cotangent.astype(out.dtype))
-    return out, grads
+        out, vjp = jax.vjp(forward, diff)
+        (grads,) = vjp(cotangent.astype(out.dtype))
+        return out, grads
+
+    return (jax.jit(run) if jit else run)(diff, arrays, cotangent)
 
 
 def reference_errors(args, dtype, cot, ref_out, ref_grads) -> dict[str, float]:
@@ -132,18 +141,19 @@ def reference_errors(args, dtype, cot, ref_out, ref_grads) -> dict[str, float]:
     return errors
 
 
-def assert_matches_oracle(fn, case: CheckCase, dtype: str, tolerance: float, seed: int = 0, extra=None):
+def assert_matches_oracle(fn, case: CheckCase, dtype: str, tolerance: float, seed: int = 0, extra=None,
+                          jit: bool = False):
     """Asserts ``fn`` matches the oracle within ``tolerance`` (output and every gradient); returns the errors.
 
     In a low-precision dtype an error is also accepted up to ``REFERENCE_MARGIN`` times the XLA reference's
     own error in that dtype (degenerate cases, e.g. a lone key beside sinks, where the reference itself is
-    3e-2 off).
+    3e-2 off). ``jit`` compiles ``fn``'s forward and backward as one program.
     """
     args = make_inputs(case, seed)
     args.update(extra or {})
     cot = jax.random.normal(jax.random.key(seed + 7), (case.batch, case.q_len, case.num_q_heads, case.v_head_dim or case.head_dim))
     ref_out, ref_grads = oracle(args, cot)
-    out, grads = forward_and_grads(fn, args, dtype, cot)
+    out, grads = forward_and_grads(fn, args, dtype, cot, jit=jit)
     assert out.dtype == jnp.dtype(dtype) and out.shape == ref_out.shape
     assert set(grads) == set(ref_grads)
     errors = {"out": relative_error(out, ref_out)}

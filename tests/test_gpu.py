@@ -66,8 +66,8 @@ def _fallback_equals_its_own_result(kernel, args, dtype, decision):
     cot = jax.random.normal(jax.random.key(3), (b, sq, hq, args["value"].shape[-1]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)
-        out, grads = forward_and_grads(kernel, args, dtype, cot)
-        want_out, want_grads = forward_and_grads(fallback, args, dtype, cot)
+        out, grads = forward_and_grads(kernel, args, dtype, cot, jit=True)
+        want_out, want_grads = forward_and_grads(fallback, args, dtype, cot, jit=True)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(want_out))
     for name in want_grads:
         np.testing.assert_array_equal(np.asarray(grads[name]), np.asarray(want_grads[name]))
@@ -97,7 +97,7 @@ def test_parity_where_claimed_fallback_elsewhere(platform, shape, dtype, causal,
     claimed = not spec.capabilities.unsupported_reasons(decision.features)
     assert (decision.platform == platform) == claimed, str(decision)
     if claimed:
-        assert_matches_oracle(kernel, case, dtype, TOLERANCE[dtype], seed)
+        assert_matches_oracle(kernel, case, dtype, TOLERANCE[dtype], seed, jit=True)
     else:
         _fallback_equals_its_own_result(kernel, args, dtype, decision)
 
@@ -117,7 +117,7 @@ def test_chunked_with_the_accelerator_policy(shape, dtype, causal, window, bias,
     b, sq, skv, hq, hkv, d, dv = shape
     case = CheckCase("chunked", b, sq, skv, hq, hkv, d, dv, causal, window, bias, None, None, sinks)
 
-    assert_matches_oracle(chunked_attention, case, dtype, TOLERANCE[dtype], seed)
+    assert_matches_oracle(chunked_attention, case, dtype, TOLERANCE[dtype], seed, jit=True)
 
 
 @pytest.mark.parametrize("platform", (*GPU_PLATFORMS, "xla"))
