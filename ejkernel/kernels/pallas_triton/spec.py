@@ -7,10 +7,12 @@ cores for Triton there).
 
 from __future__ import annotations
 
+import dataclasses
+
 from ejkernel.kernels.pallas_triton.capabilities import CAPABILITIES
 from ejkernel.registry import KernelSpec
 
-__all__ = ["SPEC", "SPECS"]
+__all__ = ["SPEC", "SPEC_WITH_LSE", "SPECS"]
 
 
 def _available() -> str | None:
@@ -37,6 +39,12 @@ def _build(interpret: bool):
     return registered_attention(interpret)
 
 
+def _build_with_lse(interpret: bool):
+    from ejkernel.kernels.pallas_triton.interface import registered_attention_with_lse
+
+    return registered_attention_with_lse(interpret)
+
+
 SPEC = KernelSpec(
     name="attention",
     platform="triton",
@@ -51,4 +59,7 @@ SPEC = KernelSpec(
     available=_available,
 )
 
-SPECS = (SPEC,)
+#: The same kernel as ``attention_with_lse``: ``(output, lse [B, Sq, Hq])``, differentiable in both.
+SPEC_WITH_LSE = dataclasses.replace(SPEC, name="attention_with_lse", build=_build_with_lse)
+
+SPECS = (SPEC, SPEC_WITH_LSE)
