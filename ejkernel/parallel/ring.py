@@ -29,6 +29,7 @@ from ejkernel.ops.attention.masks import clamp_window, normalize_window
 from ejkernel.ops.attention.merge import add_sinks, merge_partials
 from ejkernel.ops.attention.signature import SIGNATURE
 from ejkernel.ops.attention.sinks import sinks_lse
+from ejkernel.ops.attention.validation import resolve_bias
 from ejkernel.parallel.ring_layout import chunks_per_shard, shard_chunks
 from ejkernel.parallel.ring_schedule import PairClass, step_classes
 from ejkernel.parallel.ring_steps import PairCall, pair_backward, pair_forward, varying_zero
@@ -62,56 +63,70 @@ def _local_stand_in(name: str, x: Any, local_len: int, num_shards: int) -> Any:
     return jax.ShapeDtypeStruct((*x.shape[:-1], local_len), x.dtype)
 
 
-def _slice_pair(x: Array | None, row: int, col: Array, size: int) -> Array | None:
-    if x is None:
-        return None
-    return lax.dynamic_slice_in_dim(lax.slice_in_dim(x, row, row + size, axis=2), col, size, axis=3)
+def _rows(x: Array, start: Array, size: int, axis: int = 1) -> Array:
+    return lax.dynamic_slice_in_dim(x, start, size, axis)
+
+
+def _add_rows(x: Array, start: Array, part: Array, axis: int = 1) -> Array:
+    return lax.dynamic_update_slice_in_dim(x, _rows(x, start, part.shape[axis], axis) + part, start, axis)
+
+
+def _operand_pair(x: Array | None, row: Array, col: Array, size: int) -> Array | None:
+    """The ``[.., size, size]`` block of a per-shard ``[.., S_local, S]`` bias or mask."""
+    return None if x is None else _rows(_rows(x, row, size, 2), col, size, 3)
 
 
 def _ring_core(pair: PairCall, axis_name: Any, num_shards: int, load_balance: bool):
-    """The custom_vjp ``(q, k, v, bias, mask) -> (out float32 [B, S, Hq, Dv], lse [B, S, Hq])`` without sinks."""
+    """The custom_vjp ``(q, k, v, bias, mask) -> (out float32 [B, S, Hq, Dv], lse [B, S, Hq])`` without sinks.
+
+    Each step loops over its ``k * k`` chunk pairs (``k`` chunks per shard) with ``fori_loop``, so one pair's
+    computation is traced once per pass whatever the layout.
+    """
     n, c = num_shards, pair.chunk_len
     k_per = chunks_per_shard(load_balance)
     local_len = c * k_per
     table = step_classes(n, load_balance, c, pair.causal, pair.window)
     classes = tuple(PairClass(x) for x in np.unique(table))  # only these are traced
-    branch_of = np.searchsorted(np.asarray(classes), table).astype(np.int32)
-    chunks = shard_chunks(n, load_balance) * c  # global start of every local chunk
+    branch_of = np.searchsorted(np.asarray(classes), table).astype(np.int32).reshape(n, n, k_per * k_per)
+    starts = shard_chunks(n, load_balance) * c  # global start of every local chunk
     perm = [(i, (i + 1) % n) for i in range(n)]
 
-    def pairs(t: Array):
-        """(local q chunk, held k chunk, class, q start, k start, held shard) of step ``t``."""
+    def pair_at(t: Array, i: Array):
+        """Step ``t``, pair ``i``: (query row, key row within the held block, branch, global q start, global k
+        start, key column in the per-shard bias/mask)."""
         r = lax.axis_index(axis_name)
         src = (r - t) % n
-        cls = jnp.asarray(branch_of)[r, t]
-        starts = jnp.asarray(chunks, jnp.int32)
-        for a in range(k_per):
-            for b in range(k_per):
-                yield a, b, cls[a, b], starts[r, a], starts[src, b], src
+        a, b = i // k_per, i % k_per
+        global_starts = jnp.asarray(starts, jnp.int32)
+        branch = jnp.asarray(branch_of)[r, t, i]
+        return a * c, b * c, branch, global_starts[r, a], global_starts[src, b], src * local_len + b * c
 
     def forward(q, k, v, bias, mask):
-        b_, _, hq, _ = q.shape
+        b_, s_, hq, _ = q.shape
         zero = varying_zero(q, k, v, bias, mask)
-        outs = tuple(jnp.zeros((b_, c, hq, v.shape[-1]), jnp.float32) + zero for _ in range(k_per))
-        lses = tuple(jnp.full((b_, c, hq), -jnp.inf, jnp.float32) + zero for _ in range(k_per))
-        q_chunks = [lax.slice_in_dim(q, a * c, (a + 1) * c, axis=1) for a in range(k_per)]
+        out = jnp.zeros((b_, s_, hq, v.shape[-1]), jnp.float32) + zero
+        lse = jnp.full((b_, s_, hq), -jnp.inf, jnp.float32) + zero
 
         def step(t, carry):
-            k_blk, v_blk, outs, lses = carry
+            k_blk, v_blk, out, lse = carry
             next_kv = lax.ppermute((k_blk, v_blk), axis_name, perm)  # issued before this step's compute
-            outs, lses = list(outs), list(lses)
-            for a, b, cls, q_start, k_start, src in pairs(t):
-                col = src * local_len + b * c
-                o, part_lse = pair_forward(
-                    pair, classes, cls, q_chunks[a], lax.slice_in_dim(k_blk, b * c, (b + 1) * c, axis=1),
-                    lax.slice_in_dim(v_blk, b * c, (b + 1) * c, axis=1), _slice_pair(bias, a * c, col, c),
-                    _slice_pair(mask, a * c, col, c), q_start, k_start,
-                )
-                outs[a], lses[a] = merge_partials(outs[a], lses[a], o, part_lse)
-            return (*next_kv, tuple(outs), tuple(lses))
 
-        _, _, outs, lses = lax.fori_loop(0, n, step, (k, v, outs, lses))
-        return jnp.concatenate(outs, axis=1), jnp.concatenate(lses, axis=1)
+            def one_pair(i, acc):
+                out, lse = acc
+                row, key_row, branch, q_start, k_start, col = pair_at(t, i)
+                o, part_lse = pair_forward(
+                    pair, classes, branch, _rows(q, row, c), _rows(k_blk, key_row, c), _rows(v_blk, key_row, c),
+                    _operand_pair(bias, row, col, c), _operand_pair(mask, row, col, c), q_start, k_start,
+                )
+                o, part_lse = merge_partials(_rows(out, row, c), _rows(lse, row, c), o, part_lse)
+                return (lax.dynamic_update_slice_in_dim(out, o, row, 1),
+                        lax.dynamic_update_slice_in_dim(lse, part_lse, row, 1))
+
+            out, lse = lax.fori_loop(0, k_per * k_per, one_pair, (out, lse))
+            return (*next_kv, out, lse)
+
+        _, _, out, lse = lax.fori_loop(0, n, step, (k, v, out, lse))
+        return out, lse
 
     @jax.custom_vjp
     def core(q, k, v, bias, mask):
@@ -127,7 +142,6 @@ def _ring_core(pair: PairCall, axis_name: Any, num_shards: int, load_balance: bo
         g_out = g_out.astype(jnp.float32)
         delta = jnp.sum(g_out * out, axis=-1) - g_lse.astype(jnp.float32)
         zero = varying_zero(q, k, v, bias, mask, g_out, g_lse)
-        rows = lambda x, a: lax.slice_in_dim(x, a * c, (a + 1) * c, axis=1)  # noqa: E731
         f32 = lambda x: None if x is None else jnp.zeros(x.shape, jnp.float32) + zero  # noqa: E731
 
         def step(t, carry):
@@ -135,23 +149,22 @@ def _ring_core(pair: PairCall, axis_name: Any, num_shards: int, load_balance: bo
             next_kv = lax.ppermute((k_blk, v_blk), axis_name, perm)
             # The accumulators of the block held now, from the shard that held it last step.
             dk_blk, dv_blk = lax.ppermute((dk_out, dv_out), axis_name, perm)
-            dq_parts = [lax.slice_in_dim(dq, a * c, (a + 1) * c, axis=1) for a in range(k_per)]
-            dk_parts = [lax.slice_in_dim(dk_blk, b * c, (b + 1) * c, axis=1) for b in range(k_per)]
-            dv_parts = [lax.slice_in_dim(dv_blk, b * c, (b + 1) * c, axis=1) for b in range(k_per)]
-            for a, b, cls, q_start, k_start, src in pairs(t):
-                col = src * local_len + b * c
+
+            def one_pair(i, acc):
+                dq, dk_blk, dv_blk, dbias = acc
+                row, key_row, branch, q_start, k_start, col = pair_at(t, i)
                 dq_p, dk_p, dv_p, db_p = pair_backward(
-                    pair, classes, cls, rows(q, a), rows(k_blk, b), rows(v_blk, b), _slice_pair(bias, a * c, col, c),
-                    _slice_pair(mask, a * c, col, c), q_start, k_start, rows(g_out, a), rows(lse, a), rows(delta, a),
+                    pair, classes, branch, _rows(q, row, c), _rows(k_blk, key_row, c), _rows(v_blk, key_row, c),
+                    _operand_pair(bias, row, col, c), _operand_pair(mask, row, col, c), q_start, k_start,
+                    _rows(g_out, row, c), _rows(lse, row, c), _rows(delta, row, c),
                 )
-                dq_parts[a] = dq_parts[a] + dq_p
-                dk_parts[b] = dk_parts[b] + dk_p
-                dv_parts[b] = dv_parts[b] + dv_p
                 if dbias is not None:
-                    start = (0, 0, a * c, col)
-                    dbias = lax.dynamic_update_slice(dbias, lax.dynamic_slice(dbias, start, db_p.shape) + db_p, start)
-            cat = lambda xs: jnp.concatenate(xs, axis=1)  # noqa: E731
-            return (*next_kv, cat(dk_parts), cat(dv_parts), cat(dq_parts), dbias)
+                    dbias = lax.dynamic_update_slice(
+                        dbias, _operand_pair(dbias, row, col, c) + db_p, (0, 0, row, col))
+                return _add_rows(dq, row, dq_p), _add_rows(dk_blk, key_row, dk_p), _add_rows(dv_blk, key_row, dv_p), dbias
+
+            dq, dk_blk, dv_blk, dbias = lax.fori_loop(0, k_per * k_per, one_pair, (dq, dk_blk, dv_blk, dbias))
+            return (*next_kv, dk_blk, dv_blk, dq, dbias)
 
         init = (k, v, f32(k), f32(v), f32(q), f32(bias))
         _, _, dk, dv, dq, dbias = lax.fori_loop(0, n, step, init)
@@ -164,10 +177,34 @@ def _ring_core(pair: PairCall, axis_name: Any, num_shards: int, load_balance: bo
 
 
 def ring_attention(*args: Any, **kwargs: Any) -> tuple[Array, None]:
-    return _ring_attention(*args, **kwargs)
+    """Attention over a sequence sharded along the ``shard_map`` axis ``axis_name``; call it inside ``shard_map``.
 
+    The semantic parameters are ``ejkernel.attention``'s (``docs/semantics.rst``), applied to the *global*
+    sequence whose local shards are passed; the result equals single-device ``attention`` on the whole
+    sequence, shard for shard (``docs/ring.rst``). Queries and keys are sharded alike (one global length
+    ``S = n * S_local``; causal and windows are aligned on it).
 
-def _ring_attention(*args: Any, **kwargs: Any) -> tuple[Array, None]:
+    Args:
+      query: ``[B, S_local, Hq, D]``, this shard's queries; key ``[B, S_local, Hkv, D]``, value
+        ``[B, S_local, Hkv, Dv]``: this shard's keys and values (they travel round the ring).
+      attention_mask, bias: ``[B|1, Hq|Hkv|1, S_local, S]``: this shard's query rows against *every* key,
+        the key axis in the sharded order (column ``c`` is local key ``c % S_local`` of shard ``c // S_local``;
+        with ``load_balance`` that is the zigzag order of ``ring_layout.to_ring_layout``).
+      softmax_aux: sinks, ``[Hq, n]`` or ``[n]``, the same on every shard; counted once per row.
+      axis_name: the mesh axis the sequence is sharded over (keyword-only, required).
+      load_balance: ``True`` when the sequence was placed in zigzag order (``to_ring_layout``): every shard
+        then does the same causal work (``ring_schedule.work_per_shard``).
+      platform, interpret: which ``attention_with_lse`` implementation serves the ring's steps, as in
+        ``ejkernel.get_kernel`` (fallback to XLA with a ``FallbackWarning``).
+
+    Returns:
+      ``(output [B, S_local, Hq, Dv], None)`` in ``dtype``: this shard's rows of the global result.
+
+    Raises:
+      ValueError, TypeError: bad input, naming the argument; ``axis_name`` not an axis of the enclosing
+        ``shard_map``; key and query local lengths that differ; an odd local length with ``load_balance``.
+      NotImplementedError: dropout.
+    """
     try:
         bound = _SIGNATURE.bind(*args, **kwargs)
     except TypeError as e:
@@ -180,11 +217,12 @@ def _ring_attention(*args: Any, **kwargs: Any) -> tuple[Array, None]:
         raise TypeError(f"ring_attention: load_balance must be a bool, got {load_balance!r}")
     n = _num_shards(axis_name)
     query, key, value = a["query"], a["key"], a["value"]
+    bias, mask = resolve_bias(a["bias"], a["attention_mask"], a["init_bias"]), a["attention_mask"]
     local_len = query.shape[1] if len(getattr(query, "shape", ())) == 4 else None
-    bias = a["bias"] if a["bias"] is not None or a["attention_mask"] is not None or a["init_bias"] is None else a["init_bias"]()
-    mask = a["attention_mask"]
-    stand_ins = dict(a, bias=_local_stand_in("bias", bias, local_len, n), init_bias=None,
-                     attention_mask=_local_stand_in("attention_mask", mask, local_len, n))
+    stand_ins = dict(a, bias=bias, init_bias=None)
+    if local_len is not None:  # else bind_call names the query's rank
+        stand_ins.update(bias=_local_stand_in("bias", bias, local_len, n),
+                         attention_mask=_local_stand_in("attention_mask", mask, local_len, n))
     f = bind_call(stand_ins).features
     if f.kv_len != f.q_len:
         raise ValueError(f"ring_attention: key and query must have the same local length (both sharded alike), "
@@ -209,3 +247,6 @@ def _ring_attention(*args: Any, **kwargs: Any) -> tuple[Array, None]:
     if a["softmax_aux"] is not None:
         out, lse = add_sinks(out, lse, sinks_lse(jnp.asarray(a["softmax_aux"]), f.num_q_heads))
     return out.astype(dtype), None
+
+
+ring_attention.__signature__ = _SIGNATURE
