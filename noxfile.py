@@ -3,6 +3,7 @@
     nox -s tests -- tests/test_registry.py -x     # arguments after -- go to pytest
     HYPOTHESIS_PROFILE=thorough nox -s tests      # ten times the property-test examples
     nox -s tests_x64 tests_debug_infs             # the suite with jax_enable_x64, then with jax_debug_infs
+    nox -s ring                                   # ring attention on 8 forced host devices, Pallas included
     nox -s benchmarks                             # not run by default: minutes of CPU
 """
 
@@ -35,6 +36,14 @@ def tests_debug_infs(session: nox.Session) -> None:
     """The test suite under ``jax_debug_infs``: no call with a finite result may raise a false alarm."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs, env={"JAX_DEBUG_INFS": "1"})
+
+
+@nox.session
+def ring(session: nox.Session) -> None:
+    """Ring attention on 8 forced host devices: every CPU case, and the Pallas kernels in interpret mode."""
+    session.install("-e", ".[test]")
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu", "PYTHONPATH": "tests"}
+    session.run("python", "tests/ring_cases.py", "--pallas", *session.posargs, env=env)
 
 
 @nox.session

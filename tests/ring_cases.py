@@ -1,9 +1,14 @@
 """Ring attention on forced host devices: parity with single-device attention, forward and every gradient.
 
-Run as a script (``python tests/ring_cases.py``) in a process whose ``XLA_FLAGS`` force 8 host devices
-(``tests/test_ring_attention.py`` does that in a subprocess; ``nox -s ring`` too). Each case prints
+Run as a script (``python tests/ring_cases.py [--pallas]``) in a process whose ``XLA_FLAGS`` force 8 host
+devices (``tests/test_ring_attention.py`` does that in a subprocess; ``nox -s ring`` too). Each case prints
 ``ok <name> <error>``; a failure raises. The oracle is the dense XLA reference on the whole sequence, in
-float32 at the highest matmul precision; the ring runs the chunked XLA ``attention_with_lse`` per step.
+float32 at the highest matmul precision; the ring runs the chunked XLA ``attention_with_lse`` per step, and
+with ``--pallas`` also the Pallas-Triton and Pallas-TPU kernels in interpret mode (slow: not in CI).
+
+Tolerance: the ring's backward recomputes each pair and feeds it the merge's cotangents, whose float32
+terms ``w * rowsum(g_O * o)`` cancel in the kernel's ``delta`` (``docs/ring.rst``): gradients agree to a few
+1e-6 of their scale (single-device chunked: ~1e-6), hence 2e-5.
 """
 
 from __future__ import annotations
@@ -38,6 +43,13 @@ CASES = [
     ("2d-heads-seq-plain-gqa", {"heads": 2, "seq": 2}, {"head_axis": "heads"}, (1, 32, 4, 2, 8, 8),
      {}, {"bias": (1, 2), "sinks": (4, 1)}),
 ]
+#: Cases for the Pallas kernels in interpret mode (``--pallas``): platform, then a case as above.
+PALLAS_CASES = [
+    (platform, (f"{platform}-window-bias-sinks-balanced", {"seq": 2}, {"load_balance": True}, (1, 32, 4, 2, 16, 16),
+                {"causal": True, "sliding_window": (9, 0)}, {"bias": (1, 4), "sinks": (4, 2)}))
+    for platform in ("triton", "pallas_tpu")
+]
+
 #: The case whose compiled HLO (forward and backward rings) the overlap check reads.
 OVERLAP_CASE = "2d-batch-seq-causal-gqa-balanced"
 
@@ -76,14 +88,15 @@ def _value_and_grads(fn, arrays):
     return {"output": out, **{f"d{n}": g for n, g in zip(floats, grads, strict=True)}}, compiled.as_text()
 
 
-def run_case(name, axes, extras, shapes, semantics, operands, seed):
+def run_case(name, axes, extras, shapes, semantics, operands, seed, platform="auto"):
     devices = np.array(jax.devices()[: int(np.prod(list(axes.values())))]).reshape(tuple(axes.values()))
     mesh = Mesh(devices, tuple(axes))
     arrays = _inputs(shapes, operands, seed)
     semantics = dict(semantics, dtype=jnp.float32)
     want, _ = _value_and_grads(lambda **a: ejkernel.attention(**a, **semantics, platform="xla"), arrays)
     got, hlo = _value_and_grads(
-        lambda **a: ejkernel.sharded_ring_attention(**a, **semantics, mesh=mesh, axis_name="seq", **extras), arrays)
+        lambda **a: ejkernel.sharded_ring_attention(**a, **semantics, mesh=mesh, axis_name="seq", **extras, platform=platform,
+                                                 interpret=platform != "auto"), arrays)
     worst = 0.0
     for key in want:
         err = float(jnp.max(jnp.abs(got[key] - want[key])) / jnp.max(jnp.abs(want[key])))
@@ -112,6 +125,11 @@ def main() -> None:
         print(f"ok {case[0]} {err:.1e} {time.perf_counter() - start:.1f}s", flush=True)
         if case[0] == OVERLAP_CASE:
             print(f"ok overlap {check_overlap(hlo)}", flush=True)
+    if "--pallas" in sys.argv:
+        for seed, (platform, case) in enumerate(PALLAS_CASES):
+            start = time.perf_counter()
+            err, _ = run_case(*case, seed=seed, platform=platform)
+            print(f"ok {case[0]} {err:.1e} {time.perf_counter() - start:.1f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -253,3 +253,14 @@ def test_the_overlap_reader_finds_async_permutes_across_compute_and_dependent_on
     assert late.compute_overlapped == 0
 
 
+
+
+def test_the_work_table_of_the_ring_page_is_what_the_schedule_counts():
+    text = (ROOT / "docs" / "ring.rst").read_text()
+    for placement, balanced in (("contiguous", False), ("zigzag", True)):
+        row = next(line for line in text.splitlines() if line.startswith(placement + "  "))
+        per_shard, slowest, total = (cell.strip() for cell in row[len(placement):].strip().split("  ") if cell.strip())
+        work = work_per_shard(4, balanced, 32, causal=True)
+        assert per_shard == ", ".join(map(str, work.sum(axis=1)))
+        assert slowest == ", ".join(map(str, work.max(axis=0)))
+        assert int(total) == critical_path(work)
