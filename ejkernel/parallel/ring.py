@@ -94,7 +94,8 @@ def _ring_core(pair: PairCall, axis_name: Any, num_shards: int, load_balance: bo
     def pair_at(t: Array, i: Array):
         """Step ``t``, pair ``i``: (query row, key row within the held block, branch, global q start, global k
         start, key column in the per-shard bias/mask)."""
-        r = lax.axis_index(axis_name)
+        t, i = jnp.asarray(t, jnp.int32), jnp.asarray(i, jnp.int32)  # loop indices are int64 under x64
+        r = lax.axis_index(axis_name).astype(jnp.int32)
         src = (r - t) % n
         a, b = i // k_per, i % k_per
         global_starts = jnp.asarray(starts, jnp.int32)
@@ -159,8 +160,8 @@ def _ring_core(pair: PairCall, axis_name: Any, num_shards: int, load_balance: bo
                     _rows(g_out, row, c), _rows(lse, row, c), _rows(delta, row, c),
                 )
                 if dbias is not None:
-                    dbias = lax.dynamic_update_slice(
-                        dbias, _operand_pair(dbias, row, col, c) + db_p, (0, 0, row, col))
+                    columns = _add_rows(_rows(dbias, col, c, 3), row, db_p, 2)  # this pair's key columns, updated
+                    dbias = lax.dynamic_update_slice_in_dim(dbias, columns, col, 3)
                 return _add_rows(dq, row, dq_p), _add_rows(dk_blk, key_row, dk_p), _add_rows(dv_blk, key_row, dv_p), dbias
 
             dq, dk_blk, dv_blk, dbias = lax.fori_loop(0, k_per * k_per, one_pair, (dq, dk_blk, dv_blk, dbias))
