@@ -40,10 +40,10 @@ def tests_debug_infs(session: nox.Session) -> None:
 
 @nox.session
 def ring(session: nox.Session) -> None:
-    """Ring attention on 8 forced host devices: every CPU case, and the Pallas kernels in interpret mode."""
+    """Ring attention on 8 forced host devices: every CPU case, the Pallas kernels in interpret mode, bfloat16."""
     session.install("-e", ".[test]")
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu", "PYTHONPATH": "tests"}
-    session.run("python", "tests/ring_cases.py", "--pallas", *session.posargs, env=env)
+    session.run("python", "tests/ring_cases.py", "--extended", *session.posargs, env=env)
 
 
 @nox.session

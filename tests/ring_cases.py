@@ -1,10 +1,11 @@
 """Ring attention on forced host devices: parity with single-device attention, forward and every gradient.
 
-Run as a script (``python tests/ring_cases.py [--pallas]``) in a process whose ``XLA_FLAGS`` force 8 host
+Run as a script (``python tests/ring_cases.py [--extended]``) in a process whose ``XLA_FLAGS`` force 8 host
 devices (``tests/test_ring_attention.py`` does that in a subprocess; ``nox -s ring`` too). Each case prints
 ``ok <name> <error>``; a failure raises. The oracle is the dense XLA reference on the whole sequence, in
-float32 at the highest matmul precision; the ring runs the chunked XLA ``attention_with_lse`` per step, and
-with ``--pallas`` also the Pallas-Triton and Pallas-TPU kernels in interpret mode (slow: not in CI).
+float32 at the highest matmul precision; the ring runs the chunked XLA ``attention_with_lse`` per step.
+``--extended`` (slow: not in CI) adds the Pallas-Triton and Pallas-TPU kernels in interpret mode, and
+bfloat16, whose error against the float32 oracle must stay within twice single-device bfloat16's.
 
 Tolerance: the ring's backward recomputes each pair and feeds it the merge's cotangents, whose float32
 terms ``w * rowsum(g_O * o)`` cancel in the kernel's ``delta`` (``docs/ring.rst``): gradients agree to a few
@@ -43,12 +44,16 @@ CASES = [
     ("2d-heads-seq-plain-gqa", {"heads": 2, "seq": 2}, {"head_axis": "heads"}, (1, 32, 4, 2, 8, 8),
      {}, {"bias": (1, 2), "sinks": (4, 1)}),
 ]
-#: Cases for the Pallas kernels in interpret mode (``--pallas``): platform, then a case as above.
+#: Cases for the Pallas kernels in interpret mode (``--extended``): platform, then a case as above.
 PALLAS_CASES = [
     (platform, (f"{platform}-window-bias-sinks-balanced", {"seq": 2}, {"load_balance": True}, (1, 32, 4, 2, 16, 16),
                 {"causal": True, "sliding_window": (9, 0)}, {"bias": (1, 4), "sinks": (4, 2)}))
     for platform in ("triton", "pallas_tpu")
 ]
+
+#: A bfloat16 case (``--extended``), in the layout of ``CASES``.
+BF16_CASE = ("bf16-causal-window-bias-sinks-balanced", {"seq": 4}, {"load_balance": True}, (1, 64, 4, 2, 16, 16),
+             {"causal": True, "sliding_window": (20, 0)}, {"bias": (1, 4), "sinks": (4, 2)})
 
 #: The case whose compiled HLO (forward and backward rings) the overlap check reads.
 OVERLAP_CASE = "2d-batch-seq-causal-gqa-balanced"
@@ -105,6 +110,25 @@ def run_case(name, axes, extras, shapes, semantics, operands, seed, platform="au
     return worst, hlo
 
 
+def run_bf16_case(name, axes, extras, shapes, semantics, operands, seed):
+    """The ring's bfloat16 error against the float32 oracle is within twice single-device bfloat16's."""
+    mesh = Mesh(np.array(jax.devices()[: axes["seq"]]), ("seq",))
+    arrays = {k: x.astype(jnp.bfloat16) if k != "attention_mask" else x for k, x in _inputs(shapes, operands, seed).items()}
+    as_f32 = {k: x.astype(jnp.float32) if k != "attention_mask" else x for k, x in arrays.items()}
+    want, _ = _value_and_grads(lambda **a: ejkernel.attention(**a, **semantics, dtype=jnp.float32, platform="xla"), as_f32)
+    single, _ = _value_and_grads(lambda **a: ejkernel.attention(**a, **semantics, dtype=jnp.bfloat16), arrays)
+    got, _ = _value_and_grads(lambda **a: ejkernel.sharded_ring_attention(
+        **a, **semantics, dtype=jnp.bfloat16, mesh=mesh, axis_name="seq", **extras), arrays)
+    worst = 0.0
+    for key in want:
+        scale = float(jnp.max(jnp.abs(want[key])))
+        ring_err = float(jnp.max(jnp.abs(got[key].astype(jnp.float32) - want[key]))) / scale
+        single_err = float(jnp.max(jnp.abs(single[key].astype(jnp.float32) - want[key]))) / scale
+        assert ring_err <= 2 * single_err + 2e-3, (name, key, ring_err, single_err)
+        worst = max(worst, ring_err)
+    return worst
+
+
 def check_overlap(hlo: str) -> str:
     """Every ring step's ``ppermute`` needs no compute of its step and is issued before it (and, where the
     backend has asynchronous collectives, has compute scheduled between its start and done)."""
@@ -125,11 +149,14 @@ def main() -> None:
         print(f"ok {case[0]} {err:.1e} {time.perf_counter() - start:.1f}s", flush=True)
         if case[0] == OVERLAP_CASE:
             print(f"ok overlap {check_overlap(hlo)}", flush=True)
-    if "--pallas" in sys.argv:
+    if "--extended" in sys.argv:
         for seed, (platform, case) in enumerate(PALLAS_CASES):
             start = time.perf_counter()
             err, _ = run_case(*case, seed=seed, platform=platform)
             print(f"ok {case[0]} {err:.1e} {time.perf_counter() - start:.1f}s", flush=True)
+        start = time.perf_counter()
+        err = run_bf16_case(*BF16_CASE, seed=0)
+        print(f"ok {BF16_CASE[0]} {err:.1e} {time.perf_counter() - start:.1f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def test_the_ring_visits_every_allowed_pair_exactly_once(num_shards, load_balanc
     seq = num_shards * chunk * (2 if load_balance else 1)
     work = work_per_shard(num_shards, load_balance, seq, causal, window)
     idx = np.arange(seq)
-    assert work.sum() == np.count_nonzero(np.broadcast_to(allowed(idx[:, None], idx[None, :], seq, seq, causal, window), (seq, seq)))
+    every = np.broadcast_to(allowed(idx[:, None], idx[None, :], seq, seq, causal, window), (seq, seq))
+    assert work.sum() == np.count_nonzero(every)
     # A step whose pairs are all skipped is work 0 and vice versa.
     classes = step_classes(num_shards, load_balance, seq // (num_shards * (2 if load_balance else 1)), causal, window)
     assert np.array_equal(work > 0, (classes != PairClass.SKIP).any(axis=(2, 3)))
@@ -149,7 +150,10 @@ def test_a_skipped_pair_computes_nothing_forward_and_backward(load_balance):
                                        dtype=jnp.float32)[0]
 
     shape = (1, 32, 2, 8)
-    jaxprs = [_jaxpr(ring, [shape] * 3), _jaxpr(lambda *a: jax.grad(lambda *b: jnp.sum(ring(*b)), (0, 1, 2))(*a)[0], [shape] * 3)]
+    def grad(*a):
+        return jax.grad(lambda *b: jnp.sum(ring(*b)), (0, 1, 2))(*a)[0]
+
+    jaxprs = [_jaxpr(ring, [shape] * 3), _jaxpr(grad, [shape] * 3)]
     for jaxpr in jaxprs:
         switches = [e for e in _eqns(jaxpr.jaxpr) if e.primitive.name == "cond"]
         assert switches
@@ -264,3 +268,17 @@ def test_the_work_table_of_the_ring_page_is_what_the_schedule_counts():
         assert per_shard == ", ".join(map(str, work.sum(axis=1)))
         assert slowest == ", ".join(map(str, work.max(axis=0)))
         assert int(total) == critical_path(work)
+
+
+def test_the_sharded_helper_refuses_an_unknown_axis_and_dropout():
+    from jax.sharding import Mesh
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("seq",))
+    q = jnp.zeros((1, 8, 2, 8))
+    with pytest.raises(ValueError, match="axis_name 'ctx' is not an axis of the mesh"):
+        ejkernel.sharded_ring_attention(q, q, q, mesh=mesh, axis_name="ctx")
+    with pytest.raises(NotImplementedError, match="dropout"):
+        ejkernel.sharded_ring_attention(q, q, q, mesh=mesh, axis_name="seq", deterministic=False, dropout_prob=0.5,
+                                        dropout_rng=jax.random.key(0))
+    with pytest.raises(ValueError, match="must be 4-dimensional|rank 4"):
+        ejkernel.sharded_ring_attention(q[0], q, q, mesh=mesh, axis_name="seq")

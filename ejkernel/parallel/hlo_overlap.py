@@ -7,7 +7,8 @@ it), whether it is scheduled before that compute, and how many compute instructi
 between its start and its done (the overlap; 0 for a synchronous permute).
 
 Compute is a ``conditional`` (a ring pair's ``lax.switch``), ``dot``, ``convolution``, ``custom-call`` (a
-Pallas kernel) or an instruction whose called computations hold one (a fusion, the loop over a step's pairs). The text is XLA's HLO dump format (``is_scheduled``:
+Pallas kernel) or an instruction whose called computations hold one (a fusion, the loop over a step's pairs).
+The text is XLA's HLO dump format (``is_scheduled``:
 instructions in schedule order).
 """
 

@@ -48,7 +48,9 @@ def _num_shards(axis_name: Any) -> int:
     try:
         return int(lax.axis_size(axis_name))
     except NameError as e:
-        raise ValueError(f"ring_attention: axis_name {axis_name!r} is not a mesh axis of the enclosing shard_map ({e})") from None
+        raise ValueError(
+            f"ring_attention: axis_name {axis_name!r} is not a mesh axis of the enclosing shard_map ({e})"
+        ) from None
 
 
 def _local_stand_in(name: str, x: Any, local_len: int, num_shards: int) -> Any:

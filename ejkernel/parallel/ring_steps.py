@@ -60,7 +60,6 @@ def varying_zero(*arrays: Array | None) -> Array:
     return zero
 
 
-
 def empty_partial(q: Array, k: Array, v: Array, bias: Array | None) -> tuple[Array, Array]:
     """The partial of a pair with no allowed key: out 0 (``v``'s dtype), lse ``-inf``, varying as its inputs."""
     b, c, hq, _ = q.shape
@@ -92,24 +91,20 @@ def _branches(p: PairCall, q_start: Array, k_start: Array, mask: Array | None):
     return {PairClass.FULL: full, PairClass.DIAGONAL: diagonal, PairClass.BAND: band}
 
 
-def pair_forward(p: PairCall, classes: tuple[PairClass, ...], branch: Array, q: Array, k: Array, v: Array, bias: Array | None, mask: Array | None,
-                 q_start: Array, k_start: Array) -> tuple[Array, Array]:
+def pair_forward(p: PairCall, classes: tuple[PairClass, ...], branch: Array, q: Array, k: Array, v: Array,
+                 bias: Array | None, mask: Array | None, q_start: Array, k_start: Array) -> tuple[Array, Array]:
     """The partial result of one pair of class ``classes[branch]`` (``branch`` traced int32; ``classes`` the
     classes the ring's table holds, so that no other is traced); ``q_start``/``k_start`` are global."""
-    fns = _branches(p, q_start, k_start, mask)
-
-    def skip(q, k, v, bias):
-        return empty_partial(q, k, v, bias)
-
-    fns[PairClass.SKIP] = skip
+    fns = _branches(p, q_start, k_start, mask) | {PairClass.SKIP: empty_partial}
     branches = [fns[c] for c in classes]
     if len(branches) == 1:
         return branches[0](q, k, v, bias)
     return lax.switch(branch, branches, q, k, v, bias)
 
 
-def pair_backward(p: PairCall, classes: tuple[PairClass, ...], branch: Array, q: Array, k: Array, v: Array, bias: Array | None, mask: Array | None,
-                  q_start: Array, k_start: Array, g_out: Array, lse: Array, delta: Array) -> tuple[Array, ...]:
+def pair_backward(p: PairCall, classes: tuple[PairClass, ...], branch: Array, q: Array, k: Array, v: Array,
+                  bias: Array | None, mask: Array | None, q_start: Array, k_start: Array, g_out: Array, lse: Array,
+                  delta: Array) -> tuple[Array, ...]:
     """``(dq, dk, dv, dbias)`` of one pair (``dbias`` ``None`` without a bias), float32.
 
     ``g_out [B, C, Hq, Dv]`` is the cotangent of the merged output, ``lse [B, C, Hq]`` the merged lse (sinks
@@ -125,6 +120,7 @@ def pair_backward(p: PairCall, classes: tuple[PairClass, ...], branch: Array, q:
 
     def gradients(fn):
         def grads(*_):
+            # The pair recomputed, then its VJP with the merge's cotangents (module docstring).
             (o, part_lse), vjp = jax.vjp(lambda *a: fn(*a, *([None] if bias is None else [])), *primals)
             seen = jnp.isfinite(part_lse)
             w = jnp.where(seen, jnp.exp(jnp.where(seen, part_lse, 0.0) - jnp.where(seen, lse, 0.0)), 0.0)

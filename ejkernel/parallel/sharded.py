@@ -72,21 +72,26 @@ def sharded_ring_attention(*args: Any, **kwargs: Any) -> tuple[Array, None]:
     platform, interpret = a.pop("platform"), a.pop("interpret")
     call = bind_call(a)  # the global call, validated once
     if call.features.dropout:
-        raise NotImplementedError("sharded_ring_attention: dropout is not supported (deterministic=False with dropout_prob > 0)")
+        raise NotImplementedError(
+            "sharded_ring_attention: dropout is not supported (deterministic=False with dropout_prob > 0)")
     if axis_name not in mesh.shape:
-        raise ValueError(f"sharded_ring_attention: axis_name {axis_name!r} is not an axis of the mesh {dict(mesh.shape)}")
+        raise ValueError(
+            f"sharded_ring_attention: axis_name {axis_name!r} is not an axis of the mesh {dict(mesh.shape)}")
     n = mesh.shape[axis_name]
     q, k, v, bias, mask, aux = call.query, call.key, call.value, call.bias, call.attention_mask, call.softmax_aux
     if load_balance:
         q, k, v = (to_ring_layout(x, n) for x in (q, k, v))
-        bias, mask = (None if x is None else to_ring_layout(to_ring_layout(x, n, axis=2), n, axis=3) for x in (bias, mask))
+        bias, mask = (None if x is None else to_ring_layout(to_ring_layout(x, n, axis=2), n, axis=3)
+                      for x in (bias, mask))
     seq = PartitionSpec(batch_axis, axis_name, head_axis, None)
     operands = {"bias": bias, "attention_mask": mask, "softmax_aux": aux}
     present = {name: x for name, x in operands.items() if x is not None}
-    specs = {name: _operand_spec(x, batch_axis, head_axis, axis_name) for name, x in present.items() if name != "softmax_aux"}
+    specs = {name: _operand_spec(x, batch_axis, head_axis, axis_name)
+             for name, x in present.items() if name != "softmax_aux"}
     if aux is not None:
         specs["softmax_aux"] = PartitionSpec(head_axis, None) if aux.ndim == 2 else PartitionSpec(None)
-    semantics = {name: a[name] for name in ("softmax_scale", "logits_soft_cap", "dtype", "softmax_dtype", "causal", "sliding_window")}
+    semantics = {name: a[name] for name in
+                 ("softmax_scale", "logits_soft_cap", "dtype", "softmax_dtype", "causal", "sliding_window")}
     names = tuple(present)
 
     def local(q, k, v, *extra):
