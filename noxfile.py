@@ -4,6 +4,7 @@
     HYPOTHESIS_PROFILE=thorough nox -s tests      # ten times the property-test examples
     nox -s tests_x64 tests_debug_infs             # the suite with jax_enable_x64, then with jax_debug_infs
     nox -s gpu                                    # the GPU profile (pytest -m gpu), on an NVIDIA GPU
+    nox -s ring                                   # ring attention on 8 forced host devices, Pallas included
     nox -s benchmarks                             # not run by default: minutes of CPU
 """
 
@@ -45,6 +46,14 @@ def gpu(session: nox.Session) -> None:
     (``pip install -e ".[test,cuda]"``); without a GPU every test is deselected, with the reason printed."""
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "gpu", *session.posargs, env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+
+
+@nox.session
+def ring(session: nox.Session) -> None:
+    """Ring attention on 8 forced host devices: every CPU case, the Pallas kernels in interpret mode, bfloat16."""
+    session.install("-e", ".[test]")
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu", "PYTHONPATH": "tests"}
+    session.run("python", "tests/ring_cases.py", "--extended", *session.posargs, env=env)
 
 
 @nox.session

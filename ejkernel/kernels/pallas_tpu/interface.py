@@ -32,7 +32,7 @@ from ejkernel.ops.attention.features import AttentionFeatures
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.ops.attention.sinks import sink_logits
 
-__all__ = ["flash_attention", "flash_attention_with_lse", "flash_with_lse_call", "registered_attention", "plan_for"]
+__all__ = ["flash_attention", "flash_attention_with_lse", "flash_with_lse_call", "registered_attention", "registered_attention_with_lse", "plan_for"]
 
 
 def plan_for(f: AttentionFeatures, block_sizes: BlockSizes | None, interpret: Any, bias_dtype: Any = None) -> Plan:
@@ -119,3 +119,8 @@ flash_attention = entry_point(
 def registered_attention(interpret: Any) -> Callable[[AttentionCall], tuple[Array, None]]:
     """The registered implementation: a validated call in, ``(output, None)`` out, heuristic block sizes."""
     return functools.partial(_without_lse, interpret=interpret)
+
+
+def registered_attention_with_lse(interpret: Any) -> Callable[[AttentionCall], tuple[Array, Array]]:
+    """The registered ``attention_with_lse``: a validated call in, ``(output, lse [B, Sq, Hq])`` out."""
+    return functools.partial(flash_with_lse_call, interpret=interpret)

@@ -6,16 +6,24 @@ Importing this module does not import Pallas: ``build`` loads the kernel on firs
 
 from __future__ import annotations
 
+import dataclasses
+
 from ejkernel.kernels.pallas_tpu.capabilities import CAPABILITIES
 from ejkernel.registry import KernelSpec
 
-__all__ = ["SPEC", "SPECS"]
+__all__ = ["SPEC", "SPEC_WITH_LSE", "SPECS"]
 
 
 def _build(interpret: bool):
     from ejkernel.kernels.pallas_tpu.interface import registered_attention
 
     return registered_attention(interpret)
+
+
+def _build_with_lse(interpret: bool):
+    from ejkernel.kernels.pallas_tpu.interface import registered_attention_with_lse
+
+    return registered_attention_with_lse(interpret)
 
 
 SPEC = KernelSpec(
@@ -30,4 +38,7 @@ SPEC = KernelSpec(
     description="Pallas Mosaic-TPU flash attention: O(S) memory, causal/window block skipping, GQA without K/V repetition",
 )
 
-SPECS = (SPEC,)
+#: The same kernel as ``attention_with_lse``: ``(output, lse [B, Sq, Hq])``, differentiable in both.
+SPEC_WITH_LSE = dataclasses.replace(SPEC, name="attention_with_lse", build=_build_with_lse)
+
+SPECS = (SPEC, SPEC_WITH_LSE)

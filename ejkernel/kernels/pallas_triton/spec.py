@@ -7,11 +7,13 @@ cores for Triton there).
 
 from __future__ import annotations
 
+import dataclasses
+
 from ejkernel.kernels.pallas_triton.capabilities import CAPABILITIES
 from ejkernel.platform import cuda_capability_reason
 from ejkernel.registry import KernelSpec
 
-__all__ = ["SPEC", "SPECS"]
+__all__ = ["SPEC", "SPEC_WITH_LSE", "SPECS"]
 
 
 def _available() -> str | None:
@@ -23,6 +25,12 @@ def _build(interpret: bool):
     from ejkernel.kernels.pallas_triton.interface import registered_attention
 
     return registered_attention(interpret)
+
+
+def _build_with_lse(interpret: bool):
+    from ejkernel.kernels.pallas_triton.interface import registered_attention_with_lse
+
+    return registered_attention_with_lse(interpret)
 
 
 SPEC = KernelSpec(
@@ -39,4 +47,7 @@ SPEC = KernelSpec(
     available=_available,
 )
 
-SPECS = (SPEC,)
+#: The same kernel as ``attention_with_lse``: ``(output, lse [B, Sq, Hq])``, differentiable in both.
+SPEC_WITH_LSE = dataclasses.replace(SPEC, name="attention_with_lse", build=_build_with_lse)
+
+SPECS = (SPEC, SPEC_WITH_LSE)

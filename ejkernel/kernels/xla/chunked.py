@@ -49,7 +49,7 @@ from ejkernel.ops.attention.merge import add_sinks, normalize_rows
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.platform import current_platform
 
-__all__ = ["attention", "chunked_attention", "chunked_with_lse", "chunked_without_lse"]
+__all__ = ["attention", "chunked_attention", "chunked_with_lse", "chunked_without_lse", "chunked_with_row_lse"]
 
 
 def _forward(p: Plan, qh, kh, vh, bias, mask, aux, rng) -> tuple[Array, Array]:
@@ -163,6 +163,12 @@ def chunked_with_lse(call: AttentionCall, *, block_q: int | None = None, block_k
 def chunked_without_lse(call: AttentionCall) -> tuple[Array, None]:
     """The registered implementation: ``(output, None)`` with the device's default chunk sizes."""
     return _run(call, None, None)[0], None
+
+
+def chunked_with_row_lse(call: AttentionCall) -> tuple[Array, Array]:
+    """The registered ``attention_with_lse``: ``(out [B, Sq, Hq, Dv], lse [B, Sq, Hq])``, default chunk sizes."""
+    out, lse = chunked_with_lse(call)
+    return out, lse.transpose(0, 2, 1)
 
 
 chunked_attention = entry_point(

@@ -24,8 +24,8 @@ from ejkernel.ops.attention.features import ALL_LAYOUTS, AttentionCapabilities, 
 from ejkernel.platform import current_platform
 from ejkernel.registry import KernelSpec
 
-__all__ = ["REFERENCE", "CHUNKED", "SPECS", "dense_is_small", "weights_fit", "MAX_WEIGHTS_ELEMENTS", "weights_bytes",
-           "device_memory_bytes"]
+__all__ = ["REFERENCE", "CHUNKED", "CHUNKED_WITH_LSE", "SPECS", "dense_is_small", "weights_fit", "MAX_WEIGHTS_ELEMENTS",
+           "weights_bytes", "device_memory_bytes"]
 
 _FLOATS = frozenset({"float16", "bfloat16", "float32", "float64"})
 _EVERY_DEVICE = frozenset({"cpu", "cuda", "rocm", "tpu"})
@@ -105,6 +105,13 @@ def _build_chunked(interpret: bool):
     return chunked_without_lse
 
 
+def _build_chunked_with_lse(interpret: bool):
+    del interpret
+    from ejkernel.kernels.xla.chunked import chunked_with_row_lse
+
+    return chunked_with_row_lse
+
+
 REFERENCE = KernelSpec(
     name="attention",
     platform="xla",
@@ -129,4 +136,17 @@ CHUNKED = KernelSpec(
     description="chunked XLA attention (online softmax over kv chunks, O(S) memory); returns no weights",
 )
 
-SPECS = (REFERENCE, CHUNKED)
+#: ``attention_with_lse`` in XLA: the chunked path at every size (a ring step or a split-key part is a piece of a
+#: larger call, so the dense reference's size rule does not apply).
+CHUNKED_WITH_LSE = KernelSpec(
+    name="attention_with_lse",
+    platform="xla",
+    variant="chunked",
+    priority=10,
+    devices=_EVERY_DEVICE,
+    build=_build_chunked_with_lse,
+    capabilities=_every_feature(frozenset({"float16", "bfloat16", "float32"}), frozenset({"float32"})),
+    description="chunked XLA attention returning (output, lse [B, Sq, Hq]); differentiable in both",
+)
+
+SPECS = (REFERENCE, CHUNKED, CHUNKED_WITH_LSE)
