@@ -67,7 +67,7 @@ REFERENCE = KernelSpec(
     priority=0,
     devices=_EVERY_DEVICE,
     build=_build_reference,
-    capabilities=_every_feature(_FLOATS, _FLOATS),
+    capabilities=_every_feature(_FLOATS, _FLOATS, segment_ids=True, kv_lengths=True),
     description="dense XLA reference; materialises the [B, Hq, Sq, Skv] weights; the parity oracle",
 )
 

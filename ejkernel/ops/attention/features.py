@@ -43,6 +43,8 @@ class AttentionFeatures:
     sinks_per_head: bool = False
     dropout: bool = False
     dropout_prob: float = 0.0  # 0.0 whenever ``dropout`` is False
+    segment_ids: bool = False  # q_segment_ids and kv_segment_ids (always both)
+    kv_lengths: bool = False
 
     @property
     def group_size(self) -> int:
@@ -68,6 +70,10 @@ class AttentionFeatures:
             parts.append(f"sinks{'[Hq,n]' if self.sinks_per_head else '[n]'}")
         if self.dropout:
             parts.append("dropout")
+        if self.segment_ids:
+            parts.append("segment_ids")
+        if self.kv_lengths:
+            parts.append("kv_lengths")
         return " ".join(parts)
 
 
@@ -93,6 +99,8 @@ class AttentionCapabilities:
     logits_soft_cap: bool = False
     sinks: bool = False
     dropout: bool = False
+    segment_ids: bool = False
+    kv_lengths: bool = False
     softmax_dtypes: frozenset[str] = frozenset({"float32"})
     extra_check: Callable[[AttentionFeatures], str | None] | None = None
 
@@ -123,6 +131,10 @@ class AttentionCapabilities:
             reasons.append("softmax_aux (sinks) unsupported")
         if f.dropout and not self.dropout:
             reasons.append("dropout unsupported")
+        if f.segment_ids and not self.segment_ids:
+            reasons.append("q_segment_ids/kv_segment_ids unsupported")
+        if f.kv_lengths and not self.kv_lengths:
+            reasons.append("kv_lengths unsupported")
         if f.softmax_dtype not in self.softmax_dtypes:
             reasons.append(f"softmax_dtype {f.softmax_dtype} not in {sorted(self.softmax_dtypes)}")
         if self.extra_check is not None:
