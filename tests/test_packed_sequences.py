@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from conftest import examples
 from ejkernel.check import relative_error
+from ejkernel.kernels.xla.chunked import chunked_attention
 from ejkernel.kernels.xla.reference import attention as xla_attention
 from ejkernel.ops.attention import segments
 from parity import forward_and_grads
@@ -32,8 +33,10 @@ PACKING_ARGS = ("q_segment_ids", "kv_segment_ids", "kv_lengths")
 
 def _backends():
     """name -> (attention function taking the reference's arguments, shapes to draw, hypothesis examples)."""
+    small = ((2, 40, 56, 4, 2, 16), (2, 33, 33, 2, 2, 8))  # several 16-blocks, ragged tails, GQA, Sq != Skv
     return {
-        "xla": (xla_attention, ((2, 40, 56, 4, 2, 16), (2, 33, 33, 2, 2, 8)), examples(0.5)),
+        "xla": (xla_attention, small, examples(0.5)),
+        "chunked": (functools.partial(chunked_attention, block_q=16, block_kv=16), small, examples(0.3)),
     }
 
 

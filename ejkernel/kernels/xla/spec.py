@@ -79,7 +79,8 @@ CHUNKED = KernelSpec(
     devices=_EVERY_DEVICE,
     build=_build_chunked,
     capabilities=_every_feature(
-        frozenset({"float16", "bfloat16", "float32"}), frozenset({"float32"}), extra_check=dense_is_small
+        frozenset({"float16", "bfloat16", "float32"}), frozenset({"float32"}), extra_check=dense_is_small,
+        segment_ids=True, kv_lengths=True,
     ),
     description="chunked XLA attention (online softmax over kv chunks, O(S) memory); returns no weights",
 )
