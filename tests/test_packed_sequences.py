@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 
 from conftest import examples
 from ejkernel.check import relative_error
+from ejkernel.kernels.pallas_tpu.blocks import BlockSizes as TpuBlocks
+from ejkernel.kernels.pallas_tpu.interface import flash_attention as tpu_attention
 from ejkernel.kernels.pallas_triton.blocks import BlockSizes as TritonBlocks
 from ejkernel.kernels.pallas_triton.blocks import PassBlocks
 from ejkernel.kernels.pallas_triton.interface import flash_attention as triton_attention
@@ -34,6 +36,7 @@ from strategies import invisible_keys, packing, packing_mask, segment_row
 PACKING_ARGS = ("q_segment_ids", "kv_segment_ids", "kv_lengths")
 # Each pass with its own tile shape, all small: several blocks per sequence.
 TRITON_BLOCKS = TritonBlocks(PassBlocks(16, 32), PassBlocks(32, 16), PassBlocks(16, 16))
+TPU_BLOCKS = TpuBlocks(128, 128, 128, 128)
 
 
 def _backends():
@@ -43,6 +46,9 @@ def _backends():
         "xla": (xla_attention, small, examples(0.5)),
         "chunked": (functools.partial(chunked_attention, block_q=16, block_kv=16), small, examples(0.3)),
         "triton": (functools.partial(triton_attention, block_sizes=TRITON_BLOCKS, interpret=True), small, examples(0.3)),
+        # 128-blocks (the TPU's least): ~2-3 blocks per sequence, ragged tails.
+        "pallas_tpu": (functools.partial(tpu_attention, block_sizes=TPU_BLOCKS, interpret=True),
+                       ((2, 200, 300, 4, 2, 16), (1, 260, 260, 2, 2, 8)), examples(0.3)),
     }
 
 
