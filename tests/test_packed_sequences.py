@@ -241,3 +241,30 @@ def test_packing_arguments_are_keyword_only_and_traced_lengths_are_clipped():
     clipped = run(q, k, k, kv_lengths=jnp.array([_SKV + 5, -2]))[1]
     np.testing.assert_array_equal(np.asarray(clipped[0] > 0), True)
     np.testing.assert_array_equal(np.asarray(clipped[1]), 0)
+
+
+def test_the_tpu_kernel_skips_the_tiles_a_packed_batch_rules_out():
+    """Eight documents of ragged lengths packed in a row of 1024 (causal), beside a row cut by ``kv_lengths``:
+    the forward kernel's own visit counter equals the host-side count of the shared rules, and the packing
+    skips most of what causal alone would visit."""
+    from ejkernel.kernels.pallas_tpu.flash import visit_counts
+    from ejkernel.kernels.pallas_tpu.interface import plan_for
+    from ejkernel.ops.attention.validation import validate_attention
+
+    b, s, h, d, block = 2, 1024, 1, 8, 128
+    docs = np.repeat(np.arange(8, dtype=np.int32), [100, 160, 90, 130, 150, 128, 140, 126])
+    q_ids = np.stack([docs, np.zeros(s, np.int32)])
+    lengths = np.array([s, 300], np.int32)
+    q = jnp.zeros((b, s, h, d), jnp.float32)
+    packed = {"q_segment_ids": jnp.asarray(q_ids), "kv_segment_ids": jnp.asarray(q_ids), "kv_lengths": jnp.asarray(lengths)}
+    features = validate_attention(q, q, q, causal=True, dtype=jnp.float32, **packed)
+    plan = plan_for(features, TPU_BLOCKS, True)
+    ids = (packed["q_segment_ids"], segments.visible_kv_ids(q_ids, q_ids, lengths, s), packed["kv_lengths"])
+    counted = np.asarray(visit_counts(plan, q, q, q, ids)).sum(axis=(1, 2))  # [B]
+    expected = segments.visited_tiles(s, s, block, block, True, None, q_ids, q_ids, lengths).sum(axis=(1, 2))
+    causal_only = segments.visited_tiles(s, s, block, block, True, None, kv_lengths=np.array([s, s])).sum(axis=(1, 2))
+    np.testing.assert_array_equal(counted, expected)
+    assert causal_only.tolist() == [36, 36]
+    # Row 0: the 8 diagonal tiles and the 9 below it whose blocks share a document (worked out by hand from
+    # the boundaries 100, 260, 350, 480, 630, 758, 898); row 1: one document, keys 0..299 (3 key blocks).
+    assert expected.tolist() == [17, 21]

@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "PADDING_ID", "visible_kv_ids", "key_visible", "zero_invisible", "block_ranges", "block_relation", "as_ids",
+    "visited_tiles",
 ]
 
 #: The id ``visible_kv_ids`` gives a key no query may see (any negative id is padding).
@@ -130,3 +131,30 @@ def block_relation(q_lo: Any, q_hi: Any, q_uniform: Any, kv_lo: Any, kv_hi: Any,
     some = (q_hi >= kv_lo) & (kv_hi >= q_lo)
     every = (q_uniform != 0) & (kv_uniform != 0) & (q_lo == kv_lo)
     return some, every
+
+
+def visited_tiles(q_len: int, kv_len: int, block_q: int, block_k: int, causal: bool, window: tuple[int, int] | None,
+                  q_ids: Any = None, kv_ids: Any = None, kv_lengths: Any = None) -> np.ndarray:
+    """``[B, n_q, n_k]`` bool, on the host: the tiles a kernel computes, from the rules the kernels use
+    (``masks.key_blocks`` ending at each row's length, and ``block_relation`` of the visible ids' ranges).
+
+    ``q_ids``/``kv_ids`` ``[B, S]`` and ``kv_lengths [B]`` are NumPy arrays or ``None`` (at least one given).
+    """
+    from ejkernel.ops.attention.masks import key_blocks
+
+    batch = (q_ids if q_ids is not None else kv_lengths).shape[0]
+    n_q, n_k = -(-q_len // block_q), -(-kv_len // block_k)
+    q_first = np.arange(n_q) * block_q
+    visited = np.zeros((batch, n_q, n_k), bool)
+    kv_block = np.arange(n_k)[None, :]
+    for b in range(batch):
+        length = None if kv_lengths is None else int(kv_lengths[b])
+        lo, _, _, hi = (np.asarray(x)[:, None] for x in key_blocks(q_first, q_first + block_q - 1, block_k, q_len,
+                                                                   kv_len, causal, window, kv_length=length))
+        visited[b] = (kv_block >= lo) & (kv_block < hi)
+    if q_ids is not None:
+        visible = visible_kv_ids(np.asarray(q_ids), np.asarray(kv_ids), kv_lengths, kv_len)
+        q_lo, q_hi, q_one = (x[:, :, None] for x in block_ranges(np.asarray(q_ids), block_q))
+        kv_lo, kv_hi, kv_one = (x[:, None, :] for x in block_ranges(visible, block_k))
+        visited &= block_relation(q_lo, q_hi, q_one, kv_lo, kv_hi, kv_one)[0]
+    return visited
