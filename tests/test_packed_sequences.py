@@ -44,11 +44,11 @@ def _backends():
     small = ((2, 40, 56, 4, 2, 16), (2, 33, 33, 2, 2, 8))  # several 16-blocks, ragged tails, GQA, Sq != Skv
     return {
         "xla": (xla_attention, small, examples(0.5)),
-        "chunked": (functools.partial(chunked_attention, block_q=16, block_kv=16), small, examples(0.3)),
+        "chunked": (functools.partial(chunked_attention, block_q=16, block_kv=16), small, examples(0.2)),
         "triton": (functools.partial(triton_attention, block_sizes=TRITON_BLOCKS, interpret=True), small, examples(0.3)),
         # 128-blocks (the TPU's least): ~2-3 blocks per sequence, ragged tails.
         "pallas_tpu": (functools.partial(tpu_attention, block_sizes=TPU_BLOCKS, interpret=True),
-                       ((2, 200, 300, 4, 2, 16), (1, 260, 260, 2, 2, 8)), examples(0.3)),
+                       ((2, 200, 300, 4, 2, 16), (1, 260, 260, 2, 2, 8)), examples(0.2)),
     }
 
 
@@ -153,6 +153,9 @@ def test_keys_no_query_may_see_never_influence_anything(backend, layout):
     """NaN, +Inf and -Inf in K and V past ``kv_lengths``, in a segment no query has, and in padding: the output
     and every gradient are finite and match the reference on clean inputs with the dense mask (dK, dV of
     those keys exactly 0)."""
+    if backend == "chunked" and layout == "decode":
+        pytest.skip("the registry never gives a decoding call to the chunked path (its scores are smaller than K/V);"
+                    " the packed layout covers its kv_lengths")
     fn, shapes, _ = BACKENDS[backend]
     shape, packed = _nan_case(layout, shapes[0])
     b, sq, skv = shape[:3]
