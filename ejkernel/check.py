@@ -30,7 +30,7 @@ from ejkernel.registry import get_kernel, kernel_specs, list_kernels
 
 __all__ = [
     "CheckCase", "CheckResult", "CASES", "QUICK_CASES", "Reference", "make_inputs", "oracle", "reference_for",
-    "case_reference", "relative_error", "run_case", "run_check", "iter_check", "select_cases",
+    "case_reference", "relative_error", "run_case", "run_check", "iter_check", "select_cases", "packed_segment_ids",
 ]
 
 #: Relative tolerance of the compute dtype against the float32 oracle.
@@ -56,6 +56,8 @@ class CheckCase:
     logits_soft_cap: float | None = None
     sinks: str | None = None  # "per_head" or "shared"
     softmax_scale: float | None = None
+    packed_docs: int = 0  # segment ids: this many documents of random lengths per row, then a padding tail
+    kv_lengths: bool = False  # random kv_lengths in [1, kv_len]
 
 
 #: The cases ``ejkernel check`` runs (each feature, GQA/MQA, Sq != Skv both ways, ragged lengths, decode).
@@ -71,6 +73,8 @@ CASES = (
     CheckCase("shared_sinks+gqa", sinks="shared", num_q_heads=6, num_kv_heads=3),
     CheckCase("ragged+dv", q_len=77, kv_len=131, head_dim=64, v_head_dim=32),
     CheckCase("decode", q_len=1, kv_len=300, causal=True, num_q_heads=8, num_kv_heads=2),
+    CheckCase("packed", packed_docs=5, causal=True, q_len=200, kv_len=200, num_q_heads=4, num_kv_heads=2),
+    CheckCase("decode+kv_lengths", q_len=1, kv_len=300, causal=True, num_q_heads=8, num_kv_heads=2, kv_lengths=True),
 )
 
 #: A few cases that together touch GQA, causal alignment with Sq != Skv, bias, mask and sinks (``--quick``).
@@ -92,7 +96,7 @@ def make_inputs(case: CheckCase, seed: int = 0) -> dict[str, Any]:
 
     Drawn with NumPy: eager ``jax.random`` compiles anew for every shape, which dominated ``check``'s time.
     """
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
     c = case
     dv = c.v_head_dim or c.head_dim
     args: dict[str, Any] = {
@@ -111,7 +115,24 @@ def make_inputs(case: CheckCase, seed: int = 0) -> dict[str, Any]:
     if c.sinks:
         shape = (c.num_q_heads, 2) if c.sinks == "per_head" else (3,)
         args["softmax_aux"] = _normal(rngs[5], shape)
+    if c.packed_docs:
+        q_ids = packed_segment_ids(rngs[6], c.batch, c.q_len, c.packed_docs)
+        kv_ids = q_ids if c.q_len == c.kv_len else packed_segment_ids(rngs[6], c.batch, c.kv_len, c.packed_docs)
+        args["q_segment_ids"], args["kv_segment_ids"] = jnp.asarray(q_ids), jnp.asarray(kv_ids)
+    if c.kv_lengths:
+        args["kv_lengths"] = jnp.asarray(rngs[7].integers(1, c.kv_len + 1, c.batch), jnp.int32)
     return args
+
+
+def packed_segment_ids(rng: np.random.Generator, batch: int, length: int, docs: int) -> np.ndarray:
+    """``[batch, length]`` int32: ``docs`` documents of random lengths (ids 0..docs-1) per row, then a
+    padding tail (``-1``) of up to a tenth of the row."""
+    ids = np.full((batch, length), -1, np.int32)
+    for b in range(batch):
+        used = length - int(rng.integers(0, length // 10 + 1))
+        cuts = np.sort(rng.choice(np.arange(1, used), size=min(docs - 1, used - 1), replace=False))
+        ids[b, :used] = np.searchsorted(cuts, np.arange(used), side="right")
+    return ids
 
 
 _DIFF_ARGS = ("query", "key", "value", "bias", "softmax_aux")

@@ -165,3 +165,55 @@ seeds = st.integers(0, 2**31 - 1)
 def tril_mask(q_len: int, kv_len: int) -> np.ndarray:
     """Explicit bottom-right lower triangle: query ``i`` sees key ``j`` iff ``j <= i + kv_len - q_len``."""
     return np.tril(np.ones((q_len, kv_len), dtype=bool), k=kv_len - q_len)
+
+
+# ---- packed sequences: segment ids and key lengths ----------------------------------------------------
+
+
+@st.composite
+def segment_row(draw: Any, length: int, num_ids: int = 4) -> np.ndarray:
+    """One row of segment ids: contiguous runs of random ids in ``[-1, num_ids)`` (-1 is padding), so a row
+    has several segments, segments that cross any block boundary, empty segments (runs of length 0, and ids
+    the other side lacks) and padding runs; now and then a row of padding only."""
+    if draw(st.integers(0, 7)) == 0:
+        return np.full(length, -1, np.int32)
+    cuts = sorted(draw(st.lists(st.integers(0, length), min_size=1, max_size=6)))
+    ids = draw(st.lists(st.integers(-1, num_ids - 1), min_size=len(cuts) + 1, max_size=len(cuts) + 1))
+    return np.repeat(np.asarray(ids, np.int32), np.diff([0, *cuts, length]))
+
+
+@st.composite
+def packing(draw: Any, batch: int, q_len: int, kv_len: int) -> dict[str, np.ndarray]:
+    """``q_segment_ids``/``kv_segment_ids`` (self-attention rows share their ids when ``q_len == kv_len``)
+    and/or ``kv_lengths`` (0 to ``kv_len``), at least one of the two."""
+    use = draw(st.sampled_from(("segments", "lengths", "both")))
+    out: dict[str, np.ndarray] = {}
+    if use != "lengths":
+        kv_ids = np.stack([draw(segment_row(kv_len)) for _ in range(batch)])
+        if q_len == kv_len and draw(st.booleans()):
+            q_ids = kv_ids.copy()
+        else:
+            q_ids = np.stack([draw(segment_row(q_len)) for _ in range(batch)])
+        out.update(q_segment_ids=q_ids, kv_segment_ids=kv_ids)
+    if use != "segments":
+        out["kv_lengths"] = np.asarray(draw(st.lists(st.integers(0, kv_len), min_size=batch, max_size=batch)), np.int32)
+    return out
+
+
+def packing_mask(q_len: int, kv_len: int, q_segment_ids: Any = None, kv_segment_ids: Any = None,
+                 kv_lengths: Any = None) -> np.ndarray:
+    """The dense boolean ``[B, 1, Sq, Skv]`` mask equivalent to segment ids and key lengths, written plainly."""
+    batch = (q_segment_ids if q_segment_ids is not None else kv_lengths).shape[0]
+    mask = np.ones((batch, q_len, kv_len), bool)
+    if q_segment_ids is not None:
+        q, kv = np.asarray(q_segment_ids)[:, :, None], np.asarray(kv_segment_ids)[:, None, :]
+        mask &= (q == kv) & (kv >= 0)
+    if kv_lengths is not None:
+        mask &= np.arange(kv_len)[None, None, :] < np.asarray(kv_lengths)[:, None, None]
+    return mask[:, None]
+
+
+def invisible_keys(q_len: int, kv_len: int, q_segment_ids: Any = None, kv_segment_ids: Any = None,
+                   kv_lengths: Any = None) -> np.ndarray:
+    """``[B, Skv]``: keys that no query of their row may see by the ids and lengths."""
+    return ~packing_mask(q_len, kv_len, q_segment_ids, kv_segment_ids, kv_lengths)[:, 0].any(axis=1)

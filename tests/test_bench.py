@@ -325,3 +325,47 @@ def test_end_to_end_one_shape_one_round(tmp_path, capsys):
     assert "no change beyond noise" in capsys.readouterr().out
     assert run(["render", path, "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "tiny.txt").read_text() == table
+
+
+_TINY_PACKING = ["--tokens", "64", "--docs", "4", "--heads", "2", "--head-dim", "16", "--cache", "128",
+                 "--decode-batch", "2", "--decode-heads", "4", "--decode-kv-heads", "1"]
+
+
+def test_packing_comparisons_compute_the_same_attention():
+    """Each comparison is fair: the packed row equals the batch of its documents and the dense-mask call, the
+    half-full cache's kv_lengths equal its mask (the full cache is the reference for the time only)."""
+    from ejkernel.bench import packing
+    from ejkernel.kernels.xla.reference import attention
+
+    c = packing.PackingConfig(64, 4, 2, 16, 128, 2, 4, 1, "float32")
+    outs = {}
+    for call in packing.packing_calls(c):
+        q, k, v, extras = packing._inputs(call, "float32", 0)
+        if call.variant == "batch":  # the same documents as the packed row's, one per batch row
+            q0, k0, v0, _ = packing._inputs(packing.packing_calls(c, ("packed",))[0], "float32", 0)
+            q, k, v = (x.reshape(call.q_shape) for x in (q0, k0, v0))
+        with jax.default_matmul_precision("highest"):
+            run = jax.jit(lambda q, k, v, extras, causal=call.causal: attention(q, k, v, causal=causal, dtype="float32", **extras)[0])
+            outs[call.case, call.variant] = np.asarray(run(q, k, v, extras))
+    np.testing.assert_allclose(outs["packed", "segment_ids"].reshape(outs["packed", "batch"].shape),
+                               outs["packed", "batch"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outs["packed", "segment_ids"], outs["packed", "dense_mask"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outs["kv_lengths", "half_cache"], outs["kv_lengths", "dense_mask"], rtol=1e-5, atol=1e-6)
+
+
+def test_packing_bench_end_to_end(tmp_path, capsys):
+    code = run(["packing", *_TINY_PACKING, "--rounds", "1", "--warmup", "1", "--calls", "1", "--platform", "xla",
+                "--out", str(tmp_path), "--name", "p"])
+    assert code == 0
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert [(r["case"], r["variant"]) for r in doc["results"]] == [
+        ("packed", "segment_ids"), ("packed", "batch"), ("packed", "dense_mask"),
+        ("kv_lengths", "half_cache"), ("kv_lengths", "full_cache"), ("kv_lengths", "dense_mask"),
+    ]
+    assert {q["ratio"]: q["target"] for q in doc["ratios"]} == {
+        "packed/batch": 1.15, "packed dense_mask/segment_ids": None, "half_cache/full_cache": 0.6,
+        "kv_lengths dense_mask/half_cache": None,
+    }
+    assert "packed/batch:" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run(["packing", "--tokens", "10", "--docs", "3"])  # not a whole number of documents: a usage error

@@ -166,7 +166,7 @@ def test_sweep_needs_a_gpu_or_interpret(capsys):
 
 def test_parity_cases_and_dtypes():
     names = [c.name for c in parity.PARITY_CASES]
-    assert len(names) == len(set(names)) == 24 and set(parity.FLOAT16_CASES) <= set(names)
+    assert len(names) == len(set(names)) == 27 and set(parity.FLOAT16_CASES) <= set(names)
     assert [c.name for c in parity.select_parity_cases(["all", "d96"])] == ["d96", "all"]
     assert parity.select_parity_cases() == parity.PARITY_CASES
     with pytest.raises(ValueError, match="unknown parity case"):

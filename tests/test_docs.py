@@ -109,9 +109,18 @@ def _expected_grid(q_len, kv_len, causal, window):
     return ["".join("x" if a else "." for a in row) for row in mask]
 
 
+def _packed_grid():
+    """The packed-row example: ids [0, 0, 0, 1, 1, -1] on both sides, causal, from the reference's weights."""
+    ids = jnp.array([[0, 0, 0, 1, 1, -1]])
+    q = jnp.ones((1, 6, 1, 4))
+    weights = attention(q, q, q, q_segment_ids=ids, kv_segment_ids=ids, causal=True, dtype=jnp.float32)[1]
+    return ["".join("x" if w > 0 else "." for w in row) for row in np.asarray(weights[0, 0])]
+
+
 def test_alignment_examples_match_the_masks():
     grids = _grids((DOCS / "semantics.rst").read_text())
     assert grids == [
+        _packed_grid(),
         _expected_grid(3, 5, True, None),
         _expected_grid(3, 5, False, (1, 0)),
         _expected_grid(5, 3, True, None),

@@ -126,8 +126,13 @@ def test_jit_of_vmap_of_grad(qkv):
 def test_get_kernel_has_the_seed_signature():
     kernel = ejkernel.get_kernel("attention")
     params = inspect.signature(kernel).parameters
-    assert [(p.name, p.default) for p in params.values()] == list(SEED_PARAMETERS)
-    assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params.values())
+    seed = list(params.values())[: len(SEED_PARAMETERS)]
+    assert [(p.name, p.default) for p in seed] == list(SEED_PARAMETERS)
+    assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in seed)
+    # After them only keyword-only arguments (the packing ones, docs/semantics.rst), all defaulting to None.
+    extra = list(params.values())[len(SEED_PARAMETERS):]
+    assert [p.name for p in extra] == ["q_segment_ids", "kv_segment_ids", "kv_lengths"]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is None for p in extra)
     # ``ejkernel.attention`` computes in the inputs' dtype by default and adds the keyword-only ``platform``,
     # ``return_weights`` and ``interpret``; the other parameters are the seed's, in its order and with its defaults.
     public = inspect.signature(ejkernel.attention).parameters

@@ -32,7 +32,7 @@ from ejkernel.kernels.xla.reference import reference_attention
 from ejkernel.ops.attention import call as call_module
 from ejkernel.ops.attention.call import AttentionCall
 from ejkernel.ops.attention.features import AttentionCapabilities
-from ejkernel.ops.attention.signature import SIGNATURE
+from ejkernel.ops.attention.signature import SEED_PARAMETER_COUNT, SIGNATURE
 
 B, SQ, SKV, HQ, HKV, D = 2, 8, 12, 4, 2, 16
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -353,7 +353,7 @@ def test_list_kernels_records():
 
 def test_every_entry_point_has_the_reference_signature():
     """One signature, defined in the semantics layer: the public call, the seed's path, the dispatcher and
-    every backend's own entry points (whose keyword-only extras follow the sixteen parameters)."""
+    every backend's own entry points (whose keyword-only extras follow the signature's keyword-only ones)."""
     from ejkernel.kernels._xla.attention._interface import attention as seed_path
     from ejkernel.kernels.pallas_tpu import interface as tpu
     from ejkernel.kernels.pallas_triton import interface as triton
@@ -367,8 +367,8 @@ def test_every_entry_point_has_the_reference_signature():
         params = list(inspect.signature(fn).parameters.values())
         if fn is ejkernel.attention:  # the public call: the inputs' dtype, NumPy-broadcast bias and mask
             params[:16] = [expected[i] if p.name in ("dtype", "attention_mask", "bias") else p for i, p in enumerate(params[:16])]
-        assert params[:16] == expected, fn
-        assert all(p.kind is p.KEYWORD_ONLY for p in params[16:]), fn
+        assert params[: len(expected)] == expected, fn
+        assert all(p.kind is p.KEYWORD_ONLY for p in params[SEED_PARAMETER_COUNT:]), fn
 
 
 def test_every_registered_implementation_takes_a_bound_call():

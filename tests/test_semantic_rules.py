@@ -31,32 +31,38 @@ def _allowed_matrix(q_len, kv_len, causal, window, q_pad, kv_pad):
 
 
 @given(st.integers(1, 70), st.integers(1, 70), st.sampled_from([1, 4, 16]), st.sampled_from([1, 8, 16]),
-       st.booleans(), windows, st.booleans())
+       st.booleans(), windows, st.booleans(), st.none() | st.integers(-3, 80))
 def test_block_ranges_visit_exactly_the_blocks_with_an_allowed_pair(q_len, kv_len, block_q, block_k, causal, window,
-                                                                    traced):
+                                                                    traced, kv_length):
+    """Also with a ``kv_lengths`` entry (any int: out-of-range ones mean 0 or every key)."""
     num_q, num_k = -(-q_len // block_q) + 1, -(-kv_len // block_k) + 1  # one block of pure padding each
     ok = _allowed_matrix(q_len, kv_len, causal, window, num_q * block_q, num_k * block_k)
+    real_keys = kv_len
+    if kv_length is not None:
+        real_keys = min(max(kv_length, 0), kv_len)
+        ok[:, real_keys:] = False
     as_index = (lambda x: jnp.int32(x)) if traced else (lambda x: x)
+    length = None if kv_length is None else as_index(kv_length)
     for qb in range(num_q):
         lo, ilo, ihi, hi = (int(x) for x in key_blocks(as_index(qb * block_q), as_index(qb * block_q + block_q - 1),
-                                                     block_k, q_len, kv_len, causal, window))
+                                                     block_k, q_len, kv_len, causal, window, kv_length=length))
         for kb in range(num_k):
             tile = ok[qb * block_q:(qb + 1) * block_q, kb * block_k:(kb + 1) * block_k]
             assert (lo <= kb < hi) == tile.any()
             if ilo <= kb < ihi:  # interior: every real query sees every key, and no key is padding
                 rows = tile[: max(0, min(block_q, q_len - qb * block_q))]
-                assert rows.all() and (kb + 1) * block_k <= kv_len
+                assert rows.all() and (kb + 1) * block_k <= real_keys
         assert key_blocks(qb * block_q, qb * block_q + block_q - 1, block_k, q_len, kv_len, causal, window,
-                          dense=True)[1:3] == (hi, hi)
+                          dense=True, kv_length=kv_length)[1:3] == (hi, hi)
     for kb in range(num_k):
         lo, ilo, ihi, hi = (int(x) for x in query_blocks(as_index(kb * block_k), as_index(kb * block_k + block_k - 1),
-                                                       block_q, q_len, kv_len, causal, window))
+                                                       block_q, q_len, kv_len, causal, window, kv_length=length))
         for qb in range(num_q):
             tile = ok[qb * block_q:(qb + 1) * block_q, kb * block_k:(kb + 1) * block_k]
             assert (lo <= qb < hi) == tile.any()
             if ilo <= qb < ihi:
                 rows = tile[: max(0, min(block_q, q_len - qb * block_q))]
-                assert rows.all() and (kb + 1) * block_k <= kv_len
+                assert rows.all() and (kb + 1) * block_k <= real_keys
 
 
 def test_interior_blocks_of_a_causal_square():

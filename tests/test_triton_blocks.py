@@ -126,6 +126,9 @@ LOWER_CASES = [
     dict(d=256, dtype=jnp.bfloat16, bias=(2, 4), mask=(1, 2)),
     dict(d=64, dtype=jnp.bfloat16, sinks=(4, 2), causal=True, hkv=1),
     dict(d=128, dtype=jnp.bfloat16, sinks=(3,), logits_soft_cap=30.0, bias=(1, 1)),
+    dict(d=128, dtype=jnp.bfloat16, segments=True, causal=True),  # packed rows: lax.cond skips, scalar loads
+    dict(d=64, dtype=jnp.bfloat16, segments=True, kv_lengths=True, bias=(1, 2), sliding_window=(64, 8)),
+    dict(d=128, dtype=jnp.bfloat16, kv_lengths=True, causal=True, sq=1),  # the decoding forward, key lengths
 ]
 
 
@@ -134,7 +137,7 @@ def test_lowers_for_cuda_on_cpu(case):
     case = dict(case)
     d, dv, dtype = case.pop("d"), case.pop("dv", None), case.pop("dtype")
     hkv = case.pop("hkv", 2)
-    b, sq, skv, hq = 2, 1000, 777, 4
+    b, sq, skv, hq = 2, case.pop("sq", 1000), 777, 4
     spec = jax.ShapeDtypeStruct
     q, k, v = spec((b, sq, hq, d), dtype), spec((b, skv, hkv, d), dtype), spec((b, skv, hkv, dv or d), dtype)
     extra = {}
@@ -146,14 +149,19 @@ def test_lowers_for_cuda_on_cpu(case):
         extra["attention_mask"] = spec((mb, mh, sq, skv), jnp.bool_)
     if "sinks" in case:
         extra["softmax_aux"] = spec(case.pop("sinks"), jnp.float32)
+    ids = {}
+    if case.pop("segments", False):
+        ids = {"q_segment_ids": spec((b, sq), jnp.int32), "kv_segment_ids": spec((b, skv), jnp.int32)}
+    if case.pop("kv_lengths", False):
+        ids["kv_lengths"] = spec((b,), jnp.int32)
 
     mask = extra.pop("attention_mask", None)
 
-    def loss(q, k, v, extra, mask):
-        return flash_attention(q, k, v, mask, **extra, dtype=dtype, **case)[0].astype(jnp.float32).sum()
+    def loss(q, k, v, extra, mask, ids):
+        return flash_attention(q, k, v, mask, **extra, **ids, dtype=dtype, **case)[0].astype(jnp.float32).sum()
 
     grad = jax.grad(loss, argnums=(0, 1, 2, 3))
-    lowered = jax.jit(grad).trace(q, k, v, extra, mask).lower(lowering_platforms=("cuda",))
+    lowered = jax.jit(grad).trace(q, k, v, extra, mask, ids).lower(lowering_platforms=("cuda",))
     text = lowered.as_text()
     assert text.count("ejk_flash_fwd") >= 1 and "ejk_flash_dkv" in text and "ejk_flash_dq" in text
 

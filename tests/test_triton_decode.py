@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import examples
-from ejkernel.check import CheckCase, make_inputs
+from ejkernel.check import CheckCase, make_inputs, relative_error
 from ejkernel.kernels.pallas_triton.blocks import (
     DECODE_MAX_ROWS,
     MIN_BLOCKS_PER_SPLIT,
@@ -25,6 +25,7 @@ from ejkernel.kernels.pallas_triton.blocks import (
     decode_splits,
 )
 from ejkernel.kernels.pallas_triton.interface import decode_plan, flash_attention, plan_for
+from ejkernel.kernels.xla.reference import attention as xla_attention
 from ejkernel.ops.attention.validation import validate_attention
 from test_triton_attention import _assert_matches_oracle
 
@@ -185,3 +186,20 @@ def test_decoding_lowers_for_cuda_on_cpu(features):
 
     text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, k, v, extra).lower(lowering_platforms=("cuda",)).as_text()
     assert "ejk_flash_fwd" in text and "ejk_flash_dkv" in text and "ejk_flash_dq" in text
+
+
+def test_key_lengths_across_key_splits_ignore_the_cache_past_them():
+    """``kv_lengths`` on the split decoding forward: splits wholly past a row's length are empty (merged as
+    such), and NaN/Inf past the length reach nothing."""
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((2, 1, 4, 16)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((2, 200, 1, 16)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((2, 200, 1, 16)), jnp.float32)
+    lengths = jnp.array([37, 150])
+    blocks = BlockSizes(PassBlocks(16, 16), PassBlocks(16, 16), PassBlocks(16, 16), kv_splits=5)
+    k_dirty, v_dirty = k.at[0, 37:].set(jnp.nan), v.at[0, 37:].set(jnp.inf).at[1, 150:].set(jnp.nan)
+    with jax.default_matmul_precision("highest"):
+        out = flash_attention(q, k_dirty, v_dirty, kv_lengths=lengths, causal=True, dtype=jnp.float32,
+                              block_sizes=blocks, interpret=True)[0]
+        ref = xla_attention(q, k, v, kv_lengths=lengths, causal=True, dtype=jnp.float32)[0]
+    assert relative_error(out, ref) < 1e-5

@@ -5,11 +5,13 @@
     ejkernel bench render RESULT.json [--out DIR]   (the table and plots again, e.g. where matplotlib is)
     ejkernel bench sweep [--shape ...] [--causal no|yes|both] [--pass P] [--candidate P:BQ,BK,W,S] [--interpret]
     ejkernel bench parity [--platform triton] [--dtype D] [--case NAME] [--interpret]
+    ejkernel bench packing [--case packed|kv_lengths] [--platform P] [--tokens T --docs N] [--cache C]
 
 Writes ``<out>/<name>.json`` (kept up to date while it runs), ``<name>.txt`` (the table) and
 ``<name>.png`` plots (with matplotlib), and prints the table. ``sweep`` times the Triton kernels' passes
 for candidate block sizes (``ejkernel.bench.sweep``); ``parity`` checks every capability class at GPU
-sizes (``ejkernel.bench.parity``). ``run(argv)`` returns the exit status; 2 for bad arguments.
+sizes (``ejkernel.bench.parity``); ``packing`` times segment ids and key lengths against the batch, the full
+cache and the dense mask they replace (``ejkernel.bench.packing``). ``run(argv)`` returns the exit status; 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from typing import Any
 
 __all__ = [
     "run", "build_parser", "build_compare_parser", "build_render_parser", "build_sweep_parser", "build_parity_parser",
-    "select_shapes",
+    "build_packing_parser", "select_shapes",
 ]
 
 
 USAGE = """\
 ejkernel bench [options]
-       ejkernel bench {compare,render,sweep,parity} ..."""
+       ejkernel bench {compare,render,sweep,parity,packing} ..."""
 
 DESCRIPTION = """\
 Time every ejkernel implementation that runs here beside the baselines (jax.nn XLA and cuDNN,
@@ -44,6 +46,7 @@ commands:
   ejkernel bench render RESULT.json          draw a result's table and plots again
   ejkernel bench sweep [--shape ...]         time the Triton kernel's passes for candidate block sizes
   ejkernel bench parity [--platform triton]  every capability class at GPU sizes against the oracle
+  ejkernel bench packing [--case packed]     packed rows and kv_lengths decoding beside batches and masks
 
 Each command has its own --help, for instance: ejkernel bench render --help"""
 
@@ -196,6 +199,63 @@ def build_render_parser() -> argparse.ArgumentParser:
     p.add_argument("result", help="the result (JSON)")
     p.add_argument("--out", help="output folder (default: beside the JSON)")
     return p
+
+
+def build_packing_parser() -> argparse.ArgumentParser:
+    from ejkernel.bench.packing import CASES, PackingConfig
+
+    d = PackingConfig()
+    p = argparse.ArgumentParser(
+        prog="ejkernel bench packing",
+        description="Packed rows (segment ids) against a batch, and kv_lengths decoding against the full cache, "
+        "each beside the dense mask.",
+    )
+    p.add_argument("--case", action="append", choices=CASES, help="only this comparison (repeatable)")
+    p.add_argument("--platform", default="auto", help="the platform asked for (default auto)")
+    p.add_argument("--interpret", action="store_true", help="Pallas interpret mode: runs anywhere, times mean nothing")
+    p.add_argument("--dtype", default=d.dtype, choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--tokens", type=_positive_int, default=d.tokens, help=f"tokens of the packed row (default {d.tokens})")
+    p.add_argument("--docs", type=_positive_int, default=d.docs, help=f"documents per packed row (default {d.docs})")
+    p.add_argument("--heads", type=_positive_int, default=d.heads, help=f"heads of the packed case (default {d.heads})")
+    p.add_argument("--head-dim", type=_positive_int, default=d.head_dim)
+    p.add_argument("--cache", type=_positive_int, default=d.cache, help=f"decoding cache length (default {d.cache})")
+    p.add_argument("--decode-batch", type=_positive_int, default=d.decode_batch)
+    p.add_argument("--decode-heads", type=_positive_int, default=d.decode_heads)
+    p.add_argument("--decode-kv-heads", type=_positive_int, default=d.decode_kv_heads)
+    _add_timing_options(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
+    p.add_argument("--name", help="output file stem (default packing_<platform>)")
+    return p
+
+
+def _run_packing(argv: list[str]) -> int:
+    import pathlib
+
+    from ejkernel.bench import report
+    from ejkernel.bench.environment import environment
+    from ejkernel.bench.packing import CASES, PackingConfig, format_rows, ratios, run_packing
+
+    parser = build_packing_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = PackingConfig(args.tokens, args.docs, args.heads, args.head_dim, args.cache, args.decode_batch,
+                               args.decode_heads, args.decode_kv_heads, args.dtype)
+    except ValueError as e:
+        parser.error(str(e))
+    env = environment(["packing", *argv], args.dtype)
+    stem = args.name or f"packing_{env['platform']}"
+    json_path = pathlib.Path(args.out) / f"{stem}.json"
+    timing = dict(warmup=args.warmup, rounds=args.rounds, calls=args.calls, target_round_s=args.target_round_ms / 1e3,
+                  max_calls=args.max_calls)
+    rows = run_packing(config, tuple(args.case or CASES), platform=args.platform, seed=args.seed,
+                       interpret=args.interpret, **timing)
+    doc = {"schema": "ejkernel-packing/1", "environment": env, "config": dataclasses.asdict(config) | timing,
+           "results": rows, "ratios": ratios(rows)}  # fmt: skip
+    report.write_json(doc, json_path)
+    print(format_rows(rows), end="", flush=True)
+    print(f"wrote {json_path}", file=sys.stderr)
+    return 0
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -518,7 +578,8 @@ def _render_summary(path: Any, out: Any) -> int:
 def run(argv: list[str] | None = None) -> int:
     """Entry point of ``ejkernel bench``; ``argv`` excludes the program and sub-command names."""
     argv = list(sys.argv[2:] if argv is None else argv)
-    commands = {"compare": _run_compare, "render": _run_render, "sweep": _run_sweep, "parity": _run_parity}
+    commands = {"compare": _run_compare, "render": _run_render, "sweep": _run_sweep, "parity": _run_parity,
+                "packing": _run_packing}
     if argv and argv[0] in commands:
         return commands[argv[0]](argv[1:])
     return _run_bench(argv)

@@ -206,7 +206,7 @@ def ring_attention(*args: Any, **kwargs: Any) -> tuple[Array, None]:
     Raises:
       ValueError, TypeError: bad input, naming the argument; ``axis_name`` not an axis of the enclosing
         ``shard_map``; key and query local lengths that differ; an odd local length with ``load_balance``.
-      NotImplementedError: dropout.
+      NotImplementedError: dropout; segment ids or kv_lengths (not yet across shards).
     """
     try:
         bound = _SIGNATURE.bind(*args, **kwargs)
@@ -232,6 +232,9 @@ def ring_attention(*args: Any, **kwargs: Any) -> tuple[Array, None]:
                          f"got {f.kv_len} and {f.q_len}")
     if f.dropout:
         raise NotImplementedError("ring_attention: dropout is not supported (deterministic=False with dropout_prob > 0)")
+    if f.segment_ids or f.kv_lengths:
+        raise NotImplementedError("ring_attention: q_segment_ids, kv_segment_ids and kv_lengths are not supported yet "
+                                  "(attention serves them on one device)")
     k_per = chunks_per_shard(load_balance)
     if local_len % k_per:
         raise ValueError(f"ring_attention: with load_balance=True the local length must be even, got {local_len}")

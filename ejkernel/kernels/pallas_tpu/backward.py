@@ -32,6 +32,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from ejkernel.kernels.pallas_tpu import blocks as blk
 from ejkernel.kernels.pallas_tpu.forward import kv_index
+from ejkernel.kernels.pallas_tpu.packing import Packing, block_specs, pop_blocks, scalar_operands, scalar_view
 from ejkernel.kernels.pallas_tpu.plan import Plan
 from ejkernel.kernels.pallas_tpu.tiles import (
     NN,
@@ -50,13 +51,18 @@ from ejkernel.ops.attention.logits import cap_gradient
 __all__ = ["flash_backward_dq", "flash_backward_dkv", "flash_backward_dbias"]
 
 
-def _tile_grads(q, k, v, do, lse, di, bias_ref, mask_ref, q_block, kv_block, masked: bool, plan: Plan):
-    """``p`` and the logits gradient ``ds`` (w.r.t. the capped, biased logits) and the raw one of a tile."""
+def _tile_grads(q, k, v, do, lse, di, bias_ref, mask_ref, q_block, kv_block, masked: bool, plan: Plan,
+                pk: Packing, b: Any):
+    """``p`` and the logits gradient ``ds`` (w.r.t. the capped, biased logits) and the raw one of a tile.
+
+    A masked tile zeroes the K/V rows of keys no query may see first (NaN-safe products)."""
     bq, bk = plan.blocks.block_q_bwd, plan.blocks.block_k_bwd
+    if masked:
+        k, v = pk.clean_keys(b, kv_block, bk, k, v)
     s, t = block_logits(q, k, bias_ref, plan)
     p = jnp.exp(s - lanes(lse, bk))
     if masked:
-        valid = block_valid(q_block, kv_block, s.shape, mask_ref, plan, bq, bk)
+        valid = block_valid(q_block, kv_block, s.shape, mask_ref, plan, bq, bk, pk, b)
         p = jnp.where(valid, p, 0.0)
     dp = dot(do, v, NT, plan)
     ds = p * (dp - lanes(di, bk))
@@ -64,31 +70,38 @@ def _tile_grads(q, k, v, do, lse, di, bias_ref, mask_ref, q_block, kv_block, mas
     return p, ds, ds_raw
 
 
-def _split_refs(refs: list, plan: Plan) -> tuple[Any, Any, list]:
+def _split_refs(refs: tuple, plan: Plan, num_scalars: int) -> tuple[Any, list, Any, Any, Packing, list]:
+    """``(scalars, [q, k, v, do, lse, di], bias, mask, packing, rest)`` of a backward kernel's refs."""
+    refs = list(refs)
+    scalars = scalar_view(plan, tuple(refs[:num_scalars]))
+    refs = refs[num_scalars:]
+    tiles, refs = refs[:6], refs[6:]
     bias_ref = refs.pop(0) if plan.bias_layout is not None else None
     mask_ref = refs.pop(0) if plan.mask_layout is not None else None
-    return bias_ref, mask_ref, refs
+    return scalars, tiles, bias_ref, mask_ref, pop_blocks(plan, refs, scalars), refs
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, *refs, plan: Plan):
-    bias_ref, mask_ref, refs = _split_refs(list(refs), plan)
+def _dq_kernel(*refs, plan: Plan, num_scalars: int):
+    _, (q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref), bias_ref, mask_ref, pk, refs = _split_refs(refs, plan, num_scalars)
     dq_ref = refs.pop(0)
     dbias_ref = refs.pop(0) if _bias_grad_in_dq(plan) else None
     (dq_acc,) = refs
     bq, bk = plan.blocks.block_q_bwd, plan.blocks.block_k_bwd
-    q_block, kv_block = pl.program_id(2), pl.program_id(3)
+    batch, q_block, kv_block = pl.program_id(0), pl.program_id(2), pl.program_id(3)
 
     @pl.when(kv_block == 0)
     def _init():
         dq_acc[...] = jnp.zeros(dq_acc.shape, jnp.float32)
 
-    visit, needs_mask = tile_predicates(q_block, kv_block, bq, bk, plan)
+    visit, needs_mask = tile_predicates(q_block, kv_block, bq, bk, plan, pk, batch)
 
     def step(masked: bool) -> None:
         k = k_ref[...]
+        if masked:
+            (k,) = pk.clean_keys(batch, kv_block, bk, k)
         _, ds, ds_raw = _tile_grads(
             q_ref[...], k, v_ref[...], do_ref[...], lse_ref[...], di_ref[...], bias_ref, mask_ref,
-            q_block, kv_block, masked, plan,
+            q_block, kv_block, masked, plan, pk, batch,
         )
         if dbias_ref is not None:
             dbias_ref[...] = ds.astype(dbias_ref.dtype)
@@ -106,11 +119,11 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, *refs, plan: Plan):
         dq_ref[...] = (dq_acc[...] * jnp.float32(plan.softmax_scale)).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, *refs, plan: Plan):
-    bias_ref, mask_ref, refs = _split_refs(list(refs), plan)
+def _dkv_kernel(*refs, plan: Plan, num_scalars: int):
+    _, (q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref), bias_ref, mask_ref, pk, refs = _split_refs(refs, plan, num_scalars)
     dk_ref, dv_ref, dk_acc, dv_acc = refs
     bq, bk = plan.blocks.block_q_bwd, plan.blocks.block_k_bwd
-    kv_block, member, q_block = pl.program_id(2), pl.program_id(3), pl.program_id(4)
+    batch, kv_block, member, q_block = pl.program_id(0), pl.program_id(2), pl.program_id(3), pl.program_id(4)
     first_step = (member == 0) & (q_block == 0)
     last_step = (member == pl.num_programs(3) - 1) & (q_block == pl.num_programs(4) - 1)
 
@@ -119,13 +132,13 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, *refs, plan: Plan)
         dk_acc[...] = jnp.zeros(dk_acc.shape, jnp.float32)
         dv_acc[...] = jnp.zeros(dv_acc.shape, jnp.float32)
 
-    visit, needs_mask = tile_predicates(q_block, kv_block, bq, bk, plan)
+    visit, needs_mask = tile_predicates(q_block, kv_block, bq, bk, plan, pk, batch)
 
     def step(masked: bool) -> None:
         q, do = q_ref[...], do_ref[...]
         p, _, ds_raw = _tile_grads(
             q, k_ref[...], v_ref[...], do, lse_ref[...], di_ref[...], bias_ref, mask_ref,
-            q_block, kv_block, masked, plan,
+            q_block, kv_block, masked, plan, pk, batch,
         )
         dv_acc[...] += dot(p.astype(do.dtype), do, TN, plan)
         dk_acc[...] += dot(ds_raw.astype(q.dtype), q, TN, plan)
@@ -154,34 +167,44 @@ def _bias_grad_in_dq(plan: Plan) -> bool:
     return plan.bias_layout is not None and plan.bias_full
 
 
+def _grid_spec(scalars: list, grid: tuple[int, ...], in_specs: list, out_specs: list, scratch: list):
+    return pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=len(scalars), grid=grid, in_specs=in_specs,
+                                        out_specs=out_specs, scratch_shapes=scratch)
+
+
 def flash_backward_dq(
     plan: Plan, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, mask: jax.Array | None,
-    do: jax.Array, lse: jax.Array, di: jax.Array,
+    do: jax.Array, lse: jax.Array, di: jax.Array, packing: tuple[Any, Any, Any] = (None, None, None),
 ) -> tuple[jax.Array, jax.Array | None]:
     """``dq [B, Hq, Sq_pad, D]`` and, for a ``[B, Hq, ...]`` bias, its gradient (in the bias dtype).
 
     ``lse`` and ``di`` are ``[B, Hq, Sq_pad, 128]`` float32 (lane-replicated); ``lse`` is ``+inf`` on rows
-    that must get no gradient (padding, rows with no allowed key).
+    that must get no gradient (padding, rows with no allowed key). ``packing`` as ``forward.flash_forward``'s.
     """
     batch, num_q_heads, q_pad, head_dim = q.shape
     kv_pad, v_head_dim = k.shape[2], v.shape[3]
     bq, bk = plan.blocks.block_q_bwd, plan.blocks.block_k_bwd
     group = plan.group_size
+    scalars = scalar_operands(plan, bq, bk, packing)
 
-    def q_map(b, h, i, j):
+    def kv_block(b, h, i, j, *pack):
+        return kv_index(plan, bq, bk, i, j, scalar_view(plan, pack).length(b))
+
+    def q_map(b, h, i, j, *pack):
         return b, h, i, 0
 
-    def kv_map(b, h, i, j):
-        return b, kv_head(h, group), kv_index(plan, bq, bk, i, j), 0
+    def kv_map(b, h, i, j, *pack):
+        return b, kv_head(h, group), kv_block(b, h, i, j, *pack), 0
 
     def operand_map(layout):
-        def index(b, h, i, j):
+        def index(b, h, i, j, *pack):
             ob, oh = operand_index(layout, b, h, group)
-            return ob, oh, i, kv_index(plan, bq, bk, i, j)
+            return ob, oh, i, kv_block(b, h, i, j, *pack)
 
         return index
 
     extra_specs, extra_inputs = _operand_specs(plan, bias, mask, operand_map)
+    id_specs, id_inputs = block_specs(plan, packing, bq, bk, lambda b, h, i, *_: i, kv_block, lambda b, *_: b)
     in_specs = [
         pl.BlockSpec((None, None, bq, head_dim), q_map),
         pl.BlockSpec((None, None, bk, head_dim), kv_map),
@@ -190,29 +213,28 @@ def flash_backward_dq(
         pl.BlockSpec((None, None, bq, blk.LANES), q_map),
         pl.BlockSpec((None, None, bq, blk.LANES), q_map),
         *extra_specs,
+        *id_specs,
     ]
     out_specs = [pl.BlockSpec((None, None, bq, head_dim), q_map)]
     out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
     if _bias_grad_in_dq(plan):
-        out_specs.append(pl.BlockSpec((None, None, bq, bk), lambda b, h, i, j: (b, h, i, j)))
+        out_specs.append(pl.BlockSpec((None, None, bq, bk), lambda b, h, i, j, *pack: (b, h, i, j)))
         out_shape.append(jax.ShapeDtypeStruct(bias.shape, bias.dtype))
     results = pl.pallas_call(
-        functools.partial(_dq_kernel, plan=plan),
-        grid=(batch, num_q_heads, q_pad // bq, kv_pad // bk),
-        in_specs=in_specs,
-        out_specs=out_specs,
+        functools.partial(_dq_kernel, plan=plan, num_scalars=len(scalars)),
+        grid_spec=_grid_spec(scalars, (batch, num_q_heads, q_pad // bq, kv_pad // bk), in_specs, out_specs,
+                             [pltpu.VMEM((bq, head_dim), jnp.float32)]),
         out_shape=out_shape,
-        scratch_shapes=[pltpu.VMEM((bq, head_dim), jnp.float32)],
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
         interpret=plan.interpret,
         name="ejkernel_flash_backward_dq",
-    )(q, k, v, do, lse, di, *extra_inputs)
+    )(*scalars, q, k, v, do, lse, di, *extra_inputs, *id_inputs)
     return results[0], (results[1] if _bias_grad_in_dq(plan) else None)
 
 
 def flash_backward_dkv(
     plan: Plan, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, mask: jax.Array | None,
-    do: jax.Array, lse: jax.Array, di: jax.Array,
+    do: jax.Array, lse: jax.Array, di: jax.Array, packing: tuple[Any, Any, Any] = (None, None, None),
 ) -> tuple[jax.Array, jax.Array]:
     """``dk [B, Hkv, Skv_pad, D]`` and ``dv [B, Hkv, Skv_pad, Dv]``, summed over each kv head's group."""
     batch, num_q_heads, q_pad, head_dim = q.shape
@@ -220,25 +242,28 @@ def flash_backward_dkv(
     bq, bk = plan.blocks.block_q_bwd, plan.blocks.block_k_bwd
     group = plan.group_size
     num_q = q_pad // bq
+    scalars = scalar_operands(plan, bq, bk, packing)
 
-    def q_index(kv_block, q_block):
-        lo, _, _, hi = blk.q_block_range(kv_block, bq, bk, plan.q_len, plan.kv_len, plan.causal, plan.window)
-        return blk.clamp_to_visited(q_block, lo, hi, -(-plan.q_len // bq))
+    def q_block(b, h, j, g, i, *pack):
+        lo, _, _, hi = blk.q_block_range(j, bq, bk, plan.q_len, plan.kv_len, plan.causal, plan.window,
+                                         kv_length=scalar_view(plan, pack).length(b))
+        return blk.clamp_to_visited(i, lo, hi, -(-plan.q_len // bq))
 
-    def q_map(b, h, j, g, i):
-        return b, h * group + g, q_index(j, i), 0
+    def q_map(b, h, j, g, i, *pack):
+        return b, h * group + g, q_block(b, h, j, g, i, *pack), 0
 
-    def kv_map(b, h, j, g, i):
+    def kv_map(b, h, j, g, i, *pack):
         return b, h, j, 0
 
     def operand_map(layout):
-        def index(b, h, j, g, i):
+        def index(b, h, j, g, i, *pack):
             ob, oh = operand_index(layout, b, h * group + g, group)
-            return ob, oh, q_index(j, i), j
+            return ob, oh, q_block(b, h, j, g, i, *pack), j
 
         return index
 
     extra_specs, extra_inputs = _operand_specs(plan, bias, mask, operand_map)
+    id_specs, id_inputs = block_specs(plan, packing, bq, bk, q_block, lambda b, h, j, *_: j, lambda b, *_: b)
     in_specs = [
         pl.BlockSpec((None, None, bq, head_dim), q_map),
         pl.BlockSpec((None, None, bk, head_dim), kv_map),
@@ -247,6 +272,7 @@ def flash_backward_dkv(
         pl.BlockSpec((None, None, bq, blk.LANES), q_map),
         pl.BlockSpec((None, None, bq, blk.LANES), q_map),
         *extra_specs,
+        *id_specs,
     ]
     out_specs = [
         pl.BlockSpec((None, None, bk, head_dim), kv_map),
@@ -254,37 +280,36 @@ def flash_backward_dkv(
     ]
     out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
     dk, dv = pl.pallas_call(
-        functools.partial(_dkv_kernel, plan=plan),
-        grid=(batch, num_kv_heads, kv_pad // bk, group, num_q),
-        in_specs=in_specs,
-        out_specs=out_specs,
+        functools.partial(_dkv_kernel, plan=plan, num_scalars=len(scalars)),
+        grid_spec=_grid_spec(scalars, (batch, num_kv_heads, kv_pad // bk, group, num_q), in_specs, out_specs,
+                             [pltpu.VMEM((bk, head_dim), jnp.float32), pltpu.VMEM((bk, v_head_dim), jnp.float32)]),
         out_shape=out_shape,
-        scratch_shapes=[pltpu.VMEM((bk, head_dim), jnp.float32), pltpu.VMEM((bk, v_head_dim), jnp.float32)],
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "parallel", "arbitrary", "arbitrary")
         ),
         interpret=plan.interpret,
         name="ejkernel_flash_backward_dkv",
-    )(q, k, v, do, lse, di, *extra_inputs)
+    )(*scalars, q, k, v, do, lse, di, *extra_inputs, *id_inputs)
     return dk, dv
 
 
-def _dbias_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, bias_ref, *refs, plan: Plan):
-    mask_ref = refs[0] if plan.mask_layout is not None else None
+def _dbias_kernel(*refs, plan: Plan, num_scalars: int, pair_of):
+    _, (q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref), bias_ref, mask_ref, pk, refs = _split_refs(refs, plan, num_scalars)
     dbias_ref, acc = refs[-2:]
     bq, bk = plan.blocks.block_q_bwd, plan.blocks.block_k_bwd
     q_block, kv_block, pair = pl.program_id(2), pl.program_id(3), pl.program_id(4)
+    batch, _ = pair_of(pl.program_id(0), pl.program_id(1), pair)
 
     @pl.when(pair == 0)
     def _init():
         acc[...] = jnp.zeros(acc.shape, jnp.float32)
 
-    visit, needs_mask = tile_predicates(q_block, kv_block, bq, bk, plan)
+    visit, needs_mask = tile_predicates(q_block, kv_block, bq, bk, plan, pk, batch)
 
     def step(masked: bool) -> None:
         _, ds, _ = _tile_grads(
             q_ref[...], k_ref[...], v_ref[...], do_ref[...], lse_ref[...], di_ref[...], bias_ref, mask_ref,
-            q_block, kv_block, masked, plan,
+            q_block, kv_block, masked, plan, pk, batch,
         )
         acc[...] += ds
 
@@ -297,7 +322,7 @@ def _dbias_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, bias_ref, *refs,
 
 def flash_backward_dbias(
     plan: Plan, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, mask: jax.Array | None,
-    do: jax.Array, lse: jax.Array, di: jax.Array,
+    do: jax.Array, lse: jax.Array, di: jax.Array, packing: tuple[Any, Any, Any] = (None, None, None),
 ) -> jax.Array:
     """The gradient of a bias broadcast over batch and/or heads, in its own shape and dtype."""
     batch, num_q_heads, q_pad, head_dim = q.shape
@@ -307,6 +332,7 @@ def flash_backward_dbias(
     group = plan.group_size
     batches_per_tile = batch if bias_batch == 1 else 1
     heads_per_tile = num_q_heads // bias_heads
+    scalars = scalar_operands(plan, bq, bk, packing)
 
     def pair_of(bb, hb, r):
         """The (batch, query head) that reduction step ``r`` of bias tile (bb, hb) reads."""
@@ -317,18 +343,22 @@ def flash_backward_dbias(
             r_h = jax.lax.rem(r, jnp.int32(heads_per_tile))
         return bb + r_b, hb * heads_per_tile + r_h
 
-    def q_map(bb, hb, i, j, r):
+    def kv_block(bb, hb, i, j, r, *pack):
+        b, _ = pair_of(bb, hb, r)
+        return kv_index(plan, bq, bk, i, j, scalar_view(plan, pack).length(b))
+
+    def q_map(bb, hb, i, j, r, *pack):
         b, h = pair_of(bb, hb, r)
         return b, h, i, 0
 
-    def kv_map(bb, hb, i, j, r):
+    def kv_map(bb, hb, i, j, r, *pack):
         b, h = pair_of(bb, hb, r)
-        return b, kv_head(h, group), kv_index(plan, bq, bk, i, j), 0
+        return b, kv_head(h, group), kv_block(bb, hb, i, j, r, *pack), 0
 
-    def bias_map(bb, hb, i, j, r):
+    def bias_map(bb, hb, i, j, r, *pack):
         return bb, hb, i, j
 
-    def mask_map(bb, hb, i, j, r):
+    def mask_map(bb, hb, i, j, r, *pack):
         b, h = pair_of(bb, hb, r)
         mb, mh = operand_index(plan.mask_layout, b, h, group)
         return mb, mh, i, j
@@ -346,16 +376,19 @@ def flash_backward_dbias(
     if mask is not None:
         in_specs.append(pl.BlockSpec((None, None, bq, bk), mask_map))
         inputs.append(mask)
+    id_specs, id_inputs = block_specs(plan, packing, bq, bk, lambda bb, hb, i, *_: i, kv_block,
+                                      lambda bb, hb, i, j, r, *_: pair_of(bb, hb, r)[0])
+    in_specs += id_specs
+    inputs += id_inputs
+    grid = (bias_batch, bias_heads, q_pad // bq, kv_pad // bk, batches_per_tile * heads_per_tile)
     return pl.pallas_call(
-        functools.partial(_dbias_kernel, plan=plan),
-        grid=(bias_batch, bias_heads, q_pad // bq, kv_pad // bk, batches_per_tile * heads_per_tile),
-        in_specs=in_specs,
-        out_specs=pl.BlockSpec((None, None, bq, bk), bias_map),
+        functools.partial(_dbias_kernel, plan=plan, num_scalars=len(scalars), pair_of=pair_of),
+        grid_spec=_grid_spec(scalars, grid, in_specs, pl.BlockSpec((None, None, bq, bk), bias_map),
+                             [pltpu.VMEM((bq, bk), jnp.float32)]),
         out_shape=jax.ShapeDtypeStruct(bias.shape, bias.dtype),
-        scratch_shapes=[pltpu.VMEM((bq, bk), jnp.float32)],
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "parallel", "parallel", "arbitrary")
         ),
         interpret=plan.interpret,
         name="ejkernel_flash_backward_dbias",
-    )(*inputs)
+    )(*scalars, *inputs)

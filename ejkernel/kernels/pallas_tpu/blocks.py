@@ -158,21 +158,22 @@ def choose_block_sizes(
 
 
 def kv_block_range(q_block: Any, block_q: int, block_k: int, q_len: int, kv_len: int, causal: bool,
-                   window: tuple[int, int] | None, dense: bool = False) -> tuple[Any, Any, Any, Any]:
-    """Key blocks ``(lo, interior_lo, interior_hi, hi)`` of query block ``q_block`` (``masks.key_blocks``).
+                   window: tuple[int, int] | None, dense: bool = False, kv_length: Any = None) -> tuple[Any, Any, Any, Any]:
+    """Key blocks ``(lo, interior_lo, interior_hi, hi)`` of query block ``q_block`` (``masks.key_blocks``,
+    ending at the row's ``kv_length`` when given).
 
     Blocks ``[lo, hi)`` are visited; ``[interior_lo, interior_hi)`` need no per-element mask.
     """
     q_first = q_block * block_q
-    return key_blocks(q_first, q_first + (block_q - 1), block_k, q_len, kv_len, causal, window, dense)
+    return key_blocks(q_first, q_first + (block_q - 1), block_k, q_len, kv_len, causal, window, dense, kv_length)
 
 
 def q_block_range(kv_block: Any, block_q: int, block_k: int, q_len: int, kv_len: int, causal: bool,
-                  window: tuple[int, int] | None, dense: bool = False) -> tuple[Any, Any, Any, Any]:
+                  window: tuple[int, int] | None, dense: bool = False, kv_length: Any = None) -> tuple[Any, Any, Any, Any]:
     """Query blocks ``(lo, interior_lo, interior_hi, hi)`` that see key block ``kv_block``
     (``masks.query_blocks``): the transpose of ``kv_block_range``, for the dk/dv kernel's index maps."""
     k_first = kv_block * block_k
-    return query_blocks(k_first, k_first + (block_k - 1), block_q, q_len, kv_len, causal, window, dense)
+    return query_blocks(k_first, k_first + (block_k - 1), block_q, q_len, kv_len, causal, window, dense, kv_length)
 
 
 def clamp_to_visited(block: Any, lo: Any, hi: Any, num_blocks: int) -> Any:
@@ -190,18 +191,19 @@ def _inside(x: Any, lo: Any, hi: Any) -> Any:
 
 
 def block_visited(q_block: Any, kv_block: Any, block_q: int, block_k: int, q_len: int, kv_len: int,
-                  causal: bool, window: tuple[int, int] | None) -> Any:
-    """Whether the kernels compute the pair (the one skip predicate of forward and backward)."""
-    lo, _, _, hi = kv_block_range(q_block, block_q, block_k, q_len, kv_len, causal, window)
+                  causal: bool, window: tuple[int, int] | None, kv_length: Any = None) -> Any:
+    """Whether the kernels compute the pair (the one skip predicate of forward and backward; segment ids
+    add theirs, ``packing.tile_predicates``)."""
+    lo, _, _, hi = kv_block_range(q_block, block_q, block_k, q_len, kv_len, causal, window, kv_length=kv_length)
     return _inside(kv_block, lo, hi)
 
 
 def block_needs_mask(q_block: Any, kv_block: Any, block_q: int, block_k: int, q_len: int, kv_len: int,
-                     causal: bool, window: tuple[int, int] | None, has_mask: bool) -> Any:
+                     causal: bool, window: tuple[int, int] | None, has_mask: bool, kv_length: Any = None) -> Any:
     """Whether a visited pair must be masked element by element: it is not interior (see the module
     docstring); with an ``attention_mask`` every pair is."""
     _, interior_lo, interior_hi, _ = kv_block_range(q_block, block_q, block_k, q_len, kv_len, causal, window,
-                                                    dense=has_mask)
+                                                    dense=has_mask, kv_length=kv_length)
     interior = _inside(kv_block, interior_lo, interior_hi)
     return not interior if isinstance(interior, (bool, np.bool_)) else ~interior
 

@@ -6,6 +6,8 @@ to XLA before tracing:
 - every head dim (a block spans the whole head dim, which Mosaic tiles for any size), ``Dv != D``;
 - causal, sliding window, soft cap, sinks ``[Hq, n]`` and ``[n]``, bias and boolean mask of every
   ``[B|1, Hq|Hkv|1]`` layout (with gradients for bias and sinks), any ``Sq``/``Skv``;
+- segment ids and key lengths (``packing``: tiles they rule out skipped, tiles they fully allow unmasked,
+  key blocks past a row's length never fetched);
 - not dropout: the TPU interpreter's ``prng_random_bits`` returns zeros on the CPU, so an in-kernel PRNG
   could not be tested here; such calls fall back to XLA instead of being ignored;
 - softmax in float32 only.
@@ -29,5 +31,7 @@ CAPABILITIES = AttentionCapabilities(
     logits_soft_cap=True,
     sinks=True,
     dropout=False,
+    segment_ids=True,
+    kv_lengths=True,
     softmax_dtypes=frozenset({"float32"}),
 )

@@ -50,6 +50,7 @@ class Config:
     mask: str | None = None
     backward: bool = True
     block_sizes: BlockSizes | None = None
+    packing: str | None = None  # "segments" | "lengths" | "both": segment ids and/or kv_lengths
 
     @property
     def label(self) -> str:
@@ -76,6 +77,9 @@ def _feature_classes() -> list[Config]:
         Config("ragged", q_len=1000, kv_len=777),
         Config("decode", q_len=1, kv_len=2048, causal=True),
         Config("long_causal", q_len=4096, kv_len=4096, causal=True, batch=1),
+        Config("segments", packing="segments", causal=True, q_len=1000, kv_len=1000),
+        Config("kv_lengths", packing="lengths", q_len=1, kv_len=2048, causal=True, num_q_heads=8, num_kv_heads=2),
+        Config("segments+lengths+bias", packing="both", bias="1,kv", num_q_heads=8, num_kv_heads=2),
     ]
 
 
@@ -136,22 +140,29 @@ def _function_and_args(c: Config, sharding: Any = None) -> tuple[Any, list[jax.S
     if c.sinks:
         args["softmax_aux"] = struct((c.num_q_heads, 2) if c.sinks == "per_head" else (3,), jnp.float32)
     mask = struct(_operand_shape(c.mask, c), jnp.bool_) if c.mask else None
+    packing = {}
+    if c.packing in ("segments", "both"):
+        packing["q_segment_ids"] = struct((c.batch, c.q_len), jnp.int32)
+        packing["kv_segment_ids"] = struct((c.batch, c.kv_len), jnp.int32)
+    if c.packing in ("lengths", "both"):
+        packing["kv_lengths"] = struct((c.batch,), jnp.int32)
     names = list(args)
     static = dict(causal=c.causal, sliding_window=c.sliding_window, logits_soft_cap=c.logits_soft_cap,
                   dtype=dtype, block_sizes=c.block_sizes)
 
     def forward(*xs):
-        *diff, m = xs
-        out, _ = flash_attention(**dict(zip(names, diff, strict=True)), attention_mask=m, **static)
+        diff, m, ids = xs[: len(names)], xs[len(names)], xs[len(names) + 1:]
+        out, _ = flash_attention(**dict(zip(names, diff, strict=True)), attention_mask=m,
+                                 **dict(zip(packing, ids, strict=True)), **static)
         return out
 
     if not c.backward:
-        return forward, [*args.values(), mask]
+        return forward, [*args.values(), mask, *packing.values()]
 
     def loss(*xs):
         return jnp.sum(forward(*xs).astype(jnp.float32))
 
-    return jax.grad(loss, argnums=tuple(range(len(names)))), [*args.values(), mask]
+    return jax.grad(loss, argnums=tuple(range(len(names)))), [*args.values(), mask, *packing.values()]
 
 
 def lower(c: Config) -> Any:

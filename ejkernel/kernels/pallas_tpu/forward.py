@@ -20,6 +20,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from ejkernel.kernels.pallas_tpu import blocks as blk
+from ejkernel.kernels.pallas_tpu.packing import block_specs, pop_blocks, scalar_operands, scalar_view
 from ejkernel.kernels.pallas_tpu.plan import Plan
 from ejkernel.kernels.pallas_tpu.tiles import (
     MASK_VALUE,
@@ -39,15 +40,18 @@ __all__ = ["flash_forward"]
 _COUNT_ROWS = 8  # the visit counter is one (8, 128) int32 tile per (batch, head, q block)
 
 
-def _forward_kernel(sink_ref, q_ref, k_ref, v_ref, *refs, plan: Plan):
+def _forward_kernel(sink_ref, *refs, plan: Plan, num_scalars: int):
     refs = list(refs)
+    scalars = scalar_view(plan, tuple(refs[:num_scalars]))
+    q_ref, k_ref, v_ref, *refs = refs[num_scalars:]
     bias_ref = refs.pop(0) if plan.bias_layout is not None else None
     mask_ref = refs.pop(0) if plan.mask_layout is not None else None
+    pk = pop_blocks(plan, refs, scalars)
     o_ref, lse_ref = refs.pop(0), refs.pop(0)
     count_ref = refs.pop(0) if plan.count_visits else None
     m_ref, l_ref, acc_ref = refs
     bq, bk = plan.blocks.block_q, plan.blocks.block_k
-    head, q_block, kv_block = pl.program_id(1), pl.program_id(2), pl.program_id(3)
+    batch, head, q_block, kv_block = pl.program_id(0), pl.program_id(1), pl.program_id(2), pl.program_id(3)
 
     @pl.when(kv_block == 0)
     def _init():
@@ -61,12 +65,15 @@ def _forward_kernel(sink_ref, q_ref, k_ref, v_ref, *refs, plan: Plan):
         if count_ref is not None:
             count_ref[...] = jnp.zeros(count_ref.shape, jnp.int32)
 
-    visit, needs_mask = tile_predicates(q_block, kv_block, bq, bk, plan)
+    visit, needs_mask = tile_predicates(q_block, kv_block, bq, bk, plan, pk, batch)
 
     def step(masked: bool) -> None:
-        s, _ = block_logits(q_ref[...], k_ref[...], bias_ref, plan)
+        k, v = k_ref[...], v_ref[...]
+        if masked:  # keys no query may see (NaN-safe): only masked tiles hold them
+            k, v = pk.clean_keys(batch, kv_block, bk, k, v)
+        s, _ = block_logits(q_ref[...], k, bias_ref, plan)
         if masked:
-            valid = block_valid(q_block, kv_block, s.shape, mask_ref, plan, bq, bk)
+            valid = block_valid(q_block, kv_block, s.shape, mask_ref, plan, bq, bk, pk, batch)
             s = jnp.where(valid, s, MASK_VALUE)
         m_prev = m_ref[...]
         m_next = jnp.maximum(m_prev, jnp.max(s, axis=-1, keepdims=True))
@@ -76,7 +83,6 @@ def _forward_kernel(sink_ref, q_ref, k_ref, v_ref, *refs, plan: Plan):
         alpha = jnp.exp(m_prev - m_next)
         l_ref[...] = alpha * l_ref[...] + jnp.sum(p, axis=-1, keepdims=True)
         m_ref[...] = m_next
-        v = v_ref[...]
         pv = dot(p.astype(v.dtype), v, NN, plan)
         acc_ref[...] = acc_ref[...] * lanes(alpha, acc_ref.shape[-1]) + pv
         if count_ref is not None:
@@ -92,15 +98,17 @@ def _forward_kernel(sink_ref, q_ref, k_ref, v_ref, *refs, plan: Plan):
         lse_ref[...] = jnp.broadcast_to(lse[:, None], lse_ref.shape)
 
 
-def kv_index(plan: Plan, block_q: int, block_k: int, q_block: Any, kv_block: Any) -> Any:
-    """``kv_block`` clamped into the visited range of ``q_block``: skipped steps re-use a resident block."""
-    lo, _, _, hi = blk.kv_block_range(q_block, block_q, block_k, plan.q_len, plan.kv_len, plan.causal, plan.window)
+def kv_index(plan: Plan, block_q: int, block_k: int, q_block: Any, kv_block: Any, kv_length: Any = None) -> Any:
+    """``kv_block`` clamped into the visited range of ``q_block`` (ending at the row's ``kv_length``): skipped
+    steps re-use a resident block."""
+    lo, _, _, hi = blk.kv_block_range(q_block, block_q, block_k, plan.q_len, plan.kv_len, plan.causal, plan.window,
+                                      kv_length=kv_length)
     return blk.clamp_to_visited(kv_block, lo, hi, -(-plan.kv_len // block_k))
 
 
 def flash_forward(
     plan: Plan, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
-    mask: jax.Array | None, sink_lse: jax.Array,
+    mask: jax.Array | None, sink_lse: jax.Array, packing: tuple[Any, Any, Any] = (None, None, None),
 ) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, jax.Array]:
     """Runs the forward kernel on padded ``[B, H, S, D]`` arrays.
 
@@ -108,6 +116,8 @@ def flash_forward(
       q: ``[B, Hq, Sq_pad, D]``; k: ``[B, Hkv, Skv_pad, D]``; v: ``[B, Hkv, Skv_pad, Dv]`` (compute dtype).
       bias: ``[B|1, Hq|Hkv|1, Sq_pad, Skv_pad]`` or ``None``; mask: the same shape in int8 (1 = attend).
       sink_lse: ``[Hq]`` float32, log-sum-exp of each head's sinks (ignored without sinks).
+      packing: ``(q_ids [B, Sq_pad], kv_ids [B, Skv_pad], lengths [B])`` int32, ``None`` where absent
+        (``packing``: the key ids are the visible ones, the padding ``-1``).
 
     Returns:
       ``out [B, Hq, Sq_pad, Dv]`` in the compute dtype, ``lse [B, Hq, Sq_pad]`` float32 (``-inf`` for
@@ -119,17 +129,21 @@ def flash_forward(
     bq, bk = plan.blocks.block_q, plan.blocks.block_k
     num_q, num_kv = q_pad // bq, kv_pad // bk
     group = plan.group_size
+    scalars = scalar_operands(plan, bq, bk, packing)
 
-    def q_map(b, h, i, j, sinks):
+    def kv_block(b, h, i, j, sinks, *pack):
+        return kv_index(plan, bq, bk, i, j, scalar_view(plan, pack).length(b))
+
+    def q_map(b, h, i, j, *prefetch):
         return b, h, i, 0
 
-    def kv_map(b, h, i, j, sinks):
-        return b, kv_head(h, group), kv_index(plan, bq, bk, i, j), 0
+    def kv_map(b, h, i, j, *prefetch):
+        return b, kv_head(h, group), kv_block(b, h, i, j, *prefetch), 0
 
     def operand_map(layout):
-        def index(b, h, i, j, sinks):
+        def index(b, h, i, j, *prefetch):
             ob, oh = operand_index(layout, b, h, group)
-            return ob, oh, i, kv_index(plan, bq, bk, i, j)
+            return ob, oh, i, kv_block(b, h, i, j, *prefetch)
 
         return index
 
@@ -145,6 +159,9 @@ def flash_forward(
     if mask is not None:
         in_specs.append(pl.BlockSpec((None, None, bq, bk), operand_map(plan.mask_layout)))
         inputs.append(mask)
+    id_specs, id_inputs = block_specs(plan, packing, bq, bk, lambda b, h, i, j, *_: i, kv_block, lambda b, *_: b)
+    in_specs += id_specs
+    inputs += id_inputs
 
     out_specs = [
         pl.BlockSpec((None, None, bq, v_head_dim), q_map),
@@ -159,9 +176,9 @@ def flash_forward(
         out_shape.append(jax.ShapeDtypeStruct((batch, num_q_heads, num_q * _COUNT_ROWS, blk.LANES), jnp.int32))
 
     results = pl.pallas_call(
-        functools.partial(_forward_kernel, plan=plan),
+        functools.partial(_forward_kernel, plan=plan, num_scalars=len(scalars)),
         grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=1,
+            num_scalar_prefetch=1 + len(scalars),
             grid=(batch, num_q_heads, num_q, num_kv),
             in_specs=in_specs,
             out_specs=out_specs,
@@ -175,7 +192,7 @@ def flash_forward(
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
         interpret=plan.interpret,
         name="ejkernel_flash_forward",
-    )(sink_lse, *inputs)
+    )(sink_lse, *scalars, *inputs)
     out, lse = results[0], results[1][..., 0]
     if plan.count_visits:
         counts = results[2].reshape(batch, num_q_heads, num_q, _COUNT_ROWS, blk.LANES)[..., 0, 0]

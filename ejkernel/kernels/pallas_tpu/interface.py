@@ -29,10 +29,14 @@ from ejkernel.kernels.pallas_tpu.plan import Plan
 from ejkernel.ops.attention.call import AttentionCall
 from ejkernel.ops.attention.derivatives import reverse_mode_only
 from ejkernel.ops.attention.features import AttentionFeatures
+from ejkernel.ops.attention.segments import as_ids, visible_kv_ids
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.ops.attention.sinks import sink_logits
 
-__all__ = ["flash_attention", "flash_attention_with_lse", "flash_with_lse_call", "registered_attention", "registered_attention_with_lse", "plan_for"]
+__all__ = [
+    "flash_attention", "flash_attention_with_lse", "flash_with_lse_call", "registered_attention",
+    "registered_attention_with_lse", "plan_for", "packing_of",
+]
 
 
 def plan_for(f: AttentionFeatures, block_sizes: BlockSizes | None, interpret: Any, bias_dtype: Any = None) -> Plan:
@@ -60,7 +64,22 @@ def plan_for(f: AttentionFeatures, block_sizes: BlockSizes | None, interpret: An
         blocks=block_sizes,
         interpret=interpret,
         bias_full=f.bias is not None and (f.bias[0] == "B" or f.batch == 1) and (f.bias[1] == "q" or f.num_q_heads == 1),
+        segments=f.segment_ids,
+        lengths=f.kv_lengths,
     )
+
+
+def packing_of(call: AttentionCall) -> tuple[Array | None, Array | None, Array | None]:
+    """``(q_ids [B, Sq], kv_ids [B, Skv], lengths [B])`` int32 for the kernels, ``None`` where absent; the key
+    ids are the visible ones (``segments.visible_kv_ids``: keys no query may see are ``-1``)."""
+    f = call.features
+    q_ids = kv_ids = lengths = None
+    if f.segment_ids:
+        q_ids = as_ids(call.q_segment_ids)
+        kv_ids = visible_kv_ids(call.q_segment_ids, call.kv_segment_ids, call.kv_lengths, f.kv_len)
+    if f.kv_lengths:
+        lengths = as_ids(call.kv_lengths)
+    return q_ids, kv_ids, lengths
 
 
 def flash_with_lse_call(
@@ -74,7 +93,7 @@ def flash_with_lse_call(
     with reverse_mode_only("the Pallas-TPU flash attention"):
         return flash_with_lse(
             plan, call.query.astype(compute), call.key.astype(compute), call.value.astype(compute), call.bias,
-            call.attention_mask, sinks,
+            call.attention_mask, sinks, packing_of(call),
         )
 
 

@@ -37,6 +37,8 @@ class Plan:
     interpret: Any = False
     count_visits: bool = False
     bias_full: bool = False  # the bias is [B, Hq, ...] (no broadcast axis): its gradient needs no reduction
+    segments: bool = False  # q_segment_ids/kv_segment_ids given (``packing``)
+    lengths: bool = False  # kv_lengths given
 
     @property
     def group_size(self) -> int:

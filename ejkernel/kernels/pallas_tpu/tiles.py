@@ -15,6 +15,7 @@ from jax.experimental import pallas as pl
 
 from ejkernel.kernels.pallas_tpu import blocks as blk
 from ejkernel.kernels.pallas_tpu.blocks import LANES
+from ejkernel.kernels.pallas_tpu.packing import NO_PACKING, Packing
 from ejkernel.kernels.pallas_tpu.plan import Plan
 from ejkernel.ops.attention.logits import transform_logits
 from ejkernel.ops.attention.masks import valid_pairs
@@ -58,25 +59,34 @@ def block_logits(q: jax.Array, k: jax.Array, bias_ref: Any, plan: Plan) -> tuple
 
 
 def block_valid(q_block: Any, kv_block: Any, shape: tuple[int, int], mask_ref: Any, plan: Plan,
-                block_q: int, block_k: int) -> jax.Array:
-    """Which pairs of the ``[block_q, block_k]`` tile count: real keys, causal/window, and the mask."""
+                block_q: int, block_k: int, pk: Packing = NO_PACKING, b: Any = None) -> jax.Array:
+    """Which pairs of the ``[block_q, block_k]`` tile count: real keys, causal/window, the mask, and the
+    segment ids and key length of batch row ``b`` (``pk``)."""
     q_idx = q_block * block_q + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
     k_idx = kv_block * block_k + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
     # The int8 mask is widened first: an int8 compare yields a packed boolean layout Mosaic cannot combine
     # with the int32 iota compares (an "invalid relayout" at compile time).
     mask = None if mask_ref is None else mask_ref[...].astype(jnp.int32) != 0
-    return valid_pairs(q_idx, k_idx, plan.q_len, plan.kv_len, plan.causal, plan.window, mask)
+    return valid_pairs(q_idx, k_idx, plan.q_len, plan.kv_len, plan.causal, plan.window, mask, **pk.pair_args(b))
 
 
-def tile_predicates(q_block: Any, kv_block: Any, block_q: int, block_k: int, plan: Plan) -> tuple[Any, Any]:
+def tile_predicates(q_block: Any, kv_block: Any, block_q: int, block_k: int, plan: Plan,
+                    pk: Packing = NO_PACKING, b: Any = None) -> tuple[Any, Any]:
     """``(visited, needs a mask)`` of one ``[block_q, block_k]`` tile; the second is a Python bool when it
-    is the same for every visited tile of the grid (``blocks.uniform_mask_need``)."""
+    is the same for every visited tile of the grid (``blocks.uniform_mask_need``). With segment ids or key
+    lengths (``pk``, batch row ``b``) both are traced: the length ends the visited blocks and cuts the
+    interior, and the ids' ranges skip tiles and leave unmasked only those they fully allow."""
     args = (block_q, block_k, plan.q_len, plan.kv_len, plan.causal, plan.window)
     has_mask = plan.mask_layout is not None
-    visit = blk.block_visited(q_block, kv_block, *args)
-    needs_mask = blk.uniform_mask_need(*args, has_mask)
+    length = pk.scalars.length(b)
+    visit = blk.block_visited(q_block, kv_block, *args, kv_length=length)
+    needs_mask = None if (plan.segments or plan.lengths) else blk.uniform_mask_need(*args, has_mask)
     if needs_mask is None:
-        needs_mask = blk.block_needs_mask(q_block, kv_block, *args, has_mask)
+        needs_mask = blk.block_needs_mask(q_block, kv_block, *args, has_mask, kv_length=length)
+    relation = pk.scalars.relation(b, q_block, kv_block)
+    if relation is not None:
+        some, every = relation
+        visit, needs_mask = visit & some, needs_mask | jnp.logical_not(every)
     return visit, needs_mask
 
 

@@ -25,6 +25,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from ejkernel.kernels.pallas_triton.blocks import PassBlocks
+from ejkernel.kernels.pallas_triton.packing import clean_keys, packing_operands, walk_blocks
 from ejkernel.kernels.pallas_triton.plan import Plan
 from ejkernel.kernels.pallas_triton.tiles import dot, ds_dot, i32, index32, key_blocks, query_blocks, split_refs
 from ejkernel.ops.attention.layouts import kv_head, operand_index
@@ -35,7 +36,7 @@ __all__ = ["dkv_call", "dq_call"]
 
 
 def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
-    q_ref, k_ref, v_ref, bias_ref, mask_ref, _, rest = split_refs(p, refs)
+    q_ref, k_ref, v_ref, bias_ref, mask_ref, _, pk, rest = split_refs(p, refs)
     do_ref, lse_ref, delta_ref, dk_ref, dv_ref = rest
     bq, bk = c.block_q, c.block_k
     kj = pl.program_id(0)
@@ -44,8 +45,10 @@ def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
     k_first = kj * bk
     k = k_ref[b, pl.ds(k_first, bk), hkv, :]
     v = v_ref[b, pl.ds(k_first, bk), hkv, :]
+    k, v = clean_keys(pk.key_ok(b, k_first, bk), k, v)  # keys no query may see (NaN-safe)
     k_idx = k_first + lax.broadcasted_iota(jnp.int32, (bk, bq), 0)
-    lo, interior_lo, interior_hi, hi = query_blocks(p, k_first, bk, bq, dense=mask_ref is not None)
+    bounds = query_blocks(p, k_first, bk, bq, dense=mask_ref is not None, kv_length=pk.length(b))
+    relation = (lambda qb: pk.relation(b, qb, kj)) if p.segments else None
 
     def head(g, carry):
         h = hkv * p.group + g
@@ -69,7 +72,8 @@ def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
                 if mask_ref is not None:
                     mask = mask_ref[mask_idx[0], mask_idx[1], pl.ds(q_first, bq), pl.ds(k_first, bk)].T
                 q_idx = q_first + lax.broadcasted_iota(jnp.int32, (bk, bq), 1)
-                ok = valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window, mask)
+                ok = valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window, mask,
+                                 **pk.pair_args(b, q_first, bq, k_first, bk, transposed=True))
                 s2 = jnp.where(ok, s2, -jnp.inf)
             pt = jnp.exp2(s2 - lse[None, :])
             dv = dv + dot(pt.astype(do.dtype), do)
@@ -78,9 +82,7 @@ def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
             dk = dk + ds_dot(dst, q)
             return dk, dv
 
-        carry = lax.fori_loop(lo, interior_lo, functools.partial(body, masked=True), carry)
-        carry = lax.fori_loop(interior_lo, interior_hi, functools.partial(body, masked=False), carry)
-        return lax.fori_loop(interior_hi, hi, functools.partial(body, masked=True), carry)
+        return walk_blocks(bounds, body, carry, relation)
 
     carry = (jnp.zeros((bk, p.head_dim), jnp.float32), jnp.zeros((bk, p.v_head_dim), jnp.float32))
     if p.group == 1:
@@ -92,7 +94,7 @@ def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
 
 
 def _dq_kernel(*refs, p: Plan, c: PassBlocks):
-    q_ref, k_ref, v_ref, bias_ref, mask_ref, _, rest = split_refs(p, refs)
+    q_ref, k_ref, v_ref, bias_ref, mask_ref, _, pk, rest = split_refs(p, refs)
     if bias_ref is not None:
         do_ref, lse_ref, delta_ref, _, dq_ref, dbias_ref = rest
     else:
@@ -115,6 +117,8 @@ def _dq_kernel(*refs, p: Plan, c: PassBlocks):
         k_first = kb * bk
         k = k_ref[b, pl.ds(k_first, bk), hkv, :]
         v = v_ref[b, pl.ds(k_first, bk), hkv, :]
+        if masked:  # keys no query may see (NaN-safe): only masked tiles hold them
+            k, v = clean_keys(pk.key_ok(b, k_first, bk), k, v)
         s = dot(q, k, transpose_b=True)
         bias = None
         if bias_ref is not None:
@@ -125,7 +129,8 @@ def _dq_kernel(*refs, p: Plan, c: PassBlocks):
             if mask_ref is not None:
                 mask = mask_ref[mask_idx[0], mask_idx[1], pl.ds(q_first, bq), pl.ds(k_first, bk)]
             k_idx = k_first + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
-            ok = valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window, mask)
+            ok = valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window, mask,
+                             **pk.pair_args(b, q_first, bq, k_first, bk))
             s2 = jnp.where(ok, s2, -jnp.inf)
         prob = jnp.exp2(s2 - lse[:, None])
         dp = dot(do, v, transpose_b=True)
@@ -135,11 +140,9 @@ def _dq_kernel(*refs, p: Plan, c: PassBlocks):
         ds = cap_gradient(ds, t)
         return dq + ds_dot(ds, k)
 
-    lo, interior_lo, interior_hi, hi = key_blocks(p, q_first, bq, bk, dense=mask_ref is not None)
-    dq = jnp.zeros((bq, p.head_dim), jnp.float32)
-    dq = lax.fori_loop(lo, interior_lo, functools.partial(body, masked=True), dq)
-    dq = lax.fori_loop(interior_lo, interior_hi, functools.partial(body, masked=False), dq)
-    dq = lax.fori_loop(interior_hi, hi, functools.partial(body, masked=True), dq)
+    bounds = key_blocks(p, q_first, bq, bk, dense=mask_ref is not None, kv_length=pk.length(b))
+    relation = (lambda kb: pk.relation(b, qi, kb)) if p.segments else None
+    dq = walk_blocks(bounds, body, jnp.zeros((bq, p.head_dim), jnp.float32), relation)
     dq_ref[b, pl.ds(q_first, bq), h, :] = (dq * p.softmax_scale).astype(dq_ref.dtype)
 
 
@@ -147,10 +150,11 @@ def _params(c: PassBlocks):
     return plgpu.CompilerParams(num_warps=c.num_warps, num_stages=c.num_stages)
 
 
-def dkv_call(p: Plan, c: PassBlocks, q, k, v, bias, mask, do, lse2, delta):
+def dkv_call(p: Plan, c: PassBlocks, q, k, v, bias, mask, do, lse2, delta, q_ids=None, kv_ids=None, lengths=None):
     """``(dk, dv)`` for padded operands; ``lse2`` (``recompute_lse``'s form) and ``delta`` are ``[B, Hq, Sq]``
-    float32."""
-    operands = [x for x in (q, k, v, bias, mask, do, lse2, delta) if x is not None]
+    float32; the segment ids and key lengths are ``packing.packing_operands``'."""
+    operands = [x for x in (q, k, v, bias, mask) if x is not None]
+    operands += [*packing_operands(p, c, q_ids, kv_ids, lengths), do, lse2, delta]
     return pl.pallas_call(
         functools.partial(_dkv_kernel, p=p, c=c),
         grid=(p.kv_len_pad // c.block_k, p.batch * p.num_kv_heads),
@@ -161,9 +165,10 @@ def dkv_call(p: Plan, c: PassBlocks, q, k, v, bias, mask, do, lse2, delta):
     )(*operands)
 
 
-def dq_call(p: Plan, c: PassBlocks, q, k, v, bias, mask, do, lse2, delta):
+def dq_call(p: Plan, c: PassBlocks, q, k, v, bias, mask, do, lse2, delta, q_ids=None, kv_ids=None, lengths=None):
     """``(dq, dbias_full)``; ``dbias_full [B, Hq, Sq, Skv]`` float32 is ``None`` without a bias."""
-    operands = [x for x in (q, k, v, bias, mask, do, lse2, delta) if x is not None]
+    operands = [x for x in (q, k, v, bias, mask) if x is not None]
+    operands += [*packing_operands(p, c, q_ids, kv_ids, lengths), do, lse2, delta]
     out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
     aliases = {}
     if bias is not None:

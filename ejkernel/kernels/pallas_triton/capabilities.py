@@ -7,6 +7,8 @@ before tracing:
 - causal and sliding window (fully masked blocks skipped), GQA/MQA without K/V repetition, soft cap,
   sinks ``[Hq, n]``/``[n]``, bias and boolean mask of every ``[B|1, Hq|Hkv|1]`` layout (with gradients for
   bias and sinks), any ``Sq``/``Skv`` (padded to block multiples, the padding masked);
+- segment ids and key lengths (``packing``: blocks they rule out skipped, blocks they fully allow left
+  unmasked; key lengths also on the decoding path, segment ids on the ordinary kernels);
 - not dropout (no in-kernel RNG whose statistics we could test in interpret mode); softmax in float32 only.
 """
 
@@ -37,6 +39,8 @@ CAPABILITIES = AttentionCapabilities(
     logits_soft_cap=True,
     sinks=True,
     dropout=False,
+    segment_ids=True,
+    kv_lengths=True,
     softmax_dtypes=frozenset({"float32"}),
     extra_check=_head_dims,
 )

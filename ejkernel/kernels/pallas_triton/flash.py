@@ -62,18 +62,19 @@ def _kernel_lse(lse2, p: Plan):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def flash_with_lse(p: Plan, c: BlockSizes, q, k, v, bias, mask, sinks):
-    out, lse2 = forward_call(p, c.forward, q, k, v, bias, mask, None if sinks is None else _sinks2(sinks, p))
+def flash_with_lse(p: Plan, c: BlockSizes, q, k, v, bias, mask, sinks, packing=(None, None, None)):
+    """``packing``: ``(q_ids, kv_ids, lengths)`` padded int32 (``interface``), ``None`` where absent."""
+    out, lse2 = forward_call(p, c.forward, q, k, v, bias, mask, None if sinks is None else _sinks2(sinks, p), *packing)
     return out, _natural_lse(lse2)
 
 
-def _forward(p, c, q, k, v, bias, mask, sinks):
-    out, lse2 = forward_call(p, c.forward, q, k, v, bias, mask, None if sinks is None else _sinks2(sinks, p))
-    return (out, _natural_lse(lse2)), (q, k, v, bias, mask, sinks, out, lse2)
+def _forward(p, c, q, k, v, bias, mask, sinks, packing=(None, None, None)):
+    out, lse2 = forward_call(p, c.forward, q, k, v, bias, mask, None if sinks is None else _sinks2(sinks, p), *packing)
+    return (out, _natural_lse(lse2)), (q, k, v, bias, mask, sinks, packing, out, lse2)
 
 
 def _backward(p: Plan, c: BlockSizes, residuals, cotangents):
-    q, k, v, bias, mask, sinks, out, lse2 = residuals
+    q, k, v, bias, mask, sinks, packing, out, lse2 = residuals
     d_out, d_lse = cotangents
     d_out = d_out.astype(q.dtype)
     # delta = rowsum(dO * O) (FlashAttention-2's preprocessing), [B, Hq, Sq] float32, fused by XLA.
@@ -82,13 +83,18 @@ def _backward(p: Plan, c: BlockSizes, residuals, cotangents):
     delta = delta - jnp.where(jnp.isfinite(lse2), d_lse.astype(jnp.float32).transpose(0, 2, 1), 0.0)
     pk = dataclasses.replace(p, num_sinks=0)
     lse2_kernel = _kernel_lse(lse2, p)
-    dk, dv = dkv_call(pk, c.dkv, q, k, v, bias, mask, d_out, lse2_kernel, delta)
-    dq, dbias_full = dq_call(pk, c.dq, q, k, v, bias, mask, d_out, lse2_kernel, delta)
+    dk, dv = dkv_call(pk, c.dkv, q, k, v, bias, mask, d_out, lse2_kernel, delta, *packing)
+    dq, dbias_full = dq_call(pk, c.dq, q, k, v, bias, mask, d_out, lse2_kernel, delta, *packing)
     dbias = None if bias is None else reduce_to_layout(dbias_full, bias.shape, p.num_q_heads).astype(bias.dtype)
     dsinks = None
     if sinks is not None:  # real rows only, lse in natural log
         dsinks = sink_gradient(sinks, lse2[:, :, : p.q_len] / LOG2E, delta[:, :, : p.q_len])
-    return dq, dk, dv, dbias, None, dsinks
+    return dq, dk, dv, dbias, None, dsinks, _no_cotangent(packing)
+
+
+def _no_cotangent(packing):
+    """The (absent) cotangents of the integer packing operands."""
+    return tuple(None for _ in packing)
 
 
 def _pack_rows(x, p: Plan, pp: Plan, per_q_head: bool):
@@ -110,16 +116,17 @@ def _unpack_rows(x, p: Plan):
     return jnp.swapaxes(x, 2, 3).reshape(b, sq, p.num_q_heads, *x.shape[4:])
 
 
-def _decode_forward(p: Plan, pp: Plan, c: BlockSizes, q, k, v, bias, mask, sinks):
+def _decode_forward(p: Plan, pp: Plan, c: BlockSizes, q, k, v, bias, mask, sinks, packing):
     """Standard-layout ``(out [B, Sq_pad, Hq, Dv], lse [B, Sq_pad, Hq])`` through the packed problem ``pp``;
-    ``lse`` in natural log, padded rows empty."""
+    ``lse`` in natural log, padded rows empty. ``packing`` holds key lengths only (``interface.decode_plan``
+    sends calls with segment ids to the ordinary kernels)."""
     b, sq, g, hkv = p.batch, p.q_len, p.group, p.num_kv_heads
     qp = q[:, :sq].reshape(b, sq, hkv, g, -1).transpose(0, 1, 3, 2, 4).reshape(b, sq * g, hkv, -1)
     if bias is not None:
         bias = _pack_rows(bias, p, pp, p.bias_layout[1] == "q")
     if mask is not None:
         mask = _pack_rows(mask, p, pp, p.mask_layout[1] == "q")
-    out, lse2 = forward_call(pp, c.forward, pad_axis(qp, 1, pp.q_len_pad), k, v, bias, mask, None)
+    out, lse2 = forward_call(pp, c.forward, pad_axis(qp, 1, pp.q_len_pad), k, v, bias, mask, None, *packing)
     lse = jnp.swapaxes(lse2 / LOG2E, -1, -2)  # [splits?, B, rows, Hkv], as out without Dv
     if pp.kv_splits > 1:
         out, lse = merge_many(out, lse)
@@ -130,14 +137,14 @@ def _decode_forward(p: Plan, pp: Plan, c: BlockSizes, q, k, v, bias, mask, sinks
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def decode_with_lse(p: Plan, pp: Plan, c: BlockSizes, q, k, v, bias, mask, sinks):
+def decode_with_lse(p: Plan, pp: Plan, c: BlockSizes, q, k, v, bias, mask, sinks, packing=(None, None, None)):
     """``flash_with_lse``, its forward computed through the packed, key-split problem ``pp``."""
-    return _decode_forward(p, pp, c, q, k, v, bias, mask, sinks)
+    return _decode_forward(p, pp, c, q, k, v, bias, mask, sinks, packing)
 
 
-def _decode_fwd(p, pp, c, q, k, v, bias, mask, sinks):
-    out, lse = _decode_forward(p, pp, c, q, k, v, bias, mask, sinks)
-    return (out, lse), (q, k, v, bias, mask, sinks, out, (lse * LOG2E).transpose(0, 2, 1))
+def _decode_fwd(p, pp, c, q, k, v, bias, mask, sinks, packing=(None, None, None)):
+    out, lse = _decode_forward(p, pp, c, q, k, v, bias, mask, sinks, packing)
+    return (out, lse), (q, k, v, bias, mask, sinks, packing, out, (lse * LOG2E).transpose(0, 2, 1))
 
 
 def _decode_bwd(p, pp, c, residuals, cotangents):

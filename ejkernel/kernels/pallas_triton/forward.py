@@ -19,6 +19,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from ejkernel.kernels.pallas_triton.blocks import PassBlocks
+from ejkernel.kernels.pallas_triton.packing import clean_keys, packing_operands, walk_blocks
 from ejkernel.kernels.pallas_triton.plan import Plan
 from ejkernel.kernels.pallas_triton.tiles import NEG_INIT, dot, i32, index32, key_blocks, positions, split_refs
 from ejkernel.ops.attention.layouts import kv_head, operand_index
@@ -30,7 +31,7 @@ __all__ = ["forward_call"]
 
 
 def _forward_kernel(*refs, p: Plan, c: PassBlocks):
-    q_ref, k_ref, v_ref, bias_ref, mask_ref, sinks_ref, (o_ref, lse_ref) = split_refs(p, refs)
+    q_ref, k_ref, v_ref, bias_ref, mask_ref, sinks_ref, pk, (o_ref, lse_ref) = split_refs(p, refs)
     bq, bk = c.block_q, c.block_k
     qi = p.q_len_pad // bq - 1 - pl.program_id(0)
     bh = pl.program_id(1)
@@ -56,6 +57,8 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
         k_first = kb * bk
         k = k_ref[b, pl.ds(k_first, bk), hkv, :]
         v = v_ref[b, pl.ds(k_first, bk), hkv, :]
+        if masked:  # keys no query may see (NaN-safe): only masked tiles hold them
+            k, v = clean_keys(pk.key_ok(b, k_first, bk), k, v)
         s = dot(q, k, transpose_b=True)
         bias = None
         if bias_ref is not None:
@@ -66,7 +69,8 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
             if mask_ref is not None:
                 mask = mask_ref[mask_idx[0], mask_idx[1], pl.ds(q_first, bq), pl.ds(k_first, bk)]
             k_idx = k_first + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
-            ok = valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window, mask)
+            ok = valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window, mask,
+                             **pk.pair_args(b, q_first, bq, k_first, bk))
             s2 = jnp.where(ok, s2, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(s2, axis=1))
         alpha = jnp.exp2(m - m_new)
@@ -75,7 +79,8 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
         acc = acc * alpha[:, None] + dot(prob.astype(v.dtype), v)
         return acc, m_new, denom
 
-    lo, interior_lo, interior_hi, hi = key_blocks(p, q_first, bq, bk, dense=mask_ref is not None)
+    lo, interior_lo, interior_hi, hi = key_blocks(p, q_first, bq, bk, dense=mask_ref is not None,
+                                                  kv_length=pk.length(b))
     split = None
     if p.kv_splits > 1:  # this program's share of the key blocks
         split = pl.program_id(2)
@@ -84,10 +89,8 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
         hi = jnp.maximum(jnp.minimum(hi, (split + 1) * per_split), lo)
         interior_lo = jnp.clip(interior_lo, lo, hi)
         interior_hi = jnp.clip(interior_hi, interior_lo, hi)
-    carry = (acc, m, denom)
-    carry = lax.fori_loop(lo, interior_lo, functools.partial(body, masked=True), carry)
-    carry = lax.fori_loop(interior_lo, interior_hi, functools.partial(body, masked=False), carry)
-    acc, m, denom = lax.fori_loop(interior_hi, hi, functools.partial(body, masked=True), carry)
+    relation = (lambda kb: pk.relation(b, qi, kb)) if p.segments else None
+    acc, m, denom = walk_blocks((lo, interior_lo, interior_hi, hi), body, (acc, m, denom), relation)
 
     out, lse2 = normalize_rows(acc, m, denom, base2=True)
     out = out.astype(o_ref.dtype)
@@ -99,13 +102,15 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
         lse_ref[split, b, h, pl.ds(q_first, bq)] = lse2
 
 
-def forward_call(p: Plan, c: PassBlocks, q, k, v, bias, mask, sinks):
-    """``(out, lse2)`` for padded operands (``bias``/``mask``/``sinks`` may be ``None``).
+def forward_call(p: Plan, c: PassBlocks, q, k, v, bias, mask, sinks, q_ids=None, kv_ids=None, lengths=None):
+    """``(out, lse2)`` for padded operands (``bias``/``mask``/``sinks`` may be ``None``; the segment ids and
+    key lengths are ``packing.packing_operands``').
 
     With ``p.kv_splits > 1`` both gain a leading split axis and ``out`` is float32: per-split partials,
     each normalised over its own keys, for ``flash.decode_with_lse`` to merge.
     """
     operands = [x for x in (q, k, v, bias, mask, sinks) if x is not None]
+    operands += packing_operands(p, c, q_ids, kv_ids, lengths)
     splits = (p.kv_splits,) if p.kv_splits > 1 else ()
     out_shape = (
         jax.ShapeDtypeStruct((*splits, p.batch, p.q_len_pad, p.num_q_heads, p.v_head_dim),

@@ -34,6 +34,7 @@ from ejkernel.kernels.pallas_triton.plan import Plan
 from ejkernel.ops.attention.call import AttentionCall
 from ejkernel.ops.attention.derivatives import reverse_mode_only
 from ejkernel.ops.attention.features import AttentionFeatures
+from ejkernel.ops.attention.segments import PADDING_ID, as_ids, visible_kv_ids
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.ops.attention.sinks import sink_logits
 
@@ -68,6 +69,8 @@ def plan_for(f: AttentionFeatures, block_sizes: BlockSizes | None, interpret: bo
         bias_layout=f.bias,
         mask_layout=f.mask,
         num_sinks=max(16, next_power_of_2(f.num_sinks)) if f.num_sinks else 0,
+        segments=f.segment_ids,
+        lengths=f.kv_lengths,
         interpret=bool(interpret),
     )
     return p, block_sizes
@@ -83,10 +86,11 @@ def decode_plan(f: AttentionFeatures, p: Plan, c: BlockSizes) -> tuple[Plan, Blo
 
     Decoding: at most ``DECODE_MAX_ROWS`` query rows per kv head (Sq x group), and either a GQA group to
     fold or keys to split. A bias or mask is repacked to the rows' order (per kv head: ``"q"`` heads become
-    ``"kv"``).
+    ``"kv"``). Key lengths are served there; segment ids are not (their per-row ids do not survive the
+    folding), so such calls take the ordinary kernels.
     """
     rows = f.q_len * f.group_size
-    if rows > DECODE_MAX_ROWS:
+    if rows > DECODE_MAX_ROWS or f.segment_ids:
         return None
     forward = dataclasses.replace(c.forward, block_q=max(16, next_power_of_2(rows)))
     kv_blocks = p.kv_len_pad // forward.block_k
@@ -118,13 +122,27 @@ def flash_with_lse_call(
     b = None if call.bias is None else seq_pad(call.bias, 2, 3)
     m = None if call.attention_mask is None else seq_pad(call.attention_mask, 2, 3, False)
     sinks = None if call.softmax_aux is None else sink_logits(call.softmax_aux, f.num_q_heads)
+    packing = _packing(call, p)
     decode = decode_plan(f, p, c)
     with reverse_mode_only("the Pallas-Triton flash attention"):
         if decode is not None:
-            out, lse = decode_with_lse(p, decode[0], decode[1], q, k, v, b, m, sinks)
+            out, lse = decode_with_lse(p, decode[0], decode[1], q, k, v, b, m, sinks, packing)
         else:
-            out, lse = flash_with_lse(p, c, q, k, v, b, m, sinks)
+            out, lse = flash_with_lse(p, c, q, k, v, b, m, sinks, packing)
     return out[:, : f.q_len, :, : f.v_head_dim], lse[:, : f.q_len]
+
+
+def _packing(call: AttentionCall, p: Plan) -> tuple[Array | None, Array | None, Array | None]:
+    """``(q_ids [B, Sq_pad], kv_ids [B, Skv_pad], lengths [B])`` int32 for the kernels (``None`` where absent):
+    the key ids are the visible ones (``segments.visible_kv_ids``), the padding ``-1``."""
+    q_ids = kv_ids = lengths = None
+    if p.segments:
+        q_ids = pad_axis(as_ids(call.q_segment_ids), 1, p.q_len_pad, PADDING_ID)
+        visible = visible_kv_ids(call.q_segment_ids, call.kv_segment_ids, call.kv_lengths, p.kv_len)
+        kv_ids = pad_axis(visible, 1, p.kv_len_pad, PADDING_ID)
+    if p.lengths:
+        lengths = as_ids(call.kv_lengths)
+    return q_ids, kv_ids, lengths
 
 
 def _without_lse(call: AttentionCall, **extras: Any) -> tuple[Array, None]:

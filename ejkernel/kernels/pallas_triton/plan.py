@@ -27,6 +27,8 @@ class Plan:
     bias_layout: tuple[str, str] | None = None
     mask_layout: tuple[str, str] | None = None
     num_sinks: int = 0  # padded (power of 2), 0 without sinks
+    segments: bool = False  # q_segment_ids/kv_segment_ids given (``packing``)
+    lengths: bool = False  # kv_lengths given
     interpret: bool = False
     # Decoding layout (forward only, ``flash.decode_with_lse``): ``pack`` query rows per position (the GQA
     # group folded into the rows, so ``num_q_heads`` is then the kv head count) and the keys split into

@@ -17,6 +17,7 @@ from typing import Any
 import jax.numpy as jnp
 from jax import lax
 
+from ejkernel.kernels.pallas_triton.packing import pop_packing_refs
 from ejkernel.kernels.pallas_triton.plan import Plan
 from ejkernel.ops.attention import masks
 from ejkernel.ops.attention.precision import matmul_precision, score_gradient_dtype
@@ -58,31 +59,36 @@ def positions(rows: Any, pack: int) -> Any:
     return rows if pack == 1 else lax.div(i32(rows), i32(pack))
 
 
-def key_blocks(p: Plan, q_first: Any, block_q: int, block_k: int, dense: bool) -> tuple[Any, Any, Any, Any]:
+def key_blocks(p: Plan, q_first: Any, block_q: int, block_k: int, dense: bool,
+               kv_length: Any = None) -> tuple[Any, Any, Any, Any]:
     """``masks.key_blocks`` for the query rows ``[q_first, q_first + block_q)`` of the plan.
 
     ``dense`` (a boolean mask is present): no block is interior, every visited block is masked.
+    ``kv_length``: the row's ``kv_lengths`` entry (the blocks past it are not visited).
     """
     q_first = i32(q_first)
     q_last = positions(q_first + (block_q - 1), p.pack)
     return masks.key_blocks(positions(q_first, p.pack), q_last, block_k, p.q_len, p.kv_len, p.causal, p.window,
-                            dense)
+                            dense, kv_length)
 
 
-def query_blocks(p: Plan, k_first: Any, block_k: int, block_q: int, dense: bool) -> tuple[Any, Any, Any, Any]:
+def query_blocks(p: Plan, k_first: Any, block_k: int, block_q: int, dense: bool,
+                 kv_length: Any = None) -> tuple[Any, Any, Any, Any]:
     """``masks.query_blocks`` for the keys ``[k_first, k_first + block_k)`` (standard layout: ``p.pack == 1``).
 
     Only real queries (``< q_len``) are visited: padded rows carry a zero cotangent.
     """
     k_first = i32(k_first)
     return masks.query_blocks(k_first, k_first + (block_k - 1), block_q, p.q_len, p.kv_len, p.causal, p.window,
-                              dense)
+                              dense, kv_length)
 
 
 def split_refs(p: Plan, refs):
-    """The kernel refs as ``(q, k, v, bias, mask, sinks, rest)``; absent operands are ``None``."""
+    """The kernel refs as ``(q, k, v, bias, mask, sinks, packing, rest)``; absent operands are ``None``,
+    ``packing`` a ``packing.PackingRefs``."""
     q_ref, k_ref, v_ref, *rest = refs
     bias_ref = rest.pop(0) if p.bias_layout is not None else None
     mask_ref = rest.pop(0) if p.mask_layout is not None else None
     sinks_ref = rest.pop(0) if p.num_sinks else None
-    return q_ref, k_ref, v_ref, bias_ref, mask_ref, sinks_ref, rest
+    packing = pop_packing_refs(p, rest)
+    return q_ref, k_ref, v_ref, bias_ref, mask_ref, sinks_ref, packing, rest

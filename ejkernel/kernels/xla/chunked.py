@@ -3,8 +3,10 @@
 Same semantics as the dense reference (``reference.attention``), computed one
 ``[block_q, block_kv]`` tile of the score matrix at a time:
 
-* forward: for each q chunk, a loop over the kv chunks that causal/window leave some allowed pair in
-  (``masks.key_blocks``; the loop range is restricted per q chunk, so skipped chunks cost nothing), with a
+* forward: for each q chunk, a loop over the kv chunks that causal/window and the longest ``kv_lengths``
+  entry leave some allowed pair in (``masks.key_blocks``; the loop range is restricted per q chunk, so
+  skipped chunks cost nothing; a chunk whose segment ids match in no batch row is skipped inside the loop
+  by a ``lax.cond``, at the cost of that check), with a
   float32 running max and sum, ended by ``merge.normalize_rows``; sinks are folded in once per row
   afterwards (``merge.add_sinks``);
 * backward: a ``custom_vjp`` that recomputes each tile from the saved per-row log-sum-exp; an outer scan
@@ -35,9 +37,12 @@ from ejkernel.kernels.xla.chunked_tiles import (
     held_lse,
     kv_chunk_range,
     operand_tile,
+    packing_of,
     public_lse,
     pv,
     sinks_lse,
+    skip_unless,
+    tile_has_pairs,
     tile_logits,
     tile_valid,
     unchunk,
@@ -46,16 +51,18 @@ from ejkernel.kernels.xla.chunked_tiles import (
 from ejkernel.ops.attention.call import AttentionCall
 from ejkernel.ops.attention.derivatives import reverse_mode_only
 from ejkernel.ops.attention.merge import add_sinks, normalize_rows
+from ejkernel.ops.attention.segments import as_ids, visible_kv_ids, zero_invisible
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.platform import current_platform
 
 __all__ = ["attention", "chunked_attention", "chunked_with_lse", "chunked_without_lse", "chunked_with_row_lse"]
 
 
-def _forward(p: Plan, qh, kh, vh, bias, mask, aux, rng) -> tuple[Array, Array]:
+def _forward(p: Plan, qh, kh, vh, bias, mask, aux, rng, q_ids, kv_ids, lengths) -> tuple[Array, Array]:
     """``(out [B, Hkv, G, Sq, Dv] in dtype, lse [B, Hkv, G, Sq] float32)``; lse includes the sinks and is held
     as ``held_lse``."""
     dtype = jnp.dtype(p.dtype)
+    pk = packing_of(q_ids, kv_ids, lengths, p)
     b, hkv, g = p.batch, p.num_kv_heads, p.group
     dv = vh.shape[-1]
     sink_lse = sinks_lse(aux, p)
@@ -69,7 +76,7 @@ def _forward(p: Plan, qh, kh, vh, bias, mask, aux, rng) -> tuple[Array, Array]:
             row_max, row_sum, acc = carry
             k_start = block_start(c, p.block_kv, p.kv_len)
             s, _ = tile_logits(q_tile, chunk_slice(kh, k_start, p.block_kv, 2), operand_tile(bias, q_start, k_start, p), p)
-            valid = tile_valid(i, c, q_start, k_start, operand_tile(mask, q_start, k_start, p), p)
+            valid = tile_valid(i, c, q_start, k_start, operand_tile(mask, q_start, k_start, p), p, pk)
             tile_max = jnp.max(s if valid is None else jnp.where(valid, s, LOWEST), axis=-1)
             new_max = jnp.maximum(row_max, tile_max)  # LOWEST while nothing was allowed yet
             e = jnp.exp(s - new_max[..., None])
@@ -87,8 +94,9 @@ def _forward(p: Plan, qh, kh, vh, bias, mask, aux, rng) -> tuple[Array, Array]:
             jnp.zeros((b, hkv, g, p.block_q), jnp.float32) + zero,
             jnp.zeros((b, hkv, g, p.block_q, dv), jnp.float32) + zero,
         )
-        first, stop = kv_chunk_range(i, p)
-        row_max, row_sum, acc = lax.fori_loop(first, stop, kv_step, init)
+        first, stop = kv_chunk_range(i, p, pk)
+        step = skip_unless(lambda c: tile_has_pairs(i, c, pk), kv_step)
+        row_max, row_sum, acc = lax.fori_loop(first, stop, step, init)
         out, lse = normalize_rows(acc, row_max, row_sum)
         if sink_lse is not None:
             out, lse = add_sinks(out, lse, sink_lse)
@@ -100,14 +108,14 @@ def _forward(p: Plan, qh, kh, vh, bias, mask, aux, rng) -> tuple[Array, Array]:
 
 @functools.lru_cache(maxsize=256)
 def _core(p: Plan) -> Callable[..., tuple[Array, Array]]:
-    """The custom_vjp of one plan: ``(qh, kh, vh, bias, mask, aux, rng) -> (out, lse)``."""
+    """The custom_vjp of one plan: ``(qh, kh, vh, bias, mask, aux, rng, q_ids, kv_ids, lengths) -> (out, lse)``."""
     @jax.custom_vjp
-    def core(qh, kh, vh, bias, mask, aux, rng):
-        return _forward(p, qh, kh, vh, bias, mask, aux, rng)
+    def core(qh, kh, vh, bias, mask, aux, rng, q_ids, kv_ids, lengths):
+        return _forward(p, qh, kh, vh, bias, mask, aux, rng, q_ids, kv_ids, lengths)
 
-    def core_fwd(qh, kh, vh, bias, mask, aux, rng):
-        out, lse = _forward(p, qh, kh, vh, bias, mask, aux, rng)
-        return (out, lse), (qh, kh, vh, bias, mask, aux, rng, out, lse)
+    def core_fwd(qh, kh, vh, bias, mask, aux, rng, q_ids, kv_ids, lengths):
+        out, lse = _forward(p, qh, kh, vh, bias, mask, aux, rng, q_ids, kv_ids, lengths)
+        return (out, lse), (qh, kh, vh, bias, mask, aux, rng, q_ids, kv_ids, lengths, out, lse)
 
     def core_bwd(residuals, cotangents):
         return backward(p, residuals, cotangents)
@@ -135,7 +143,7 @@ def _run(call: AttentionCall, block_q: int | None, block_kv: int | None) -> tupl
     p = Plan(
         batch=b, num_kv_heads=hkv, group=g, q_len=sq, kv_len=f.kv_len, block_q=block_q, block_kv=block_kv,
         scale=f.softmax_scale, cap=f.logits_soft_cap, causal=f.causal, window=f.window, dtype=f.dtype,
-        dropout_prob=f.dropout_prob,
+        dropout_prob=f.dropout_prob, segments=f.segment_ids, lengths=f.kv_lengths,
     )
     dtype = jnp.dtype(f.dtype)
     # Head-major layouts: each tile is then a plain batched matmul over (batch, kv head).
@@ -143,13 +151,21 @@ def _run(call: AttentionCall, block_q: int | None, block_kv: int | None) -> tupl
     kh = call.key.astype(dtype).transpose(0, 2, 1, 3)
     vh = call.value.astype(dtype).transpose(0, 2, 1, 3)
     bias, mask, aux, rng = call.bias, call.attention_mask, call.softmax_aux, call.dropout_rng
+    q_ids = kv_ids = lengths = None
+    if f.segment_ids or f.kv_lengths:  # keys no query may see are zeroed: a NaN there reaches nothing
+        visible = visible_kv_ids(call.q_segment_ids, call.kv_segment_ids, call.kv_lengths, f.kv_len)
+        kh, vh = zero_invisible(kh, visible, 2), zero_invisible(vh, visible, 2)
+        if f.segment_ids:
+            q_ids, kv_ids = as_ids(call.q_segment_ids), visible
+        if f.kv_lengths:
+            lengths = as_ids(call.kv_lengths)
     # Under shard_map a custom_vjp's cotangents must vary over the mesh axes of their inputs; the backward's
     # vary over those of every operand. Giving the differentiable operands those axes here lets autodiff
     # sum each cotangent back to its input's axes (as it does for any implicitly broadcast value).
     zero = varying_zero(qh, kh, vh, bias, mask, aux, rng)
     qh, kh, vh, bias, aux = (None if x is None else x + zero.astype(x.dtype) for x in (qh, kh, vh, bias, aux))
     with reverse_mode_only("the chunked XLA attention", _FORWARD_OVER_REVERSE):
-        out, lse = _core(p)(qh, kh, vh, bias, mask, aux, rng)
+        out, lse = _core(p)(qh, kh, vh, bias, mask, aux, rng, q_ids, kv_ids, lengths)
     out = out.transpose(0, 3, 1, 2, 4).reshape(b, sq, hq, -1)
     return out, lse.reshape(b, hq, sq)
 

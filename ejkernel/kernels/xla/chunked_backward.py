@@ -23,7 +23,10 @@ from ejkernel.kernels.xla.chunked_tiles import (
     chunk_slice,
     dropout_scale,
     operand_tile,
+    packing_of,
     q_chunk_range,
+    skip_unless,
+    tile_has_pairs,
     tile_logits,
     tile_valid,
     unchunk,
@@ -52,8 +55,9 @@ def _add_at(x: Array, update: Array, starts: tuple[Any, ...]) -> Array:
 
 
 def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tuple:
-    """Cotangents of ``(qh, kh, vh, bias, mask, aux, rng)`` for the chunked core."""
-    qh, kh, vh, bias, mask, aux, rng, out, lse = residuals
+    """Cotangents of ``(qh, kh, vh, bias, mask, aux, rng, q_ids, kv_ids, lengths)`` for the chunked core."""
+    qh, kh, vh, bias, mask, aux, rng, q_ids, kv_ids, lengths, out, lse = residuals
+    pk = packing_of(q_ids, kv_ids, lengths, p)
     d_out, d_lse = cotangents
     dtype = jnp.dtype(p.dtype)
     ds_dtype = score_gradient_dtype(dtype)
@@ -75,7 +79,7 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
             q_tile = chunk_slice(qh, q_start, p.block_q, 3)
             do_tile = chunk_slice(d_out, q_start, p.block_q, 3)
             s, th = tile_logits(q_tile, k_tile, operand_tile(bias, q_start, k_start, p), p)
-            valid = tile_valid(i, c, q_start, k_start, operand_tile(mask, q_start, k_start, p), p)
+            valid = tile_valid(i, c, q_start, k_start, operand_tile(mask, q_start, k_start, p), p, pk)
             probs = jnp.exp(s - chunk_slice(lse, q_start, p.block_q, 3)[..., None])
             if valid is not None:
                 probs = jnp.where(valid, probs, 0.0)
@@ -100,7 +104,7 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
             dv_acc = dv_acc + _matmul(kept_t, do_tile.reshape(b, hkv, g * p.block_q, dv), "bhkq,bhqd->bhkd", dtype)
             return dk, dv_acc, dq, dbias
 
-        first, stop = q_chunk_range(c, p)
+        first, stop = q_chunk_range(c, p, pk)
         dq, dbias = carry
         init = (
             jnp.zeros((b, hkv, p.block_kv, d), jnp.float32) + zero,
@@ -108,7 +112,8 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
             dq,
             dbias,
         )
-        dk, dv_acc, dq, dbias = lax.fori_loop(first, stop, q_step, init)
+        step = skip_unless(lambda i: tile_has_pairs(i, c, pk), q_step)
+        dk, dv_acc, dq, dbias = lax.fori_loop(first, stop, step, init)
         return (dq, dbias), (dk, dv_acc)
 
     init = (
@@ -131,5 +136,8 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
         None if bias is None else dbias.astype(bias.dtype),
         None,
         daux,
+        None,
+        None,
+        None,
         None,
     )

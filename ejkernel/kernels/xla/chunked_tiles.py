@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
 
-from ejkernel.ops.attention import sinks
+from ejkernel.ops.attention import segments, sinks
 from ejkernel.ops.attention.logits import transform_logits
 from ejkernel.ops.attention.masks import key_blocks, query_blocks, valid_pairs
 from ejkernel.ops.attention.merge import recompute_lse
@@ -27,7 +27,7 @@ from ejkernel.ops.attention.precision import matmul_precision
 __all__ = [
     "Plan", "block_start", "chunk_slice", "operand_tile", "tile_valid", "tile_logits", "dropout_scale", "pv",
     "kv_chunk_range", "q_chunk_range", "unchunk", "sinks_lse", "LOWEST", "EMPTY_ROW_LSE", "held_lse",
-    "public_lse", "varying_zero",
+    "public_lse", "varying_zero", "Packing", "packing_of", "tile_has_pairs", "skip_unless",
 ]
 
 
@@ -58,6 +58,8 @@ class Plan:
     window: tuple[int, int] | None
     dtype: str
     dropout_prob: float  # 0.0 when dropout is off
+    segments: bool = False  # q_segment_ids/kv_segment_ids given
+    lengths: bool = False  # kv_lengths given
 
     @property
     def num_q_blocks(self) -> int:
@@ -110,15 +112,71 @@ def operand_tile(x: Array | None, q_start: Array, k_start: Array, p: Plan) -> Ar
     return tile[:, :, None]
 
 
-def tile_valid(i: Array, c: Array, q_start: Array, k_start: Array, mask_tile: Array | None, p: Plan) -> Array | None:
-    """Which pairs of tile (i, c) count: ``masks.valid_pairs`` (causal/window, the user mask), and not owned
-    by a neighbour chunk. ``None`` when every pair counts.
+@dataclasses.dataclass(frozen=True)
+class Packing:
+    """A call's segment ids and key lengths as the chunks read them (``None`` when absent): ``q_ids [B, Sq]``
+    and ``kv_ids [B, Skv]`` (``segments.visible_kv_ids``) int32, their per-chunk ``block_ranges``, and
+    ``lengths [B]`` int32 with ``max_length``, the longest (the key chunks past it are never visited)."""
+
+    q_ids: Array | None = None
+    kv_ids: Array | None = None
+    q_ranges: tuple[Array, Array, Array] | None = None
+    kv_ranges: tuple[Array, Array, Array] | None = None
+    lengths: Array | None = None
+    max_length: Array | None = None
+
+
+def packing_of(q_ids: Array | None, kv_ids: Array | None, lengths: Array | None, p: Plan) -> Packing:
+    """The ``Packing`` of the core's id operands (O(S) summaries, computed once per pass)."""
+    if not (p.segments or p.lengths):
+        return Packing()
+    ranges = {}
+    if p.segments:
+        ranges = dict(q_ranges=segments.block_ranges(q_ids, p.block_q), kv_ranges=segments.block_ranges(kv_ids, p.block_kv))
+    max_length = None if lengths is None else jnp.max(lengths)
+    return Packing(q_ids, kv_ids, lengths=lengths, max_length=max_length, **ranges)
+
+
+def tile_has_pairs(i: Array, c: Array, pk: Packing) -> Array | bool:
+    """Whether the segment ids may allow some pair of tile (i, c) in some batch row (``segments.block_relation``
+    of the chunks' id ranges): where they cannot, the tile is skipped. ``True`` without segment ids."""
+    if pk.q_ranges is None:
+        return True
+    q_lo, q_hi, q_one = (x[:, i] for x in pk.q_ranges)
+    kv_lo, kv_hi, kv_one = (x[:, c] for x in pk.kv_ranges)
+    some, _ = segments.block_relation(q_lo, q_hi, q_one, kv_lo, kv_hi, kv_one)
+    return jnp.any(some)
+
+
+def skip_unless(has_pairs, step):
+    """``step(c, carry)`` as a loop body that leaves the carry as it is where ``has_pairs(c)`` is False (a
+    ``lax.cond``: a skipped chunk costs the check); ``step`` itself when ``has_pairs`` is statically True."""
+    def body(c, carry):
+        visit = has_pairs(c)
+        if visit is True:
+            return step(c, carry)
+        return lax.cond(visit, step, lambda c, carry: carry, c, carry)
+
+    return body
+
+
+def tile_valid(i: Array, c: Array, q_start: Array, k_start: Array, mask_tile: Array | None, p: Plan,
+               pk: Packing | None = None) -> Array | None:
+    """Which pairs of tile (i, c) count: ``masks.valid_pairs`` (causal/window, the user mask, segment ids and
+    key lengths), and not owned by a neighbour chunk. ``None`` when every pair counts.
     """
-    if not (p.restricted or p.ragged_q or p.ragged_kv):
+    pk = pk or Packing()
+    if not (p.restricted or p.ragged_q or p.ragged_kv or p.segments or p.lengths):
         return mask_tile  # every pair of the tile is a real key that causal/window allow
     q_idx = q_start + lax.broadcasted_iota(jnp.int32, (p.block_q, p.block_kv), 0)
     k_idx = k_start + lax.broadcasted_iota(jnp.int32, (p.block_q, p.block_kv), 1)
-    valid = valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window)
+    packed = {}
+    if p.segments:  # [B, 1, 1, bq, 1] against [B, 1, 1, 1, bk]
+        packed["q_segment"] = chunk_slice(pk.q_ids, q_start, p.block_q, 1)[:, None, None, :, None]
+        packed["kv_segment"] = chunk_slice(pk.kv_ids, k_start, p.block_kv, 1)[:, None, None, None, :]
+    if p.lengths:
+        packed["kv_length"] = pk.lengths[:, None, None, None, None]
+    valid = valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window, **packed)
     if p.ragged_q:  # rows of a clamped last chunk that the previous chunk owns
         valid = valid & (q_idx >= i * p.block_q)
     if p.ragged_kv:
@@ -154,23 +212,28 @@ def pv(weights: Array, v_tile: Array, dtype: Any) -> Array:
     return out.reshape(b, hkv, g, bq, -1)
 
 
-def kv_chunk_range(i: Array, p: Plan) -> tuple[Array | int, Array | int]:
-    """``(first, stop)`` of the kv chunks that q chunk ``i`` has an allowed pair in (``masks.key_blocks``).
+def kv_chunk_range(i: Array, p: Plan, pk: Packing | None = None) -> tuple[Array | int, Array | int]:
+    """``(first, stop)`` of the kv chunks that q chunk ``i`` has an allowed pair in (``masks.key_blocks``,
+    ending at the longest ``kv_lengths`` entry of the batch).
 
     Chunk ``c`` owns the keys ``[c * block_kv, (c + 1) * block_kv)`` (a clamped last chunk masks the rest),
     so the chunks are the blocks of a grid and the shared block rule applies as it is.
     """
-    if not p.restricted:
+    length = None if pk is None else pk.max_length
+    if not p.restricted and length is None:
         return 0, p.num_kv_blocks
-    lo, _, _, hi = key_blocks(i * p.block_q, (i + 1) * p.block_q - 1, p.block_kv, p.q_len, p.kv_len, p.causal, p.window)
+    lo, _, _, hi = key_blocks(i * p.block_q, (i + 1) * p.block_q - 1, p.block_kv, p.q_len, p.kv_len, p.causal, p.window,
+                              kv_length=length)
     return lo, hi
 
 
-def q_chunk_range(c: Array, p: Plan) -> tuple[Array | int, Array | int]:
+def q_chunk_range(c: Array, p: Plan, pk: Packing | None = None) -> tuple[Array | int, Array | int]:
     """``(first, stop)`` of the q chunks with an allowed pair in kv chunk ``c`` (``masks.query_blocks``)."""
-    if not p.restricted:
+    length = None if pk is None else pk.max_length
+    if not p.restricted and length is None:
         return 0, p.num_q_blocks
-    lo, _, _, hi = query_blocks(c * p.block_kv, (c + 1) * p.block_kv - 1, p.block_q, p.q_len, p.kv_len, p.causal, p.window)
+    lo, _, _, hi = query_blocks(c * p.block_kv, (c + 1) * p.block_kv - 1, p.block_q, p.q_len, p.kv_len, p.causal,
+                                p.window, kv_length=length)
     return lo, hi
 
 

@@ -18,8 +18,9 @@ from jax import Array
 from ejkernel.ops.attention.call import AttentionCall
 from ejkernel.ops.attention.layouts import per_query_head
 from ejkernel.ops.attention.logits import transform_logits
-from ejkernel.ops.attention.masks import allowed
+from ejkernel.ops.attention.masks import allowed, same_segment, within_length
 from ejkernel.ops.attention.precision import matmul_precision
+from ejkernel.ops.attention.segments import as_ids, visible_kv_ids, zero_invisible
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.ops.attention.sinks import sink_logits
 
@@ -56,6 +57,9 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array | None]:
     q = query.astype(dtype).reshape(b, sq, hkv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, hkv, g * sq, d)
     k = key.astype(dtype)
     v = value.astype(dtype)
+    if f.segment_ids or f.kv_lengths:  # keys no query may see never meet a product (NaN-safe padding)
+        visible = visible_kv_ids(call.q_segment_ids, call.kv_segment_ids, call.kv_lengths, skv)
+        k, v = zero_invisible(k, visible), zero_invisible(v, visible)
 
     s = jnp.einsum("bhqd,bkhd->bhqk", q, k, preferred_element_type=acc, precision=matmul_precision(dtype))
     bias_rows = None if bias is None else _rows(per_query_head(bias, hq), drop)
@@ -68,6 +72,10 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array | None]:
         valid = _rows(allowed(q_idx, k_idx, sq, skv, f.causal, f.window)[None, None], drop)
     if attention_mask is not None:
         m = _rows(per_query_head(attention_mask, hq), drop)
+        valid = m if valid is None else (m & valid)
+    packing = _packing_pairs(call, sq, skv)
+    if packing is not None:
+        m = _rows(packing, drop)
         valid = m if valid is None else (m & valid)
 
     # The row max is taken and subtracted in float32 (or wider); only the shifted logits are narrowed to
@@ -112,6 +120,18 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array | None]:
     if f.return_weights is False:  # the public call asked for none
         return out, None
     return out, weights.astype(dtype).reshape(full)
+
+
+def _packing_pairs(call: AttentionCall, sq: int, skv: int) -> Array | None:
+    """``[B, 1, Sq, Skv]``: the pairs the segment ids and key lengths allow (``None`` without either)."""
+    f = call.features
+    ok = None
+    if f.segment_ids:
+        ok = same_segment(as_ids(call.q_segment_ids)[:, :, None], as_ids(call.kv_segment_ids)[:, None, :])
+    if f.kv_lengths:
+        in_length = within_length(jnp.arange(skv, dtype=jnp.int32)[None, None, :], as_ids(call.kv_lengths)[:, None, None])
+        ok = in_length if ok is None else ok & in_length
+    return None if ok is None else jnp.broadcast_to(ok[:, None], (ok.shape[0], 1, sq, skv))
 
 
 def _values_product(weights: Array, v: Array, dtype: jnp.dtype) -> Array:
@@ -168,6 +188,12 @@ attention = entry_point(
         (batch, head, query, key).
       causal: bottom-right aligned: query ``i`` sees key ``j`` iff ``j <= i + Skv - Sq``.
       sliding_window: ``w`` or ``(left, right)``, inclusive, same alignment; intersects with causal.
+      q_segment_ids: keyword-only, integer ``[B, Sq]``; with ``kv_segment_ids`` (integer ``[B, Skv]``, both or
+        neither) query ``i`` may attend key ``j`` only where the ids are equal and not negative (a negative
+        id is padding).
+      kv_lengths: keyword-only, integer ``[B]`` in ``[0, Skv]``: keys at positions ``>= length`` are
+        excluded. Keys no query may see (past the length, of a segment no query has, padding) never
+        influence any result, even when they hold NaN or Inf.
 
     Returns:
       ``(output [B, Sq, Hq, Dv], weights [B, Hq, Sq, Skv])``; the weights exclude sink columns and include

@@ -119,7 +119,8 @@ REFERENCE = KernelSpec(
     priority=0,
     devices=_EVERY_DEVICE,
     build=_build_reference,
-    capabilities=_every_feature(_FLOATS, _FLOATS, weights=True, extra_check=weights_fit),
+    capabilities=_every_feature(_FLOATS, _FLOATS, weights=True, extra_check=weights_fit, segment_ids=True,
+                                kv_lengths=True),
     description="dense XLA reference; materialises the [B, Hq, Sq, Skv] weights; the parity oracle",
 )
 
@@ -131,7 +132,8 @@ CHUNKED = KernelSpec(
     devices=_EVERY_DEVICE,
     build=_build_chunked,
     capabilities=_every_feature(
-        frozenset({"float16", "bfloat16", "float32"}), frozenset({"float32"}), extra_check=dense_is_small
+        frozenset({"float16", "bfloat16", "float32"}), frozenset({"float32"}), extra_check=dense_is_small,
+        segment_ids=True, kv_lengths=True,
     ),
     description="chunked XLA attention (online softmax over kv chunks, O(S) memory); returns no weights",
 )

@@ -18,7 +18,9 @@ from ejkernel.ops.attention.validation import resolve_bias, validate_attention
 
 __all__ = ["AttentionCall", "bind_call"]
 
-_ARRAY_ARGUMENTS = ("query", "key", "value", "attention_mask", "bias", "softmax_aux")
+_ARRAY_ARGUMENTS = (
+    "query", "key", "value", "attention_mask", "bias", "softmax_aux", "q_segment_ids", "kv_segment_ids", "kv_lengths",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +28,8 @@ class AttentionCall:
     """A validated call: ``features`` (static: shapes, dtypes, Python arguments) and the arrays.
 
     ``bias`` is the resolved one (``init_bias()`` already called where the semantics say so);
-    ``dropout_rng`` is ``None`` unless dropout is on. Arrays may be ``jax.ShapeDtypeStruct`` when the
+    ``dropout_rng`` is ``None`` unless dropout is on. ``q_segment_ids``/``kv_segment_ids`` (both or
+    neither) and ``kv_lengths`` are as the caller gave them (integer; backends compare them as int32). Arrays may be ``jax.ShapeDtypeStruct`` when the
     call is only being explained.
     """
 
@@ -38,10 +41,13 @@ class AttentionCall:
     bias: Any = None
     softmax_aux: Any = None
     dropout_rng: Any = None
+    q_segment_ids: Any = None
+    kv_segment_ids: Any = None
+    kv_lengths: Any = None
 
 
 def bind_call(arguments: Mapping[str, Any]) -> AttentionCall:
-    """Validates the reference arguments (all sixteen, by name, defaults filled in) into an ``AttentionCall``.
+    """Validates the reference arguments (all of ``SIGNATURE``'s, by name, defaults filled in) into an ``AttentionCall``.
 
     Raises:
       ValueError, TypeError: bad input, naming the argument (``validation.validate_attention``).
@@ -55,6 +61,7 @@ def bind_call(arguments: Mapping[str, Any]) -> AttentionCall:
         a["query"], a["key"], a["value"], a["attention_mask"], bias, a["deterministic"],
         a["dropout_rng"], a["softmax_aux"], a["softmax_scale"], a["logits_soft_cap"], a["dtype"],
         a["softmax_dtype"], a["dropout_prob"], a["causal"], a["sliding_window"],
+        q_segment_ids=a["q_segment_ids"], kv_segment_ids=a["kv_segment_ids"], kv_lengths=a["kv_lengths"],
     )
     return AttentionCall(
         features=features,
@@ -65,4 +72,7 @@ def bind_call(arguments: Mapping[str, Any]) -> AttentionCall:
         bias=bias,
         softmax_aux=a["softmax_aux"],
         dropout_rng=a["dropout_rng"] if features.dropout else None,
+        q_segment_ids=a["q_segment_ids"],
+        kv_segment_ids=a["kv_segment_ids"],
+        kv_lengths=a["kv_lengths"],
     )

@@ -45,6 +45,8 @@ class AttentionFeatures:
     dropout_prob: float = 0.0  # 0.0 whenever ``dropout`` is False
     # The weights asked for: True (required), False (none), None (the seed's rule: where they are formed).
     return_weights: bool | None = None
+    segment_ids: bool = False  # q_segment_ids and kv_segment_ids (always both)
+    kv_lengths: bool = False
 
     @property
     def group_size(self) -> int:
@@ -72,6 +74,10 @@ class AttentionFeatures:
             parts.append("dropout")
         if self.return_weights:
             parts.append("return_weights")
+        if self.segment_ids:
+            parts.append("segment_ids")
+        if self.kv_lengths:
+            parts.append("kv_lengths")
         return " ".join(parts)
 
 
@@ -99,6 +105,8 @@ class AttentionCapabilities:
     logits_soft_cap: bool = False
     sinks: bool = False
     dropout: bool = False
+    segment_ids: bool = False
+    kv_lengths: bool = False
     softmax_dtypes: frozenset[str] = frozenset({"float32"})
     weights: bool = False
     extra_check: Callable[[AttentionFeatures], str | None] | None = None
@@ -132,6 +140,10 @@ class AttentionCapabilities:
             reasons.append("dropout unsupported")
         if f.return_weights and not self.weights:
             reasons.append("return_weights=True unsupported (the weights are never formed)")
+        if f.segment_ids and not self.segment_ids:
+            reasons.append("q_segment_ids/kv_segment_ids unsupported")
+        if f.kv_lengths and not self.kv_lengths:
+            reasons.append("kv_lengths unsupported")
         if f.softmax_dtype not in self.softmax_dtypes:
             reasons.append(f"softmax_dtype {f.softmax_dtype} not in {sorted(self.softmax_dtypes)}")
         if self.extra_check is not None:

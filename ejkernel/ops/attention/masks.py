@@ -1,8 +1,10 @@
-"""Causal and sliding-window semantics (``docs/semantics.rst``), written once for every backend.
+"""Which (query, key) pairs may attend (``docs/semantics.rst``), written once for every backend.
 
 Queries and keys are aligned bottom-right: with ``offset = kv_len - q_len``, query ``i`` sits at key
 position ``i + offset``. Causal allows ``j <= i + offset``; a window ``(left, right)`` allows
-``i + offset - left <= j <= i + offset + right``; both together intersect.
+``i + offset - left <= j <= i + offset + right``; both together intersect. Segment ids allow a pair only
+where the ids are equal and not negative (``same_segment``; a negative id is padding), and ``kv_lengths``
+excludes keys at positions ``>= length`` (``within_length``); neither moves the causal diagonal.
 
 The functions take NumPy or JAX integers/arrays alike, so kernels call them on iotas inside a block and
 on block corners to decide which blocks to skip.
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "normalize_window", "clamp_window", "allowed", "valid_pairs", "key_range", "query_range", "key_blocks", "query_blocks", "floor_div", "ceil_div",
+    "normalize_window", "clamp_window", "allowed", "same_segment", "within_length", "valid_pairs", "key_range", "query_range", "key_blocks", "query_blocks", "floor_div", "ceil_div",
 ]
 
 
@@ -64,9 +66,23 @@ def allowed(q_idx: Any, k_idx: Any, q_len: int, kv_len: int, causal: bool, windo
     return ok
 
 
+def same_segment(q_ids: Any, kv_ids: Any) -> Any:
+    """Whether a query of segment ``q_ids`` may attend a key of segment ``kv_ids`` (broadcasting): equal ids,
+    and not padding (a negative id attends nothing and is attended by nothing, even by an equal id)."""
+    return (q_ids == kv_ids) & (kv_ids >= 0)
+
+
+def within_length(k_idx: Any, kv_length: Any) -> Any:
+    """Whether key ``k_idx`` lies before its row's ``kv_lengths`` entry (keys at ``>= length`` are excluded)."""
+    return k_idx < kv_length
+
+
 def valid_pairs(q_idx: Any, k_idx: Any, q_len: int, kv_len: int, causal: bool, window: tuple[int, int] | None,
-                mask: Any | None = None) -> Any:
-    """Which pairs of a tile count: a real key (``k_idx < kv_len``), allowed by causal/window, and by ``mask``.
+                mask: Any | None = None, *, q_segment: Any | None = None, kv_segment: Any | None = None,
+                kv_length: Any | None = None) -> Any:
+    """Which pairs of a tile count: a real key (``k_idx < kv_len``), allowed by causal/window, by ``mask``, by
+    the segment ids (``same_segment`` of ``q_segment`` and ``kv_segment``, both or neither) and by
+    ``kv_length`` (``within_length``).
 
     The one per-element rule of every tiled kernel; padded keys past ``kv_len`` never count.
     """
@@ -76,6 +92,10 @@ def valid_pairs(q_idx: Any, k_idx: Any, q_len: int, kv_len: int, causal: bool, w
         ok = ok & rule
     if mask is not None:
         ok = ok & mask
+    if q_segment is not None:
+        ok = ok & same_segment(q_segment, kv_segment)
+    if kv_length is not None:
+        ok = ok & within_length(k_idx, kv_length)
     return ok
 
 
@@ -112,25 +132,28 @@ def query_range(k_lo: Any, k_hi: Any, q_len: int, kv_len: int, causal: bool, win
 
 
 def key_blocks(q_first: Any, q_last: Any, block_k: int, q_len: int, kv_len: int, causal: bool,
-               window: tuple[int, int] | None, dense: bool = False) -> tuple[Any, Any, Any, Any]:
+               window: tuple[int, int] | None, dense: bool = False, kv_length: Any = None) -> tuple[Any, Any, Any, Any]:
     """Key blocks ``(lo, interior_lo, interior_hi, hi)`` for the queries ``[q_first, q_last]`` (inclusive).
 
     Blocks ``[lo, hi)`` hold at least one allowed (real query, real key) pair: the others are skipped.
     Inside, blocks ``[interior_lo, interior_hi)`` are *interior*: causal/window allow every pair and no key
     is padding, so they need no per-element mask. ``dense`` (an ``attention_mask`` is present) makes no
-    block interior. ``q_last`` is clamped to the last real query. Works on Python ints, NumPy arrays and
-    traced int32 scalars (kernels, index maps and host-side block counting use the same function).
+    block interior. ``kv_length`` (one row's ``kv_lengths`` entry) ends the keys there: blocks past it are
+    skipped and the block it cuts is not interior. ``q_last`` is clamped to the last real query. Works on
+    Python ints, NumPy arrays and traced int32 scalars (kernels, index maps and host-side block counting
+    use the same function).
     """
     q_last = _minimum(q_last, q_len - 1)
+    real_keys = kv_len if kv_length is None else _clip_length(kv_length, kv_len)
     k_lo, k_hi = key_range(q_first, q_last, q_len, kv_len, causal, window)
     k_lo = _maximum(k_lo, 0)
-    k_hi = _minimum(k_hi, kv_len - 1)
+    k_hi = _minimum(k_hi, real_keys - 1)
     lo = floor_div(k_lo, block_k)
     hi = _where((k_hi < k_lo) | (q_first > q_last), lo, floor_div(k_hi, block_k) + 1)
     if dense:
         return lo, hi, hi, hi
     offset = kv_len - q_len
-    interior_hi = kv_len // block_k  # blocks with no padded key
+    interior_hi = floor_div(real_keys, block_k)  # blocks with no padded or cut-off key
     if causal:  # every key of the block <= q_first + offset
         interior_hi = _minimum(interior_hi, floor_div(q_first + offset + 1, block_k))
     interior_lo = 0 * lo
@@ -142,18 +165,20 @@ def key_blocks(q_first: Any, q_last: Any, block_k: int, q_len: int, kv_len: int,
 
 
 def query_blocks(k_first: Any, k_last: Any, block_q: int, q_len: int, kv_len: int, causal: bool,
-                 window: tuple[int, int] | None, dense: bool = False) -> tuple[Any, Any, Any, Any]:
+                 window: tuple[int, int] | None, dense: bool = False, kv_length: Any = None) -> tuple[Any, Any, Any, Any]:
     """Query blocks ``(lo, interior_lo, interior_hi, hi)`` that see the keys ``[k_first, k_last]``.
 
     The transpose of ``key_blocks`` (for passes that walk query blocks per key block): ``[lo, hi)`` hold an
     allowed pair with a real query, ``[interior_lo, interior_hi)`` need no per-element mask. A key block
-    holding padded keys (``k_last >= kv_len``) has no interior.
+    holding padded keys (``k_last >= kv_len``, or past ``kv_length``) has no interior; one wholly past
+    them is visited by no query block.
     """
-    q_lo, q_hi = query_range(k_first, _minimum(k_last, kv_len - 1), q_len, kv_len, causal, window)
+    real_keys = kv_len if kv_length is None else _clip_length(kv_length, kv_len)
+    q_lo, q_hi = query_range(k_first, _minimum(k_last, real_keys - 1), q_len, kv_len, causal, window)
     q_lo = _maximum(q_lo, 0)
     q_hi = _minimum(q_hi, q_len - 1)
     lo = floor_div(q_lo, block_q)
-    hi = _where((q_hi < q_lo) | (k_first >= kv_len), lo, floor_div(q_hi, block_q) + 1)
+    hi = _where((q_hi < q_lo) | (k_first >= real_keys), lo, floor_div(q_hi, block_q) + 1)
     if dense:
         return lo, hi, hi, hi
     offset = kv_len - q_len
@@ -165,8 +190,13 @@ def query_blocks(k_first: Any, k_last: Any, block_q: int, q_len: int, kv_len: in
         left, right = window
         interior_lo = _maximum(interior_lo, ceil_div(k_last - offset - right, block_q))
         interior_hi = _minimum(interior_hi, floor_div(k_first - offset + left + 1, block_q))
-    interior_hi = _where(k_last >= kv_len, interior_lo, interior_hi)
+    interior_hi = _where(k_last >= real_keys, interior_lo, interior_hi)
     return _nested(lo, interior_lo, interior_hi, hi)
+
+
+def _clip_length(kv_length: Any, kv_len: int) -> Any:
+    """A ``kv_lengths`` entry clipped into ``[0, kv_len]`` (a longer one means every key, a negative one none)."""
+    return _minimum(_maximum(kv_length, 0), kv_len)
 
 
 def floor_div(x: Any, block: int) -> Any:

@@ -1,7 +1,9 @@
 """The one attention signature, and the entry points built from it.
 
-``SIGNATURE`` is the seed's sixteen parameters, defaults included (``reference_parameters`` below is the
-only place they are written). Every function that takes them, the public ``ejkernel.attention``, the
+``SIGNATURE`` is the seed's sixteen parameters, in its order and with its defaults, followed by the
+keyword-only packing arguments (``q_segment_ids``, ``kv_segment_ids``, ``kv_lengths``);
+``reference_parameters`` below is the only place they are written. ``SEED_PARAMETER_COUNT`` counts the
+positional ones, which never change. Every function that takes them, the public ``ejkernel.attention``, the
 seed's path ``ejkernel.kernels._xla.attention._interface.attention`` and each backend's own entry points,
 is made by ``entry_point``: it binds the arguments to this signature, validates them once into an
 ``AttentionCall`` and hands that to the computation, so a wrong name, count or value is the same error
@@ -17,12 +19,12 @@ from typing import Any
 import jax.numpy as jnp
 from jax import Array
 from jax.typing import DTypeLike
-from jaxtyping import Bool, Float, Key, UInt32
+from jaxtyping import Bool, Float, Int, Key, UInt32
 
 from ejkernel.ops.attention.call import bind_call
 from ejkernel.ops.attention.features import AttentionCapabilities
 
-__all__ = ["SIGNATURE", "PARAMETER_NAMES", "reference_parameters", "entry_point"]
+__all__ = ["SIGNATURE", "PARAMETER_NAMES", "SEED_PARAMETER_COUNT", "reference_parameters", "entry_point"]
 
 
 def reference_parameters(
@@ -42,6 +44,10 @@ def reference_parameters(
     dropout_prob: float = 0.0,
     causal: bool = False,
     sliding_window: int | tuple[int, int] | None = None,
+    *,
+    q_segment_ids: Int[Array, "batch q_len"] | None = None,
+    kv_segment_ids: Int[Array, "batch kv_len"] | None = None,
+    kv_lengths: Int[Array, " batch"] | None = None,
 ) -> tuple[Float[Array, "batch q_len num_q_heads v_head_dim"], Float[Array, "batch num_q_heads q_len kv_len"] | None]:
     """The reference parameters (documented in ``docs/semantics.rst``); never called, only inspected."""
     raise NotImplementedError
@@ -49,6 +55,7 @@ def reference_parameters(
 
 SIGNATURE = inspect.signature(reference_parameters)
 PARAMETER_NAMES = tuple(SIGNATURE.parameters)
+SEED_PARAMETER_COUNT = 16
 
 
 def _with_extras(extras: Mapping[str, Any], return_annotation: Any) -> inspect.Signature:

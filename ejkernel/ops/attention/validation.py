@@ -79,6 +79,42 @@ def _check_dropout_rng(rng: Any) -> None:
         )
 
 
+def _check_ids(name: str, x: Any, shape: tuple[int, ...], layout: str) -> None:
+    """An integer (not boolean) array of exactly ``shape``."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_:
+        raise TypeError(f"{name} must be an integer array {layout}, got dtype {dtype}")
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} must have shape {layout} = {shape}, got {tuple(x.shape)}")
+
+
+def _concrete(x: Any) -> np.ndarray | None:
+    """``x`` as a NumPy array when its values are known now (not under ``jit``, not a ``ShapeDtypeStruct``)."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return None
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _check_packing(q_segment_ids: Any, kv_segment_ids: Any, kv_lengths: Any, batch: int, q_len: int,
+                   kv_len: int) -> None:
+    """Segment ids both or neither, ``[B, Sq]`` / ``[B, Skv]`` integer; ``kv_lengths`` ``[B]`` integer in
+    ``[0, Skv]`` (checked when the values are known: under ``jit`` they are clipped into that range)."""
+    if (q_segment_ids is None) != (kv_segment_ids is None):
+        given, missing = ("q_segment_ids", "kv_segment_ids") if kv_segment_ids is None else ("kv_segment_ids", "q_segment_ids")
+        raise ValueError(f"{given} was given without {missing}: segment ids take both (use equal arrays for self-attention)")
+    if q_segment_ids is not None:
+        _check_ids("q_segment_ids", q_segment_ids, (batch, q_len), "[batch, q_len]")
+        _check_ids("kv_segment_ids", kv_segment_ids, (batch, kv_len), "[batch, kv_len]")
+    if kv_lengths is not None:
+        _check_ids("kv_lengths", kv_lengths, (batch,), "[batch]")
+        values = _concrete(kv_lengths)
+        if values is not None and values.size and (values.min() < 0 or values.max() > kv_len):
+            raise ValueError(f"kv_lengths must be in [0, kv_len={kv_len}], got {values.tolist()}")
+
+
 def validate_attention(
     query: Any,
     key: Any,
@@ -95,16 +131,21 @@ def validate_attention(
     dropout_prob: float = 0.0,
     causal: bool = False,
     sliding_window: int | tuple[int, int] | None = None,
+    *,
+    q_segment_ids: Any = None,
+    kv_segment_ids: Any = None,
+    kv_lengths: Any = None,
 ) -> AttentionFeatures:
     """Checks every argument against the semantics (``docs/semantics.rst``) and returns the call's features.
 
     Raises:
       ValueError: wrong ranks or shapes, an empty dimension (B, S, H or D of 0), ``Hq % Hkv != 0``,
         ``logits_soft_cap <= 0``, ``dropout_prob`` outside ``[0, 1)``, dropout without a valid ``dropout_rng``,
-        negative or malformed windows, a non-finite ``softmax_scale``.
+        negative or malformed windows, a non-finite ``softmax_scale``, one segment id array without the other
+        or of the wrong shape, ``kv_lengths`` of the wrong shape or (when known) outside ``[0, Skv]``.
       TypeError: non-floating query/key/value/bias/sinks, mismatched input dtypes, a non-boolean mask,
         a non-floating ``dtype``, a non-bool ``deterministic`` or ``causal``, a string or bool where a number
-        is expected.
+        is expected, non-integer segment ids or lengths.
     """
     _check_rank("query", query, 4, "[batch, q_len, num_q_heads, head_dim]")
     _check_rank("key", key, 4, "[batch, kv_len, num_kv_heads, head_dim]")
@@ -183,6 +224,7 @@ def validate_attention(
         _check_dropout_rng(dropout_rng)
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    _check_packing(q_segment_ids, kv_segment_ids, kv_lengths, batch, q_len, kv_len)
 
     return AttentionFeatures(
         batch=batch,
@@ -205,4 +247,6 @@ def validate_attention(
         sinks_per_head=sinks_per_head,
         dropout=dropout,
         dropout_prob=p if dropout else 0.0,
+        segment_ids=q_segment_ids is not None,
+        kv_lengths=kv_lengths is not None,
     )
