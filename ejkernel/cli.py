@@ -84,6 +84,7 @@ bench commands:
   ejkernel bench render RESULT.json  draw a result's table and plots again (e.g. where matplotlib is)
   ejkernel bench sweep ...           time the Triton kernel's block sizes (an NVIDIA GPU)
   ejkernel bench parity ...          every feature at GPU sizes against the oracle
+  ejkernel bench packing ...         packed rows and kv_lengths decoding beside batches and dense masks
 
 Each command has its own --help, for instance: ejkernel bench compare --help"""
 
