@@ -96,25 +96,45 @@ def _bound_call(kernel: Kernel, arguments: dict[str, Any]) -> Any:
 def attention(*args: Any, **kwargs: Any) -> tuple[Array, Array | None]:
     """Attention on the best implementation for this device and these arguments.
 
-    The parameters and semantics are the reference's (``ejkernel.kernels.xla.reference.attention``;
-    ``docs/semantics.rst``), identical on every backend, with the public defaults of this module's
-    docstring: ``dtype=None`` (the inputs' dtype), no weights, NumPy broadcasting of ``bias`` and
+    The semantics are identical on every backend (``docs/semantics.rst``). The parameters are the seed's
+    reference parameters (positional or by name, in its order) and then keyword-only ones; three public
+    defaults differ from the seed's path: ``dtype=None``, no weights, NumPy broadcasting of ``bias`` and
     ``attention_mask``.
 
-    The reference parameters (``query``, ``key``, ``value``, ``attention_mask``, ...) come first, positional
-    or by name; then the keyword-only ones.
-
     Args:
+      query: ``[B, Sq, Hq, D]``.
+      key: ``[B, Skv, Hkv, D]`` with ``Hq % Hkv == 0``; query head ``h`` reads kv head ``h // (Hq // Hkv)``.
+      value: ``[B, Skv, Hkv, Dv]``.
+      attention_mask: boolean, ``True`` = may attend; any shape that broadcasts to ``[B, Hq, Sq, Skv]`` by
+        NumPy rules (``[B, 1, 1, Skv]`` for key padding), or ``[B|1, Hkv, Sq, Skv]`` per kv head.
+      bias: added to the logits after the soft cap; broadcasts like ``attention_mask``. With a mask, both apply.
+      init_bias: called (once, eagerly) for a bias only when ``bias`` and ``attention_mask`` are ``None``.
+      deterministic: ``False`` enables dropout when ``dropout_prob > 0``.
+      dropout_rng: a PRNG key (typed or raw ``uint32[2]``); required when dropout is enabled.
+      softmax_aux: sinks, ``[Hq, n]`` or ``[n]``: extra logits in each row's denominator, carrying no value.
+      softmax_scale: multiplies ``q·k``; default ``D ** -0.5``.
+      logits_soft_cap: ``cap * tanh(s / cap)`` on the scaled logits; must be ``> 0``.
+      dtype: the dtype of both products (accumulated in float32) and of the output; ``None`` (default) is
+        the inputs' dtype (query, key and value must share it).
+      softmax_dtype: the softmax's dtype; float32 when ``None``.
+      dropout_prob: in ``[0, 1)``; kept weights are scaled by ``1 / (1 - p)``.
+      causal: bottom-right aligned: query ``i`` sees key ``j`` iff ``j <= i + Skv - Sq``.
+      sliding_window: ``w`` or ``(left, right)``, inclusive, same alignment; intersects with causal.
+      q_segment_ids: keyword-only, integer ``[B, Sq]``, with ``kv_segment_ids`` (integer ``[B, Skv]``, both
+        or neither): query ``i`` attends key ``j`` only where the ids are equal and not negative.
+      kv_segment_ids: keyword-only, see ``q_segment_ids``.
+      kv_lengths: keyword-only, integer ``[B]`` in ``[0, Skv]``: keys at positions ``>= length`` are excluded.
       platform: keyword-only: "auto" (the best implementation registered for the device JAX would use),
-        "xla", "pallas_tpu" (alias "pallas") or "triton" (NVIDIA GPU). A platform that cannot run here, or
-        cannot serve these arguments, hands the call to one that can (finally XLA) with a ``FallbackWarning``.
+        "xla", "pallas_tpu" (alias "pallas"), "triton" or "cudnn" (NVIDIA GPUs). A platform that cannot run
+        here, or cannot serve these arguments, hands the call to one that can (finally XLA) with a
+        ``FallbackWarning`` pointing at the caller's line.
       return_weights: keyword-only: ``False`` (default) returns ``None`` as the weights on every backend;
         ``True`` returns the ``[B, Hq, Sq, Skv]`` weights, from the dense XLA reference.
-      interpret: keyword-only: ``True`` runs a Pallas implementation in interpret mode, on any device
-        (``get_kernel``'s ``interpret``).
+      interpret: keyword-only: ``True`` runs a Pallas implementation in interpret mode, on any device.
 
     Returns:
-      ``(output [B, Sq, Hq, Dv], weights [B, Hq, Sq, Skv] or None)``.
+      ``(output [B, Sq, Hq, Dv], weights [B, Hq, Sq, Skv] or None)``. Rows with no allowed key are zero,
+      with zero, finite gradients.
 
     Raises:
       ValueError, TypeError: bad input, naming the argument.
