@@ -20,7 +20,8 @@ B, SQ, SKV, HQ, HKV, D, DV = 2, 5, 7, 4, 2, 8, 6
 def _arrays(**shapes_and_dtypes):
     """Valid q/k/v (float32), with some replaced: ``name=(shape, dtype)`` or ``name=array``."""
     arrays = dict(
-        query=jnp.zeros((B, SQ, HQ, D)), key=jnp.zeros((B, SKV, HKV, D)), value=jnp.zeros((B, SKV, HKV, DV))
+        query=jnp.zeros((B, SQ, HQ, D), F32), key=jnp.zeros((B, SKV, HKV, D), F32),
+        value=jnp.zeros((B, SKV, HKV, DV), F32)
     )
     for name, spec in shapes_and_dtypes.items():
         if isinstance(spec, tuple) and isinstance(spec[0], tuple):
