@@ -255,11 +255,10 @@ class Kernel:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.run(self.bind(*args, **kwargs))
 
-    def run(self, call: Any, *, stacklevel: int | None = None) -> Any:
+    def run(self, call: Any) -> Any:
         """Serves an already bound call (``bind``): chooses, warns on fallback, runs the implementation.
 
-        A ``FallbackWarning`` points at the first frame outside ejkernel (``errors.caller_stacklevel``);
-        ``stacklevel`` is accepted for older callers and ignored.
+        A ``FallbackWarning`` points at the first frame outside ejkernel (``errors.caller_stacklevel``).
         """
         decision = self._decide(call.features)
         if self.candidates and decision.chosen.platform != self.candidates[0].platform:

@@ -47,7 +47,7 @@ class PairCall:
             logits_soft_cap=self.logits_soft_cap, dtype=self.dtype, softmax_dtype=self.softmax_dtype,
             causal=causal, sliding_window=window,
         )
-        return self.kernel.run(call, stacklevel=6)
+        return self.kernel.run(call)
 
 
 def varying_zero(*arrays: Array | None) -> Array:

@@ -142,7 +142,7 @@ def attention(*args: Any, **kwargs: Any) -> tuple[Array, Array | None]:
     """
     arguments = _bound_arguments(args, kwargs, "attention")
     kernel = get_kernel("attention", arguments["platform"], interpret=arguments["interpret"])
-    out, weights = kernel.run(_bound_call(kernel, arguments), stacklevel=3)
+    out, weights = kernel.run(_bound_call(kernel, arguments))
     return out, (weights if arguments["return_weights"] else None)
 
 
