@@ -85,6 +85,7 @@ bench commands:
   ejkernel bench sweep ...           time the Triton kernel's block sizes (an NVIDIA GPU)
   ejkernel bench parity ...          every feature at GPU sizes against the oracle
   ejkernel bench packing ...         packed rows and kv_lengths decoding beside batches and dense masks
+  ejkernel bench table RESULT.json   the measured speed table platform="auto" ranks implementations by
 
 Each command has its own --help, for instance: ejkernel bench compare --help"""
 

@@ -10,8 +10,13 @@ from __future__ import annotations
 import jax
 
 __all__ = [
-    "KNOWN_PLATFORMS", "FALLBACK_PLATFORM", "PLATFORM_ALIASES", "canonical_platform", "current_platform",
+    "KNOWN_PLATFORMS",
+    "FALLBACK_PLATFORM",
+    "PLATFORM_ALIASES",
+    "canonical_platform",
+    "current_platform",
     "cuda_capability_reason",
+    "current_device_kind",
 ]
 
 #: Implementation platforms a user may name. A known platform with nothing registered falls back with a warning.
@@ -29,11 +34,21 @@ def canonical_platform(platform: str) -> str:
     return PLATFORM_ALIASES.get(platform, platform)
 
 
-def current_platform() -> str:
-    """The platform of the device JAX would place a computation on: cpu, cuda, rocm, tpu, ..."""
+def _default_device() -> jax.Device:
     device = jax.config.jax_default_device
     if device is None or isinstance(device, str):
         device = jax.devices(device)[0] if isinstance(device, str) else jax.devices()[0]
+    return device
+
+
+def current_device_kind() -> str:
+    """The ``device_kind`` of the device JAX would place a computation on (e.g. ``"NVIDIA H200"``)."""
+    return str(_default_device().device_kind)
+
+
+def current_platform() -> str:
+    """The platform of the device JAX would place a computation on: cpu, cuda, rocm, tpu, ..."""
+    device = _default_device()
     platform = device.platform.lower()
     if platform == "gpu":
         version = str(getattr(device.client, "platform_version", "")).lower()

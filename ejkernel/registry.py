@@ -74,6 +74,9 @@ class Algorithm:
     name: str
     signature: inspect.Signature
     bind: Callable[[dict[str, Any]], Any]
+    #: ``measured_speeds(features)``: ``{platform: TFLOP/s}`` measured on this device for calls like this
+    #: one (empty when nothing was measured); ``platform="auto"`` ranks capable implementations by it.
+    measured_speeds: Callable[[Any], dict[str, float]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +194,9 @@ class Decision:
     features: Any
     rejected: tuple[tuple[str, str], ...]  # (implementation label, reason)
     interpret: bool
+    #: ``(platform, TFLOP/s)`` of the capable implementations measured for this call's class, fastest
+    #: first, when the measured table chose (``platform="auto"`` only); empty when priority decided.
+    speeds: tuple[tuple[str, float], ...] = ()
 
     @property
     def platform(self) -> str:
@@ -202,16 +208,31 @@ class Decision:
         return self.requested != "auto" and self.chosen.platform != self.requested
 
     def __str__(self) -> str:
-        lines = [f"{self.chosen.name}: {self.chosen.label}" + (" (interpret)" if self.interpret and self.chosen.uses_pallas else "")]
+        lines = [
+            f"{self.chosen.name}: {self.chosen.label}"
+            + (" (interpret)" if self.interpret and self.chosen.uses_pallas else "")
+        ]
         lines.append(f"  call: {self.features.describe() if hasattr(self.features, 'describe') else self.features}")
         lines.extend(f"  skipped {label}: {reason}" for label, reason in self.rejected)
+        if self.speeds:
+            rates = ", ".join(f"{platform} {rate:.0f}" for platform, rate in self.speeds)
+            lines.append(f"  chosen by measured speed (TFLOP/s on this device for calls like this): {rates}")
         return "\n".join(lines)
 
 
 class Kernel:
     """A callable with the algorithm's signature that dispatches each call to a capable implementation."""
 
-    def __init__(self, algorithm: Algorithm, requested: str, candidates: list[KernelSpec], rejected: list[tuple[str, str]], *, strict: bool, interpret: bool):
+    def __init__(
+        self,
+        algorithm: Algorithm,
+        requested: str,
+        candidates: list[KernelSpec],
+        rejected: list[tuple[str, str]],
+        *,
+        strict: bool,
+        interpret: bool,
+    ):
         self.algorithm = algorithm
         self.requested = requested
         self.candidates = tuple(candidates)
@@ -232,17 +253,36 @@ class Kernel:
         return self.algorithm.bind(bound.arguments)
 
     def _decide(self, features: Any) -> Decision:
+        """The first capable candidate by priority; under ``"auto"``, the fastest capable one where the
+        algorithm has measured speeds for the call (capable candidates without a measurement rank after
+        the measured ones, by priority)."""
         rejected = list(self._hardware_rejected)
+        speeds = {}
+        if self.requested == "auto" and self.algorithm.measured_speeds is not None:
+            speeds = self.algorithm.measured_speeds(features)
+        capable = []
         for spec in self.candidates:
             reasons = spec.capabilities.unsupported_reasons(features)
-            if not reasons:
-                return Decision(self.requested, spec, features, tuple(rejected), self.interpret)
-            rejected.append((spec.label, "; ".join(reasons)))
-        described = features.describe() if hasattr(features, "describe") else features
-        raise KernelUnavailableError(
-            f"no implementation of {self.algorithm.name} serves {described}: "
-            + "; ".join(f"{label}: {reason}" for label, reason in rejected)
-        )
+            if reasons:
+                rejected.append((spec.label, "; ".join(reasons)))
+                continue
+            capable.append(spec)
+            if not speeds:
+                break
+        if not capable:
+            described = features.describe() if hasattr(features, "describe") else features
+            raise KernelUnavailableError(
+                f"no implementation of {self.algorithm.name} serves {described}: "
+                + "; ".join(f"{label}: {reason}" for label, reason in rejected)
+            )
+        measured = sorted((s for s in capable if s.label in speeds), key=lambda s: -speeds[s.label])
+        if not measured:
+            return Decision(self.requested, capable[0], features, tuple(rejected), self.interpret)
+        ranked = tuple((s.label, speeds[s.label]) for s in measured)
+        # Only the candidates ranked above the choice by priority and rejected for features are reasons.
+        above = {s.label for s in self.candidates[: self.candidates.index(measured[0])]}
+        rejected = [r for r in rejected if r[0] in above or r in self._hardware_rejected]
+        return Decision(self.requested, measured[0], features, tuple(rejected), self.interpret, ranked)
 
     def explain(self, *args: Any, **kwargs: Any) -> Decision:
         """The decision a call with these arguments would get (arrays or ``jax.ShapeDtypeStruct``)."""
@@ -261,8 +301,13 @@ class Kernel:
         A ``FallbackWarning`` points at the first frame outside ejkernel (``errors.caller_stacklevel``).
         """
         decision = self._decide(call.features)
-        if self.candidates and decision.chosen.platform != self.candidates[0].platform:
-            feature_rejected = decision.rejected[len(self._hardware_rejected):]
+        feature_rejected = decision.rejected[len(self._hardware_rejected) :]
+        top = self.candidates[0] if self.candidates else None
+        if (
+            top is not None
+            and decision.chosen.platform != top.platform
+            and any(r[0] == top.label for r in feature_rejected)
+        ):
             why = "; ".join(f"{label} cannot ({reason})" for label, reason in feature_rejected)
             if self.strict and decision.is_fallback:
                 raise KernelUnavailableError(

@@ -172,7 +172,7 @@ def test_check_of_every_platform_does_not_run_what_a_platform_does_not_serve(reg
 # --- help ----------------------------------------------------------------------------------------
 
 RST_MARKUP = re.compile(r"`|:(func|class|meth|doc|mod|ref):|^\s*\.\. \w+::", re.M)  # literals, roles, directives
-BENCH_COMMANDS = ("compare", "render", "sweep", "parity", "packing")
+BENCH_COMMANDS = ("compare", "render", "sweep", "parity", "packing", "table")
 
 
 def _help(capsys, *argv: str) -> str:
@@ -194,6 +194,6 @@ def test_help_lists_every_command(capsys):
     for command in ("info", "check", "bench", *(f"ejkernel bench {c}" for c in BENCH_COMMANDS)):
         assert command in top, command
     bench = _help(capsys, "bench")
-    assert "ejkernel bench {compare,render,sweep,parity,packing}" in bench
+    assert "ejkernel bench {compare,render,sweep,parity,packing,table}" in bench
     for command in BENCH_COMMANDS:
         assert f"ejkernel bench {command} " in bench, command

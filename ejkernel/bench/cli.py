@@ -6,6 +6,7 @@
     ejkernel bench sweep [--shape ...] [--causal no|yes|both] [--pass P] [--candidate P:BQ,BK,W,S] [--interpret]
     ejkernel bench parity [--platform triton] [--dtype D] [--case NAME] [--interpret]
     ejkernel bench packing [--case packed|kv_lengths] [--platform P] [--tokens T --docs N] [--cache C]
+    ejkernel bench table RESULT.json ...   (the measured speed table platform="auto" ranks by)
 
 Writes ``<out>/<name>.json`` (kept up to date while it runs), ``<name>.txt`` (the table) and
 ``<name>.png`` plots (with matplotlib), and prints the table. ``sweep`` times the Triton kernels' passes
@@ -33,7 +34,7 @@ __all__ = [
 
 USAGE = """\
 ejkernel bench [options]
-       ejkernel bench {compare,render,sweep,parity,packing} ..."""
+       ejkernel bench {compare,render,sweep,parity,packing,table} ..."""
 
 DESCRIPTION = """\
 Time every ejkernel implementation that runs here beside the baselines (jax.nn XLA and cuDNN,
@@ -47,6 +48,7 @@ commands:
   ejkernel bench sweep [--shape ...]         time the Triton kernel's passes for candidate block sizes
   ejkernel bench parity [--platform triton]  every capability class at GPU sizes against the oracle
   ejkernel bench packing [--case packed]     packed rows and kv_lengths decoding beside batches and masks
+  ejkernel bench table RESULT.json ...       write the speed table platform='auto' ranks implementations by
 
 Each command has its own --help, for instance: ejkernel bench render --help"""
 
@@ -578,8 +580,10 @@ def _render_summary(path: Any, out: Any) -> int:
 def run(argv: list[str] | None = None) -> int:
     """Entry point of ``ejkernel bench``; ``argv`` excludes the program and sub-command names."""
     argv = list(sys.argv[2:] if argv is None else argv)
+    from ejkernel.bench.speed_table import run_table
+
     commands = {"compare": _run_compare, "render": _run_render, "sweep": _run_sweep, "parity": _run_parity,
-                "packing": _run_packing}
+                "packing": _run_packing, "table": run_table}
     if argv and argv[0] in commands:
         return commands[argv[0]](argv[1:])
     return _run_bench(argv)

@@ -108,16 +108,30 @@ def _ejkernel_variant(spec: Any, kernel: Any) -> Candidate:
     return Candidate(name, "ejkernel", make)
 
 
+def _ejkernel_auto() -> Candidate:
+    """``ejkernel.attention`` as users call it (``platform="auto"``); ``served_by`` names the choice."""
+    kernel = get_kernel("attention")
+
+    def make(shape: BenchShape, causal: bool, dtype: str) -> Forward:
+        return lambda q, k, v: kernel(q, k, v, causal=causal, dtype=dtype)[0]
+
+    def describe(shape: BenchShape, causal: bool, dtype: str) -> str:
+        return _platform_decision(kernel, shape, causal, dtype).chosen.label
+
+    return Candidate("ejkernel:auto", "ejkernel", make, describe_choice=describe)
+
+
 def ejkernel_candidates() -> tuple[list[Candidate], list[tuple[str, str]]]:
     """Candidates for every implementation that runs here, and ``(label, reason)`` for those that do not.
 
-    One candidate per platform (its dispatcher, as users call it); where a platform has several
-    variants, one more per variant for the calls the dispatcher gives to another.
+    First ``ejkernel:auto`` (the default dispatch), then one candidate per platform (its dispatcher, as
+    users call it); where a platform has several variants, one more per variant for the calls the
+    dispatcher gives to another.
     """
     records = list_kernels("attention")
     skipped = [(f"ejkernel:{r['platform']}:{r['variant']}", r["reason"] or "") for r in records if not r["runnable"]]
     here = current_platform()
-    candidates = []
+    candidates = [_ejkernel_auto()]
     for platform in dict.fromkeys(r["platform"] for r in records if r["runnable"]):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FallbackWarning)

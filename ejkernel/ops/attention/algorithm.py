@@ -5,16 +5,31 @@
   ``lse`` the float32 natural-log softmax denominator of each row (sinks included, ``-inf`` for an empty
   row; ``merge``'s convention), differentiable in both outputs. Partial results over disjoint keys merge
   exactly (``merge.merge_partials``): the building block of ring attention.
+
+Both rank capable implementations under ``platform="auto"`` by the committed speed table of the device
+kind (``speed``), where it has an entry for the call.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from ejkernel.ops.attention.call import bind_call
 from ejkernel.ops.attention.signature import SIGNATURE
+from ejkernel.ops.attention.speed import measured_speeds
+from ejkernel.platform import current_device_kind
 from ejkernel.registry import Algorithm
 
 __all__ = ["ATTENTION", "ATTENTION_WITH_LSE", "ALGORITHMS"]
 
-ATTENTION = Algorithm(name="attention", signature=SIGNATURE, bind=bind_call)
-ATTENTION_WITH_LSE = Algorithm(name="attention_with_lse", signature=SIGNATURE, bind=bind_call)
+
+def _measured_speeds(features: Any) -> dict[str, float]:
+    """The committed speed table's rates for this call on the current device kind (``speed``)."""
+    return measured_speeds(features, current_device_kind())
+
+
+ATTENTION = Algorithm(name="attention", signature=SIGNATURE, bind=bind_call, measured_speeds=_measured_speeds)
+ATTENTION_WITH_LSE = Algorithm(
+    name="attention_with_lse", signature=SIGNATURE, bind=bind_call, measured_speeds=_measured_speeds
+)
 ALGORITHMS = (ATTENTION, ATTENTION_WITH_LSE)
