@@ -86,28 +86,7 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array | None]:
     if softmax_aux is not None:
         sinks = _rows(sink_logits(softmax_aux, hq)[None, :, None, :], drop).astype(wide)
 
-    # Masked logits stand at the lowest finite value, not -inf (jax.debug_infs); their weights are zeroed below.
-    row_max = jnp.max(s if valid is None else jnp.where(valid, s, jnp.finfo(wide).min), axis=-1, keepdims=True)
-    if sinks is not None:
-        row_max = jnp.maximum(row_max, jnp.max(sinks, axis=-1, keepdims=True))
-    # Softmax is invariant to the shift; a row whose logits are all -inf (an infinite bias) is shifted by 0.
-    row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0))
-
-    def exp_shifted(x: Array) -> Array:
-        shifted = x - row_max
-        if softmax_dtype != wide:  # clipped to the narrow dtype's range: exp is 0 there, and nothing is -inf
-            shifted = jnp.maximum(shifted, jnp.finfo(softmax_dtype).min).astype(softmax_dtype)
-        return jnp.exp(shifted)
-
-    if valid is None:
-        e = exp_shifted(s)
-    else:
-        # The inner where keeps exp finite on masked entries, so their (zero) gradient stays finite too.
-        e = jnp.where(valid, exp_shifted(jnp.where(valid, s, row_max)), 0)
-    denom = jnp.sum(e, axis=-1, keepdims=True)
-    if sinks is not None:
-        denom = denom + jnp.sum(exp_shifted(sinks), axis=-1, keepdims=True)
-    weights = e / jnp.where(denom == 0, 1, denom)
+    weights = _softmax(s, sinks, valid, jnp.dtype(softmax_dtype))
 
     if f.dropout:
         # Drawn as [B, Hkv, G, Sq, Skv] (the same element order as [B, Hq, Sq, Skv]): one draw per weight.
@@ -120,6 +99,57 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array | None]:
     if f.return_weights is False:  # the public call asked for none
         return out, None
     return out, weights.astype(dtype).reshape(full)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _softmax(s: Array, sinks: Array | None, valid: Array | None, softmax_dtype: jnp.dtype) -> Array:
+    """The weights of each row of logits ``s``: its allowed entries (``valid``, ``None``: all) over the row's
+    keys and ``sinks`` (value-less logits); 0 where not allowed, and 0 for a row with nothing allowed.
+
+    Its derivative is the softmax's own, ``dw = w * (ds - sum(w * ds))`` over keys and sinks, so the backward
+    pass needs only the weights (as ``jax.nn.softmax``), not every intermediate of the forward.
+    """
+    return _softmax_parts(s, sinks, valid, softmax_dtype)[0]
+
+
+def _softmax_parts(s, sinks, valid, softmax_dtype):
+    """``(weights of the keys, weights of the sinks or None)``, in ``softmax_dtype`` (``s`` is wider or equal)."""
+    wide = s.dtype
+    # Masked logits stand at the lowest finite value, not -inf (jax.debug_infs); their weights are zeroed below.
+    row_max = jnp.max(s if valid is None else jnp.where(valid, s, jnp.finfo(wide).min), axis=-1, keepdims=True)
+    if sinks is not None:
+        row_max = jnp.maximum(row_max, jnp.max(sinks, axis=-1, keepdims=True))
+    # Softmax is invariant to the shift; a row whose logits are all -inf (an infinite bias) is shifted by 0.
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0)
+
+    def exp_shifted(x: Array) -> Array:
+        shifted = x - row_max
+        if softmax_dtype != wide:  # clipped to the narrow dtype's range: exp is 0 there, and nothing is -inf
+            shifted = jnp.maximum(shifted, jnp.finfo(softmax_dtype).min).astype(softmax_dtype)
+        return jnp.exp(shifted)
+
+    # The inner where keeps exp finite on masked entries.
+    e = exp_shifted(s) if valid is None else jnp.where(valid, exp_shifted(jnp.where(valid, s, row_max)), 0)
+    denom = jnp.sum(e, axis=-1, keepdims=True)
+    e_sinks = None
+    if sinks is not None:
+        e_sinks = exp_shifted(sinks)
+        denom = denom + jnp.sum(e_sinks, axis=-1, keepdims=True)
+    denom = jnp.where(denom == 0, 1, denom)
+    return e / denom, None if sinks is None else e_sinks / denom
+
+
+@_softmax.defjvp
+def _softmax_jvp(softmax_dtype, primals, tangents):
+    s, sinks, valid = primals
+    ds, d_sinks, _ = tangents
+    w, w_sinks = _softmax_parts(s, sinks, valid, softmax_dtype)
+    if valid is not None:  # a masked entry's tangent may be inf (an infinite bias): its weight is 0 anyway
+        ds = jnp.where(valid, ds, 0)
+    dot = jnp.sum(w * ds, axis=-1, keepdims=True)
+    if sinks is not None:
+        dot = dot + jnp.sum(w_sinks * d_sinks, axis=-1, keepdims=True)
+    return w, (w * (ds - dot)).astype(w.dtype)
 
 
 def _packing_pairs(call: AttentionCall, sq: int, skv: int) -> Array | None:
