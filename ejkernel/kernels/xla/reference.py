@@ -86,7 +86,10 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array | None]:
     if softmax_aux is not None:
         sinks = _rows(sink_logits(softmax_aux, hq)[None, :, None, :], drop).astype(wide)
 
-    weights = _softmax(s, sinks, valid, jnp.dtype(softmax_dtype))
+    if valid is None and sinks is None and bias is None and softmax_dtype == wide:
+        weights = _plain_softmax(s)
+    else:
+        weights = _softmax(s, sinks, valid, jnp.dtype(softmax_dtype))
 
     if f.dropout:
         # Drawn as [B, Hkv, G, Sq, Skv] (the same element order as [B, Hq, Sq, Skv]): one draw per weight.
@@ -99,6 +102,13 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array | None]:
     if f.return_weights is False:  # the public call asked for none
         return out, None
     return out, weights.astype(dtype).reshape(full)
+
+
+def _plain_softmax(s: Array) -> Array:
+    """``_softmax`` of a row that allows every key and has no sinks or bias, so its logits are finite unless
+    the inputs are not: the plain form ``exp(s - max) / sum``, which XLA's GPU softmax fusion recognises
+    (``jax.nn.softmax``'s own form and derivative)."""
+    return jax.nn.softmax(s, axis=-1)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
