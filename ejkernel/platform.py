@@ -1,8 +1,8 @@
 """Platforms: the names users pass (``platform="triton"``) and the device kind JAX would run on.
 
 Two vocabularies meet here. *Implementation platforms* name a backend: ``"xla"``, ``"pallas_tpu"``,
-``"triton"``; the old spelling ``"pallas"`` still means ``"pallas_tpu"``. *Device platforms* name hardware,
-as ``current_platform()`` reports it: ``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``.
+``"triton"``, ``"mosaic_gpu"`` (Hopper), ``"cudnn"``; the old spelling ``"pallas"`` still means
+``"pallas_tpu"``. *Device platforms* name hardware, as ``current_platform()`` reports it: ``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ __all__ = [
     "canonical_platform",
     "current_platform",
     "cuda_capability_reason",
+    "cuda_major_reason",
     "current_device_kind",
 ]
 
 #: Implementation platforms a user may name. A known platform with nothing registered falls back with a warning.
-KNOWN_PLATFORMS = ("xla", "pallas_tpu", "triton", "cudnn")
+KNOWN_PLATFORMS = ("xla", "pallas_tpu", "triton", "mosaic_gpu", "cudnn")
 #: Where every call ends up when nothing better serves it.
 FALLBACK_PLATFORM = "xla"
 #: Older or alternative spellings, mapped to the canonical name.
@@ -56,17 +57,34 @@ def current_platform() -> str:
     return platform
 
 
-def cuda_capability_reason(min_major: int) -> str | None:
-    """``None`` when JAX sees a GPU of compute capability ``>= min_major``.0, else why not."""
+def _gpu_major() -> tuple[int | None, str]:
+    """``(major, reason)``: the first GPU's compute capability major (``None`` and why when there is none)."""
     try:
         devices = jax.devices("gpu")
     except RuntimeError as e:
-        return f"no GPU visible to JAX ({e})"
+        return None, f"no GPU visible to JAX ({e})"
     capability = str(getattr(devices[0], "compute_capability", "0"))
     try:
-        major = int(capability.split(".")[0])
+        return int(capability.split(".")[0]), capability
     except ValueError:
-        return f"unknown compute capability {capability!r}"
+        return None, f"unknown compute capability {capability!r}"
+
+
+def cuda_capability_reason(min_major: int) -> str | None:
+    """``None`` when JAX sees a GPU of compute capability ``>= min_major``.0, else why not."""
+    major, capability = _gpu_major()
+    if major is None:
+        return capability
     if major < min_major:
         return f"needs compute capability >= {min_major}.0, this GPU has {capability}"
+    return None
+
+
+def cuda_major_reason(major: int) -> str | None:
+    """``None`` when JAX sees a GPU of compute capability ``major``.x exactly (e.g. 9: Hopper), else why not."""
+    found, capability = _gpu_major()
+    if found is None:
+        return capability
+    if found != major:
+        return f"needs compute capability {major}.x, this GPU has {capability}"
     return None

@@ -58,6 +58,7 @@ BUILTIN_MODULES = (
     "ejkernel.kernels.xla.spec",
     "ejkernel.kernels.pallas_tpu.spec",
     "ejkernel.kernels.pallas_triton.spec",
+    "ejkernel.kernels.pallas_mosaic_gpu.spec",
     "ejkernel.kernels.cudnn.spec",
 )
 
@@ -327,8 +328,8 @@ def _built(spec: KernelSpec, interpret: bool) -> Callable[..., Any]:
 
 
 def get_kernel(name: str, platform: str = "auto", *, strict: bool = False, interpret: bool = False) -> Kernel:
-    """The implementation of ``name`` for ``platform`` ("auto", "xla", "pallas_tpu", "triton"; "pallas" is
-    an alias of "pallas_tpu").
+    """The implementation of ``name`` for ``platform`` ("auto", "xla", "pallas_tpu", "triton", "mosaic_gpu",
+    "cudnn"; "pallas" is an alias of "pallas_tpu").
 
     "auto" considers every implementation that runs on the current device (with ``interpret=True``,
     every Pallas one too), highest priority first. A named platform considers its own implementations,

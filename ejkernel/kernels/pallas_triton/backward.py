@@ -9,7 +9,7 @@
   (the bias gradient before it is summed to the bias's layout).
 
 ``delta = rowsum(dO * O)`` is precomputed and ``lse2`` is in ``merge.recompute_lse``'s form (``+inf`` for an
-empty or padded row, so ``p`` is 0 there with no extra select; ``flash._backward``). Skipped blocks and the
+empty or padded row, so ``p`` is 0 there with no extra select; ``flash.flash_backward``). Skipped blocks and the
 masked/interior split come from the shared ``masks.key_blocks``/``query_blocks`` (through ``tiles``), so
 both passes visit exactly the pairs the forward visits.
 """

@@ -29,7 +29,7 @@ from ejkernel.ops.attention.logits import LOG2E
 from ejkernel.ops.attention.merge import add_sinks, merge_many, recompute_lse
 from ejkernel.ops.attention.sinks import sink_gradient, sinks_lse
 
-__all__ = ["flash_with_lse", "decode_with_lse", "pad_axis"]
+__all__ = ["flash_with_lse", "decode_with_lse", "flash_backward", "pad_axis"]
 
 
 def pad_axis(x, axis: int, size: int, value=0):
@@ -73,7 +73,14 @@ def _forward(p, c, q, k, v, bias, mask, sinks, packing=(None, None, None)):
     return (out, _natural_lse(lse2)), (q, k, v, bias, mask, sinks, packing, out, lse2)
 
 
-def _backward(p: Plan, c: BlockSizes, residuals, cotangents):
+def flash_backward(p: Plan, c: BlockSizes, residuals, cotangents):
+    """The cotangents ``(dq, dk, dv, dbias, None, dsinks, packing's)`` of ``flash_with_lse``'s padded operands.
+
+    ``residuals = (q, k, v, bias, mask, sinks, packing, out, lse2)``: the forward's padded operands, its
+    padded output and base-2 ``lse2 [B, Hq, Sq_pad]``; ``cotangents = (d_out, d_lse)`` of the padded
+    output and natural-log ``lse [B, Sq_pad, Hq]``. Any forward that produces those (this backend's, or
+    another one's, e.g. ``pallas_mosaic_gpu``) can take its gradients here; only ``c.dkv`` and ``c.dq`` are used.
+    """
     q, k, v, bias, mask, sinks, packing, out, lse2 = residuals
     d_out, d_lse = cotangents
     d_out = d_out.astype(q.dtype)
@@ -149,10 +156,10 @@ def _decode_fwd(p, pp, c, q, k, v, bias, mask, sinks, packing=(None, None, None)
 
 def _decode_bwd(p, pp, c, residuals, cotangents):
     del pp
-    return _backward(p, c, residuals, cotangents)
+    return flash_backward(p, c, residuals, cotangents)
 
 
 decode_with_lse.defvjp(_decode_fwd, _decode_bwd)
 
 
-flash_with_lse.defvjp(_forward, _backward)
+flash_with_lse.defvjp(_forward, flash_backward)

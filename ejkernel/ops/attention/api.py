@@ -125,9 +125,9 @@ def attention(*args: Any, **kwargs: Any) -> tuple[Array, Array | None]:
       kv_segment_ids: keyword-only, see ``q_segment_ids``.
       kv_lengths: keyword-only, integer ``[B]`` in ``[0, Skv]``: keys at positions ``>= length`` are excluded.
       platform: keyword-only: "auto" (the best implementation registered for the device JAX would use),
-        "xla", "pallas_tpu" (alias "pallas"), "triton" or "cudnn" (NVIDIA GPUs). A platform that cannot run
-        here, or cannot serve these arguments, hands the call to one that can (finally XLA) with a
-        ``FallbackWarning`` pointing at the caller's line.
+        "xla", "pallas_tpu" (alias "pallas"), "triton", "mosaic_gpu" (Hopper) or "cudnn" (NVIDIA GPUs). A
+        platform that cannot run here, or cannot serve these arguments, hands the call to one that can
+        (finally XLA) with a ``FallbackWarning`` pointing at the caller's line.
       return_weights: keyword-only: ``False`` (default) returns ``None`` as the weights on every backend;
         ``True`` returns the ``[B, Hq, Sq, Skv]`` weights, from the dense XLA reference.
       interpret: keyword-only: ``True`` runs a Pallas implementation in interpret mode, on any device.

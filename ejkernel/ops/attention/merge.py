@@ -13,6 +13,7 @@ it (``merge_partials`` for two, ``merge_many`` for n). Sinks are a partial resul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
@@ -21,18 +22,22 @@ from jax import Array
 __all__ = ["normalize_rows", "recompute_lse", "merge_partials", "merge_many", "add_sinks"]
 
 
-def normalize_rows(acc: Any, row_max: Any, row_sum: Any, *, base2: bool = False) -> tuple[Any, Any]:
+def normalize_rows(acc: Any, row_max: Any, row_sum: Any, *, base2: bool = False,
+                   broadcast: Callable[[Any, tuple[int, ...]], Any] | None = None) -> tuple[Any, Any]:
     """``(out, lse)`` from an online softmax's unnormalised ``acc [..., rows, Dv]`` and per-row max and sum.
 
     ``row_max`` is in the logits' units (base 2 with ``base2``, and then so is the returned ``lse``). A row
-    whose sum is 0 saw no allowed key: its output is 0 and its lse ``-inf``. Works inside kernels.
+    whose sum is 0 saw no allowed key: its output is 0 and its lse ``-inf``. Works inside kernels;
+    ``broadcast(row_vector, acc.shape)`` spreads a row vector over ``acc`` where a kernel language needs it
+    spelled its own way (default ``row_vector[..., None]``).
     """
     seen = row_sum > 0
     safe = jnp.where(seen, row_sum, 1.0)
     inverse = jnp.where(seen, 1.0 / safe, 0.0)
     log = jnp.log2 if base2 else jnp.log
     lse = jnp.where(seen, row_max + log(safe), -jnp.inf)
-    return acc * inverse[..., None], lse
+    spread = inverse[..., None] if broadcast is None else broadcast(inverse, acc.shape)
+    return acc * spread, lse
 
 
 def recompute_lse(lse: Any) -> Any:

@@ -1,0 +1,7 @@
+"""Flash attention for Hopper GPUs written with Pallas' Mosaic-GPU backend (platform "mosaic_gpu").
+
+``spec`` registers it; ``interface`` holds the public entry points; ``plan`` the call's static plan;
+``blocks`` the block-size heuristic; ``tiles`` the in-kernel tile helpers; ``compat`` the differences
+between jax versions and between the device and the interpreter; ``forward`` the warp-specialised
+kernel; ``flash`` the ``custom_vjp`` (its backward is the Triton backend's kernels for now).
+"""

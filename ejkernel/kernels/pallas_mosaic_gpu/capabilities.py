@@ -1,0 +1,37 @@
+"""What the Mosaic-GPU flash attention serves, forward and backward together; any other call goes to the
+next implementation (Triton, then XLA) before tracing:
+
+- dtypes bfloat16 and float16 (wgmma's 16-bit operands; float32 goes to Triton);
+- head dims up to 256 with ``Dv == D`` (padded inside to 64, 128 or 256, the multiples of the 128-byte
+  swizzle);
+- causal and sliding window (fully masked blocks skipped, edge blocks masked element by element), GQA/MQA
+  without K/V repetition, any ``Sq``/``Skv`` (padded to block multiples, the padding masked);
+- not yet: bias, mask, soft cap, sinks, dropout, segment ids, key lengths, a narrow softmax.
+
+The backward is the Triton backend's kernels (``flash``), which serve all of the above.
+"""
+
+from __future__ import annotations
+
+from ejkernel.ops.attention.features import AttentionCapabilities, AttentionFeatures
+
+__all__ = ["CAPABILITIES", "MAX_HEAD_DIM"]
+
+MAX_HEAD_DIM = 256
+
+
+def _head_dims(f: AttentionFeatures) -> str | None:
+    if f.head_dim > MAX_HEAD_DIM:
+        return f"head_dim {f.head_dim} above {MAX_HEAD_DIM} does not fit the Mosaic-GPU kernel's shared memory"
+    return None
+
+
+CAPABILITIES = AttentionCapabilities(
+    dtypes=frozenset({"bfloat16", "float16"}),
+    head_dims=None,
+    different_v_head_dim=False,
+    causal=True,
+    window=True,
+    softmax_dtypes=frozenset({"float32"}),
+    extra_check=_head_dims,
+)

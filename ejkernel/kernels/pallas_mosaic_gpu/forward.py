@@ -1,0 +1,208 @@
+"""The forward kernel: warp-specialised flash attention for Hopper (one CTA per 128 query rows of a head).
+
+Operands are whole arrays padded by ``flash``: ``q [B, Sq, Hq, D]``, ``k``/``v [B, Skv, Hkv, D]``.
+Outputs: ``out [B, Sq, Hq, D]`` and ``lse [B, Hq, Sq]``, the natural-log log-sum-exp, both from
+``merge.normalize_rows`` (a row with no allowed key has ``out = 0`` and ``lse = -inf``).
+
+Each CTA runs three warpgroups:
+
+- warpgroup 2, the producer, gives up registers and streams the CTA's key blocks (``tiles.key_blocks``
+  of its ``2 * block_q`` rows) of K and V by TMA into a ring of ``stages`` shared-memory slots; slot
+  ``s`` has a ``ready`` barrier per operand (the TMA completes it) and a ``free`` one (both consumers
+  arrive when done reading);
+- warpgroups 0 and 1, the consumers, each own ``block_q`` query rows. Each walks every block of the CTA's
+  range in order, so that it waits and arrives on every slot once (the barriers' phases stay in step),
+  and computes only its own rows' blocks: masked element by element at the edges (``tiles.mask_tile``),
+  unmasked inside, passed over outside. S = Q·Kᵀ and O += P·V are wgmmas into float32 accumulators
+  (``compat``), the online softmax is float32 in base 2.
+- a schedule barrier alternates the consumers: one issues its wgmmas while the other does its softmax.
+
+GQA reads K/V head ``h // group`` (``layouts.kv_head``); nothing is repeated.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from ejkernel.kernels.pallas_mosaic_gpu.blocks import ForwardBlocks
+from ejkernel.kernels.pallas_mosaic_gpu.compat import accumulate_pv, interpret_params, scores, with_layout
+from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
+from ejkernel.kernels.pallas_mosaic_gpu.tiles import NEG_INIT, i32, key_blocks, mask_tile, nested_in, rows
+from ejkernel.ops.attention.layouts import kv_head
+from ejkernel.ops.attention.logits import transform_logits
+from ejkernel.ops.attention.merge import normalize_rows
+
+__all__ = ["forward_call"]
+
+CONSUMERS = 2
+# Registers per thread after reallocation (jax's Hopper attention uses the same split): the consumers hold
+# the accumulators, the producer only issues copies.
+CONSUMER_REGISTERS = 232
+PRODUCER_REGISTERS = 40
+
+
+def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scoped, *, p: Plan, c: ForwardBlocks):
+    (q_smem2, k_smem, v_smem, lse_smem2), (k_ready, v_ready, q_ready), (k_free, v_free), schedule_bar = scoped
+    bq, bk, stages = c.block_q, c.block_k, c.stages
+    b, h, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
+    cta_first = lax.axis_index("q_seq") * (CONSUMERS * bq)
+    cta = key_blocks(p, cta_first, CONSUMERS * bq, bk)
+    lo, hi = cta[0], cta[3]
+
+    def slot_of(kb):
+        return lax.rem(kb - lo, i32(stages))
+
+    def schedule():
+        if c.schedule_barrier:
+            plgpu.barrier_arrive(schedule_bar)
+            plgpu.barrier_wait(schedule_bar)
+
+    @pl.when(wg < CONSUMERS)
+    def _consumer():
+        if not p.interpret:
+            plgpu.set_max_registers(CONSUMER_REGISTERS, action="increase")
+        q_smem, lse_smem = q_smem2.at[wg], lse_smem2.at[wg]
+        q_first = cta_first + wg * bq
+        plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q_first, bq), h], q_smem, q_ready.at[wg])
+        plgpu.barrier_wait(q_ready.at[wg])
+        own_lo, interior_lo, interior_hi, own_hi = nested_in(cta, key_blocks(p, q_first, bq, bk))
+
+        def step(kb, carry, mode: str):
+            slot = slot_of(kb)
+            plgpu.barrier_wait(k_ready.at[slot])
+            if mode == "pass":  # not this warpgroup's block: let the slot go, keep the schedule in step
+                plgpu.barrier_wait(v_ready.at[slot])
+                plgpu.barrier_arrive(k_free.at[slot])
+                plgpu.barrier_arrive(v_free.at[slot])
+                schedule()
+                schedule()
+                return carry
+            acc, m, denom = carry
+            s = scores(q_smem, k_smem.at[slot], p.interpret, after_issue=schedule)
+            plgpu.barrier_arrive(k_free.at[slot])
+            s2, _ = transform_logits(s, p.softmax_scale, base2=True)
+            if mode == "masked":
+                s2 = mask_tile(p, s2, q_first, kb * bk)
+            m_new = jnp.maximum(m, s2.max(axis=1))
+            alpha = jnp.exp2(m - m_new)
+            prob = jnp.exp2(s2 - rows(m_new, s2.shape))
+            acc = acc * rows(alpha, acc.shape)
+            denom = denom * alpha + prob.sum(axis=1)
+            prob = prob.astype(q_smem.dtype)
+            if c.schedule_barrier:
+                plgpu.barrier_arrive(schedule_bar)  # softmax done
+            plgpu.barrier_wait(v_ready.at[slot])
+            if c.schedule_barrier:
+                plgpu.barrier_wait(schedule_bar)  # the other consumer's wgmmas are issued
+            acc = accumulate_pv(acc, prob, v_smem.at[slot], p.interpret)
+            plgpu.barrier_arrive(v_free.at[slot])
+            return acc, m_new, denom
+
+        row_layout = plgpu.Layout.WGMMA.reduce(1)
+        carry = (
+            with_layout(jnp.zeros((bq, p.head_dim), jnp.float32), plgpu.Layout.WGMMA, p.interpret),
+            with_layout(jnp.full((bq,), NEG_INIT, jnp.float32), row_layout, p.interpret),
+            with_layout(jnp.zeros((bq,), jnp.float32), row_layout, p.interpret),
+        )
+        pl.when(wg == 1)(schedule)
+        for start, stop, mode in (
+            (lo, own_lo, "pass"),
+            (own_lo, interior_lo, "masked"),
+            (interior_lo, interior_hi, "interior"),
+            (interior_hi, own_hi, "masked"),
+            (own_hi, hi, "pass"),
+        ):
+            carry = lax.fori_loop(start, stop, functools.partial(step, mode=mode), carry)
+        pl.when(wg == 0)(schedule)
+
+        acc, m, denom = carry
+        # m is in base 2: m * ln 2 is the natural-log max, so lse comes out in natural log.
+        out, lse = normalize_rows(acc, m * math.log(2.0), denom, broadcast=rows)
+        q_smem[...] = out.astype(q_smem.dtype)
+        lse_smem[...] = lse
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(q_smem, o_ref.at[b, pl.ds(q_first, bq), h])
+        plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[b, h, pl.ds(q_first, bq)])
+        plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == CONSUMERS)
+    def _producer():
+        if not p.interpret:
+            plgpu.set_max_registers(PRODUCER_REGISTERS, action="decrease")
+        hkv = kv_head(h, p.group)
+
+        def load(kb, wait_free: bool):
+            slot = slot_of(kb)
+            keys = (b, pl.ds(kb * bk, bk), hkv)
+            if wait_free:
+                plgpu.barrier_wait(k_free.at[slot])
+            plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem.at[slot], k_ready.at[slot])
+            if wait_free:
+                plgpu.barrier_wait(v_free.at[slot])
+            plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem.at[slot], v_ready.at[slot])
+
+        for i in range(stages):  # fill the ring
+            pl.when(lo + i < hi)(functools.partial(load, lo + i, False))
+
+        def refill(kb, carry):
+            load(kb, True)
+            return carry
+
+        lax.fori_loop(lo + stages, jnp.maximum(hi, lo + stages), refill, None)
+
+        def drain(kb, carry):  # every phase of a barrier is observed (the interpreter checks it)
+            plgpu.barrier_wait(k_free.at[slot_of(kb)])
+            plgpu.barrier_wait(v_free.at[slot_of(kb)])
+            return carry
+
+        lax.fori_loop(jnp.maximum(lo, hi - stages), hi, drain, None)
+
+
+def _entry(q_ref, k_ref, v_ref, o_ref, lse_ref, *, p: Plan, c: ForwardBlocks):
+    dtype = q_ref.dtype
+    swizzle = 128  # bytes: one row of a tile is 64 two-byte elements
+    transforms = (plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)), plgpu.SwizzleTransform(swizzle))
+    d = p.head_dim
+    pl.run_scoped(
+        lambda *scoped: _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scoped, p=p, c=c),
+        (
+            plgpu.SMEM((CONSUMERS, c.block_q, d), dtype, transforms=transforms),
+            plgpu.SMEM((c.stages, c.block_k, d), dtype, transforms=transforms),
+            plgpu.SMEM((c.stages, c.block_k, d), dtype, transforms=transforms),
+            plgpu.SMEM((CONSUMERS, c.block_q), jnp.float32),
+        ),
+        (
+            plgpu.Barrier(num_barriers=c.stages),
+            plgpu.Barrier(num_barriers=c.stages),
+            plgpu.Barrier(num_barriers=CONSUMERS),
+        ),
+        (plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=c.stages),) * 2,
+        plgpu.Barrier(num_arrivals=CONSUMERS),
+        collective_axes="wg",
+    )
+
+
+def forward_call(p: Plan, c: ForwardBlocks, q, k, v):
+    """``(out [B, Sq_pad, Hq, D], lse [B, Hq, Sq_pad] float32, natural log)`` for padded operands."""
+    out_type = (
+        jax.ShapeDtypeStruct(q.shape, q.dtype),
+        jax.ShapeDtypeStruct((p.batch, p.num_q_heads, p.q_len_pad), jnp.float32),
+    )
+    kernel = plgpu.kernel(
+        functools.partial(_entry, p=p, c=c),
+        out_type=out_type,
+        grid=(p.num_q_heads, p.q_len_pad // c.q_multiple, p.batch),
+        grid_names=("heads", "q_seq", "batch"),
+        num_threads=CONSUMERS + 1,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+        interpret=interpret_params(p.interpret),
+    )
+    return kernel(q, k, v)

@@ -1,0 +1,140 @@
+"""Entry points of the Mosaic-GPU (Hopper) flash attention.
+
+- ``flash_attention``: the reference parameters plus keyword-only ``forward_blocks`` (``blocks.ForwardBlocks``),
+  ``backward_blocks`` (the Triton backward's ``pallas_triton.blocks.BlockSizes``) and ``interpret``;
+  returns ``(out, None)``.
+- ``flash_attention_with_lse``: ``(out, lse)`` with ``lse [B, Sq, Hq]`` float32, the natural log of each
+  row's softmax denominator (``-inf`` for an empty row), differentiable in both outputs.
+- ``registered_attention(interpret)`` / ``registered_attention_with_lse``: the registered implementations.
+
+Calls outside ``capabilities.CAPABILITIES`` raise ``NotImplementedError`` here; through the registry they
+go to the next implementation (Triton, then XLA).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+from jax import Array
+
+from ejkernel.kernels.pallas_mosaic_gpu.blocks import ForwardBlocks, choose_forward_blocks, padded_head_dim
+from ejkernel.kernels.pallas_mosaic_gpu.capabilities import CAPABILITIES
+from ejkernel.kernels.pallas_mosaic_gpu.flash import Blocks, flash_with_lse
+from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
+from ejkernel.kernels.pallas_triton.blocks import BlockSizes, choose_block_sizes
+from ejkernel.kernels.pallas_triton.flash import pad_axis
+from ejkernel.ops.attention.call import AttentionCall
+from ejkernel.ops.attention.derivatives import reverse_mode_only
+from ejkernel.ops.attention.features import AttentionFeatures
+from ejkernel.ops.attention.signature import entry_point
+
+__all__ = [
+    "flash_attention",
+    "flash_attention_with_lse",
+    "flash_with_lse_call",
+    "registered_attention",
+    "registered_attention_with_lse",
+    "plan_for",
+]
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def plan_for(
+    f: AttentionFeatures, forward_blocks: ForwardBlocks | None, backward_blocks: BlockSizes | None, interpret: bool
+) -> tuple[Plan, Blocks]:
+    """The kernel's static plan and blocks for a call it serves; sequences are padded to a multiple of
+    every pass's blocks (the forward's and the Triton backward's)."""
+    d = padded_head_dim(f.head_dim)
+    fwd = forward_blocks or choose_forward_blocks(d, f.kv_len)
+    bwd = backward_blocks or choose_block_sizes(d, d, f.q_len, f.kv_len, jnp.dtype(f.dtype).itemsize, causal=f.causal)
+    p = Plan(
+        batch=f.batch,
+        q_len=f.q_len,
+        kv_len=f.kv_len,
+        q_len_pad=_round_up(f.q_len, max(fwd.q_multiple, bwd.q_multiple)),
+        kv_len_pad=_round_up(f.kv_len, max(fwd.block_k, bwd.kv_multiple)),
+        num_q_heads=f.num_q_heads,
+        num_kv_heads=f.num_kv_heads,
+        head_dim=d,
+        softmax_scale=f.softmax_scale,
+        causal=f.causal,
+        window=f.window,
+        interpret=bool(interpret),
+    )
+    return p, Blocks(fwd, bwd)
+
+
+def flash_with_lse_call(
+    call: AttentionCall,
+    *,
+    forward_blocks: ForwardBlocks | None = None,
+    backward_blocks: BlockSizes | None = None,
+    interpret: bool = False,
+) -> tuple[Array, Array]:
+    """``(out [B, Sq, Hq, D], lse [B, Sq, Hq])`` of a validated call the kernel serves."""
+    f = call.features
+    p, c = plan_for(f, forward_blocks, backward_blocks, interpret)
+    compute = jnp.dtype(f.dtype)
+
+    def padded(x, length):
+        return pad_axis(pad_axis(x.astype(compute), 1, length), 3, p.head_dim)
+
+    q, k, v = padded(call.query, p.q_len_pad), padded(call.key, p.kv_len_pad), padded(call.value, p.kv_len_pad)
+    with reverse_mode_only("the Mosaic-GPU flash attention"):
+        out, lse = flash_with_lse(p, c, q, k, v)
+    return out[:, : f.q_len, :, : f.v_head_dim], lse[:, : f.q_len]
+
+
+def _without_lse(call: AttentionCall, **extras: Any) -> tuple[Array, None]:
+    return flash_with_lse_call(call, **extras)[0], None
+
+
+_EXTRAS = {"forward_blocks": None, "backward_blocks": None, "interpret": False}
+
+flash_attention_with_lse = entry_point(
+    flash_with_lse_call,
+    name="ejkernel.kernels.pallas_mosaic_gpu.flash_attention_with_lse",
+    extras=_EXTRAS,
+    capabilities=CAPABILITIES,
+    doc="""``(out, lse)``; see ``flash_attention`` for the arguments.""",
+)
+
+flash_attention = entry_point(
+    _without_lse,
+    name="ejkernel.kernels.pallas_mosaic_gpu.flash_attention",
+    extras=_EXTRAS,
+    capabilities=CAPABILITIES,
+    doc="""Flash attention on Hopper GPUs with the semantics of the XLA reference (``docs/semantics.rst``).
+
+    The parameters are the reference's (``ejkernel.kernels.xla.reference.attention``), plus:
+
+    Args:
+      forward_blocks: the forward kernel's ``blocks.ForwardBlocks``; ``None`` uses ``blocks.choose_forward_blocks``.
+      backward_blocks: the (Triton) backward's ``pallas_triton.blocks.BlockSizes`` (only ``dkv`` and ``dq``
+        are used); ``None`` uses ``pallas_triton.blocks.choose_block_sizes``.
+      interpret: ``True`` runs Mosaic-GPU's and Pallas' interpreters (the CPU in tests).
+
+    Returns:
+      ``(output [B, Sq, Hq, D], None)``.
+
+    Raises:
+      ValueError, TypeError: bad arguments (``validate_attention``), at trace time.
+      NotImplementedError: a call outside ``CAPABILITIES`` (bias, mask, sinks, soft cap, float32, ...).
+    """,
+)
+
+
+def registered_attention(interpret: Any) -> Callable[[AttentionCall], tuple[Array, None]]:
+    """The registered implementation: a validated call in, ``(output, None)`` out, the heuristic's blocks."""
+    return functools.partial(_without_lse, interpret=interpret)
+
+
+def registered_attention_with_lse(interpret: Any) -> Callable[[AttentionCall], tuple[Array, Array]]:
+    """The registered ``attention_with_lse``: a validated call in, ``(output, lse [B, Sq, Hq])`` out."""
+    return functools.partial(flash_with_lse_call, interpret=interpret)

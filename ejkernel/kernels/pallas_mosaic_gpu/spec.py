@@ -1,0 +1,56 @@
+"""Registry record of the Mosaic-GPU flash attention (platform "mosaic_gpu", Hopper GPUs).
+
+Importing this module does not import Pallas: ``build`` loads the kernel on first use. What it serves is
+``capabilities.CAPABILITIES``; ``available`` accepts compute capability 9.x only (wgmma, TMA and register
+reallocation are Hopper's; Blackwell has its own instructions). It ranks between Triton (100) and cuDNN
+(110): above the Triton kernel it is meant to beat, below cuDNN where cuDNN equals our semantics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ejkernel.kernels.pallas_mosaic_gpu.capabilities import CAPABILITIES
+from ejkernel.platform import cuda_major_reason
+from ejkernel.registry import KernelSpec
+
+__all__ = ["SPEC", "SPEC_WITH_LSE", "SPECS", "HOPPER"]
+
+HOPPER = 9
+
+
+def _available() -> str | None:
+    """``None`` on a CUDA GPU of compute capability 9.x, else why not."""
+    return cuda_major_reason(HOPPER)
+
+
+def _build(interpret: bool):
+    from ejkernel.kernels.pallas_mosaic_gpu.interface import registered_attention
+
+    return registered_attention(interpret)
+
+
+def _build_with_lse(interpret: bool):
+    from ejkernel.kernels.pallas_mosaic_gpu.interface import registered_attention_with_lse
+
+    return registered_attention_with_lse(interpret)
+
+
+SPEC = KernelSpec(
+    name="attention",
+    platform="mosaic_gpu",
+    variant="default",
+    priority=105,
+    devices=frozenset({"cuda"}),
+    build=_build,
+    capabilities=CAPABILITIES,
+    uses_pallas=True,
+    description="Pallas Mosaic-GPU flash attention for Hopper: TMA ring, wgmma, warp specialisation; "
+    "causal/window skipping, GQA; backward by the Triton kernels",
+    available=_available,
+)
+
+#: The same kernel as ``attention_with_lse``: ``(output, lse [B, Sq, Hq])``, differentiable in both.
+SPEC_WITH_LSE = dataclasses.replace(SPEC, name="attention_with_lse", build=_build_with_lse)
+
+SPECS = (SPEC, SPEC_WITH_LSE)

@@ -1,0 +1,65 @@
+"""The kernel's view of the shared rules: block ranges of a CTA and of each consumer, the edge-tile mask,
+and row vectors broadcast over a tile.
+
+Logits are in base 2 (``logits.transform_logits(..., base2=True)``) so the softmax uses ``exp2``. Masked
+entries are ``-inf`` and the running max starts at the finite ``NEG_INIT``, so a row that has seen no
+allowed key keeps ``p = exp2(-inf - NEG_INIT) = 0`` with no extra select.
+
+The producer streams the key blocks of the whole CTA (``masks.key_blocks`` of its ``2 * block_q`` rows);
+each consumer visits its own rows' blocks (``masks.key_blocks`` of its ``block_q`` rows), nested inside
+the CTA's by ``nested_in``, and only lets the ring's other slots pass. Every index is int32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from jax import lax
+
+from ejkernel.kernels.pallas_mosaic_gpu.compat import iota
+from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
+from ejkernel.ops.attention import masks
+
+__all__ = ["NEG_INIT", "i32", "key_blocks", "nested_in", "rows", "mask_tile"]
+
+NEG_INIT = -1e30  # initial running max: below every finite logit, above -inf
+
+
+def i32(x: Any) -> Any:
+    """``x`` as an int32 scalar (a Python int would become int64 under ``jax_enable_x64``)."""
+    return jnp.asarray(x, jnp.int32)
+
+
+def key_blocks(p: Plan, q_first: Any, num_rows: int, block_k: int) -> tuple[Any, Any, Any, Any]:
+    """``masks.key_blocks`` ``(lo, interior_lo, interior_hi, hi)`` of the rows ``[q_first, q_first + num_rows)``."""
+    q_first = i32(q_first)
+    return masks.key_blocks(q_first, q_first + (num_rows - 1), block_k, p.q_len, p.kv_len, p.causal, p.window)
+
+
+def nested_in(outer: tuple[Any, Any, Any, Any], inner: tuple[Any, Any, Any, Any]) -> tuple[Any, Any, Any, Any]:
+    """``inner``'s blocks clipped into ``outer``'s ``[lo, hi)`` (an empty ``inner`` may sit outside it).
+
+    Clipping drops nothing: a block outside the CTA's range holds no allowed pair of any of its rows.
+    """
+    lo, hi = outer[0], outer[3]
+    a = jnp.clip(inner[0], lo, hi)
+    d = jnp.clip(inner[3], a, hi)
+    b = jnp.clip(inner[1], a, d)
+    c = jnp.clip(inner[2], b, d)
+    return a, b, c, d
+
+
+def rows(x: Any, shape: tuple[int, int]) -> Any:
+    """A per-row vector ``[rows]`` broadcast over a ``[rows, cols]`` tile (what Mosaic-GPU lowers from the
+    wgmma row layout)."""
+    return lax.broadcast_in_dim(x, shape, (0,))
+
+
+def mask_tile(p: Plan, s2: Any, q_first: Any, k_first: Any) -> Any:
+    """``s2`` with the pairs ``masks.valid_pairs`` rules out (causal, window, keys past ``kv_len``) at ``-inf``."""
+    shape = s2.shape
+    q_idx = q_first + iota(shape, 0, p.interpret)
+    k_idx = k_first + iota(shape, 1, p.interpret)
+    ok = masks.valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window)
+    return jnp.where(ok, s2, -jnp.inf)

@@ -1,0 +1,168 @@
+"""The Mosaic-GPU (Hopper) flash attention in Mosaic-GPU's CPU interpreter, against the float32 oracle.
+
+The interpreter runs the warp-specialised kernel itself (three warpgroups, the TMA ring and every barrier
+simulated, phases checked at deallocation); only its two products are spelled as ``lax.dot_general`` of
+the shared-memory tiles instead of ``wgmma`` (``compat``: the interpreter has no transposed or register
+wgmma operand). The backward is the Triton kernels', in Pallas' interpreter.
+
+The interpreter takes ~10 s per small call, too slow for hypothesis: a few hand-picked cases instead, each
+spanning several key blocks with a ragged tail, together covering causal (with empty rows), a window,
+non-causal, GQA and MQA, head dims 64 and 128, bfloat16 and float16, forward and gradients. The tolerances
+are ``tests/test_triton_attention.py``'s (what the 16-bit dtypes promise against the float32 oracle).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import ejkernel
+from ejkernel.check import CheckCase, make_inputs
+from ejkernel.errors import FallbackWarning
+from ejkernel.kernels.pallas_mosaic_gpu import blocks
+from ejkernel.kernels.pallas_mosaic_gpu.interface import flash_attention, flash_attention_with_lse
+from ejkernel.kernels.pallas_mosaic_gpu.spec import SPEC
+from parity import assert_matches_oracle
+
+TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3}
+# 64-key blocks: more blocks per call at the interpreter's small sizes.
+NARROW = blocks.ForwardBlocks(block_q=64, block_k=64, stages=2)
+
+
+def _narrow(**kwargs):
+    return flash_attention(**kwargs, forward_blocks=NARROW, interpret=True)
+
+
+def _registered():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        return ejkernel.get_kernel("attention", "mosaic_gpu", interpret=True)
+
+
+CASES = [
+    # Sq < Skv, causal bottom-right, GQA, ragged: 2 CTAs, 5 key blocks, the last one cut.
+    (
+        CheckCase(
+            "causal-gqa", batch=1, q_len=200, kv_len=300, num_q_heads=2, num_kv_heads=1, head_dim=64, causal=True
+        ),
+        "bfloat16",
+    ),
+    # Sq > Skv causal: the first 70 rows see no key (out 0, lse -inf, zero gradients); float16.
+    (
+        CheckCase(
+            "causal-empty-rows", batch=1, q_len=200, kv_len=130, num_q_heads=1, num_kv_heads=1, head_dim=64, causal=True
+        ),
+        "float16",
+    ),
+    # A two-sided window: blocks skipped on both sides, edge blocks masked, interior ones not.
+    (
+        CheckCase(
+            "window",
+            batch=1,
+            q_len=256,
+            kv_len=256,
+            num_q_heads=1,
+            num_kv_heads=1,
+            head_dim=64,
+            sliding_window=(40, 70),
+        ),
+        "bfloat16",
+    ),
+]
+
+
+@pytest.mark.parametrize("case,dtype", CASES, ids=[c.name for c, _ in CASES])
+def test_parity_narrow_blocks(case, dtype):
+    assert_matches_oracle(_narrow, case, dtype, TOLERANCE[dtype])
+
+
+def test_parity_through_the_registry_default_blocks():
+    """Non-causal MQA at D=128 with the heuristic's 128-key blocks (two, the second ragged), float16."""
+    case = CheckCase("plain-mqa-d128", batch=1, q_len=100, kv_len=190, num_q_heads=2, num_kv_heads=1, head_dim=128)
+    kernel = _registered()
+    assert kernel.explain(**make_inputs(case), dtype="float16").chosen.platform == "mosaic_gpu"
+    assert_matches_oracle(kernel, case, "float16", TOLERANCE["float16"])
+
+
+def test_lse_is_natural_and_minus_inf_for_empty_rows():
+    case = CheckCase("lse", batch=1, q_len=80, kv_len=40, num_q_heads=1, num_kv_heads=1, head_dim=64, causal=True)
+    args = make_inputs(case)
+    out, lse = flash_attention_with_lse(**args, dtype="bfloat16", interpret=True)
+    _, want = ejkernel.get_kernel("attention_with_lse", "xla")(**args, dtype="bfloat16")
+    assert lse.shape == (1, 80, 1) and lse.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isneginf(lse[0, :40]))) and bool(jnp.all(out[0, :40] == 0))
+    assert bool(jnp.all(jnp.isneginf(want[0, :40])))
+    assert float(jnp.max(jnp.abs(lse[0, 40:] - want[0, 40:]))) < 2e-2
+
+
+def _decide(**overrides):
+    case = CheckCase("cap", batch=1, q_len=64, kv_len=64, num_q_heads=2, num_kv_heads=1, head_dim=64)
+    args = make_inputs(case)
+    args.update(overrides.pop("args", {}), **overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        return ejkernel.get_kernel("attention", interpret=True).explain(**args)
+
+
+def test_served_calls_pick_mosaic_gpu_and_the_rest_go_elsewhere():
+    """With ``interpret=True`` every Pallas backend can run here, so "auto" ranks mosaic_gpu (105) first; a
+    feature it does not declare hands the call on before tracing (on a Hopper GPU: to triton)."""
+    assert SPEC.priority == 105
+    assert _decide(dtype="bfloat16", causal=True).chosen.platform == "mosaic_gpu"
+    bias = jnp.zeros((1, 2, 64, 64), jnp.float32)
+    for overrides, reason in [
+        ({"dtype": "bfloat16", "args": {"bias": bias}}, "bias"),
+        ({"dtype": "float32"}, "dtype float32"),
+        ({"dtype": "bfloat16", "logits_soft_cap": 5.0}, "logits_soft_cap"),
+        ({"dtype": "bfloat16", "softmax_aux": jnp.zeros((2,), jnp.float32)}, "sinks"),
+    ]:
+        decision = _decide(**overrides)
+        assert decision.chosen.platform not in ("mosaic_gpu", "xla"), str(decision)
+        assert any(label == "mosaic_gpu" and reason in why for label, why in decision.rejected), str(decision)
+
+
+def test_named_platform_falls_back_with_a_warning_that_says_why():
+    case = CheckCase("bias", batch=1, q_len=64, kv_len=64, num_q_heads=2, num_kv_heads=1, head_dim=64, bias_shape="1,q")
+    args = make_inputs(case)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        out, _ = ejkernel.attention(**args, dtype="bfloat16", platform="mosaic_gpu", interpret=True)
+    messages = [str(w.message) for w in record if issubclass(w.category, FallbackWarning)]
+    assert len(messages) == 1 and "xla serves this call" in messages[0] and "bias" in messages[0], messages
+    want, _ = ejkernel.attention(**args, dtype="bfloat16", platform="xla")
+    assert bool(jnp.all(out == want))
+
+
+def test_not_available_without_a_hopper_gpu():
+    assert "GPU" in (SPEC.available() or "") or "compute capability" in (SPEC.available() or "")
+    assert SPEC.hardware_reason("cpu", interpret=False) is not None
+    assert SPEC.hardware_reason("cpu", interpret=True) is None
+
+
+def test_entry_point_refuses_what_it_does_not_serve():
+    case = CheckCase("dv", batch=1, q_len=64, kv_len=64, num_q_heads=1, num_kv_heads=1, head_dim=64, v_head_dim=32)
+    with pytest.raises(NotImplementedError, match="value head_dim"):
+        flash_attention(**make_inputs(case), dtype="bfloat16", interpret=True)
+
+
+def test_block_heuristic_fits_shared_memory():
+    for d in blocks.HEAD_DIMS:
+        c = blocks.choose_forward_blocks(d, 4096)
+        assert blocks.smem_bytes(d, 2, c) <= blocks.SMEM_LIMIT, (d, c)
+    assert blocks.choose_forward_blocks(128, 50).block_k == 64
+    assert blocks.padded_head_dim(96) == 128
+    with pytest.raises(ValueError, match="block_k"):
+        blocks.ForwardBlocks(block_k=96)
+
+
+def test_jit_of_the_registered_kernel():
+    case = CheckCase("jit", batch=1, q_len=64, kv_len=64, num_q_heads=1, num_kv_heads=1, head_dim=64, causal=True)
+    args = make_inputs(case)
+    kernel = _registered()
+    q, k, v = args["query"], args["key"], args["value"]
+    out = jax.jit(lambda q, k, v: kernel(q, k, v, causal=True, dtype="bfloat16")[0])(q, k, v)
+    want = ejkernel.attention(q, k, v, causal=True, dtype="bfloat16", platform="xla")[0]
+    assert float(jnp.max(jnp.abs(out.astype(jnp.float32) - want.astype(jnp.float32)))) < 2e-2
