@@ -254,9 +254,9 @@ class Kernel:
         return self.algorithm.bind(bound.arguments)
 
     def _decide(self, features: Any) -> Decision:
-        """The first capable candidate by priority; under ``"auto"``, the fastest capable one where the
-        algorithm has measured speeds for the call (capable candidates without a measurement rank after
-        the measured ones, by priority)."""
+        """The first capable candidate by priority. Under ``"auto"``, where the algorithm has measured speeds
+        for the call, the measured capable candidates are reordered fastest first among the places they hold
+        in the priority order; a capable candidate with no measurement keeps its place."""
         rejected = list(self._hardware_rejected)
         speeds = {}
         if self.requested == "auto" and self.algorithm.measured_speeds is not None:
@@ -277,13 +277,13 @@ class Kernel:
                 + "; ".join(f"{label}: {reason}" for label, reason in rejected)
             )
         measured = sorted((s for s in capable if s.label in speeds), key=lambda s: -speeds[s.label])
-        if not measured:
-            return Decision(self.requested, capable[0], features, tuple(rejected), self.interpret)
-        ranked = tuple((s.label, speeds[s.label]) for s in measured)
-        # Only the candidates ranked above the choice by priority and rejected for features are reasons.
-        above = {s.label for s in self.candidates[: self.candidates.index(measured[0])]}
+        chosen, ranked = capable[0], ()
+        if len(measured) > 1 and capable[0] in measured:  # the first place is the table's to fill
+            chosen, ranked = measured[0], tuple((s.label, speeds[s.label]) for s in measured)
+        # The reasons: candidates above the choice in priority order (those below were only checked for speed).
+        above = {s.label for s in self.candidates[: self.candidates.index(chosen)]}
         rejected = [r for r in rejected if r[0] in above or r in self._hardware_rejected]
-        return Decision(self.requested, measured[0], features, tuple(rejected), self.interpret, ranked)
+        return Decision(self.requested, chosen, features, tuple(rejected), self.interpret, ranked)
 
     def explain(self, *args: Any, **kwargs: Any) -> Decision:
         """The decision a call with these arguments would get (arrays or ``jax.ShapeDtypeStruct``)."""

@@ -174,15 +174,17 @@ def test_auto_picks_the_fastest_measured_capable_implementation(register, monkey
         ejkernel.attention(**plain)
     assert not [w for w in record if issubclass(w.category, FallbackWarning)] and log[-1] == ("call", "testsecond")
 
-    # A platform the table does not know ranks after the measured ones.
-    rates.pop("testsecond")
-    assert ejkernel.explain(**plain).chosen.platform == "testfirst"
-
     # Capabilities still come first: testfirst cannot serve causal, testsecond can.
     rates.update(testsecond=100.0, testfirst=900.0)
     decision = ejkernel.explain(**plain, causal=True)
-    assert decision.chosen.platform == "testsecond" and decision.speeds == (("testsecond", 100.0),)
+    assert decision.chosen.platform == "testsecond"
     assert [label for label, _ in decision.rejected] == ["testfirst"]
+
+    # A capable platform the table does not know keeps its place in the priority order.
+    register(_fake_spec("testunmeasured", 950, log))
+    rates.update(testsecond=500.0, testfirst=300.0)
+    assert ejkernel.explain(**plain).chosen.platform == "testsecond"  # testfirst's place, measured slower
+    assert ejkernel.explain(**plain, causal=True).chosen.platform == "testunmeasured"  # now the first place
 
     # A named platform is what the user asked for: the table does not override it.
     rates.update(testsecond=500.0, testfirst=300.0)
