@@ -3,6 +3,7 @@
     python benchmarks/mosaic_gpu_probe.py                 # everything
     python benchmarks/mosaic_gpu_probe.py --quick         # compile + 3 parity cases + 2 timing cells
     python benchmarks/mosaic_gpu_probe.py causal-gqa-d128 time-b2-s8192-d128-causal   # named cases only
+    python benchmarks/mosaic_gpu_probe.py --native        # the native backward: compile, parity, speed
     python benchmarks/mosaic_gpu_probe.py --list          # the case names
 
 Stages, each case in its own try/except that prints the exception (type and first lines) and goes on,
@@ -19,6 +20,15 @@ every line flushed as it finishes:
    warm-up, then ``--rounds`` rounds of ``--calls`` back-to-back jitted calls and one ``block_until_ready``,
    the median round.
 5. ``blocks-*``: the forward at B2 S8192 H16 D128 with other ``ForwardBlocks`` (tuning data).
+
+The native backward (``backward="mosaic"``, not yet the default) has its own stages, all in ``--native``:
+
+- ``compile-bwd-d64``, ``compile-bwd-d128``: its dK/dV and dQ kernels alone, compiled and run once on
+  all-ones inputs (in a child process of their own, so a hang skips only the native stages);
+- ``parity-native-*``: ``parity-*``'s cells (head dims up to 128) with ``backward="mosaic"``;
+- ``time-native-*``: ``time-*``'s cells (head dims up to 128), forward and forward+backward of the
+  forward with the Triton backward (the default), with the native backward, and cuDNN, side by side;
+- ``bwd-blocks-*``: forward+backward at B2 S8192 H16 D128 causal with other ``BackwardBlocks``.
 """
 
 from __future__ import annotations
@@ -99,6 +109,32 @@ def compile_forward(d: int) -> None:
         )
 
 
+def compile_backward(d: int) -> None:
+    from ejkernel.kernels.pallas_mosaic_gpu.backward import backward_call
+    from ejkernel.kernels.pallas_mosaic_gpu.blocks import choose_backward_blocks
+    from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
+
+    c = choose_backward_blocks(d)
+    for causal in (False, True):
+        p = Plan(1, 1024, 1024, 1024, 1024, 4, 2, d, 1 / math.sqrt(d), causal, None, False)
+        q = jnp.ones((1, 1024, 4, d), jnp.bfloat16)
+        k = jnp.ones((1, 1024, 2, d), jnp.bfloat16)
+        lse = jnp.zeros((1, 4, 1024), jnp.float32)
+        d_lse = jnp.zeros((1, 1024, 4), jnp.float32)
+        t = time.perf_counter()
+        f = jax.jit(lambda q, k, v, o, lse, do, d_lse: backward_call(p, c, (q, k, v, o, lse), (do, d_lse)))
+        compiled = f.lower(q, k, k, q, lse, q, d_lse).compile()
+        dq, dk, dv = compiled(q, k, k, q, lse, q, d_lse)
+        jax.block_until_ready(dv)
+        # all ones: dP = delta = D everywhere, so dS, dQ and dK are 0; dV sums probabilities exp(s - 0)
+        finite = all(bool(jnp.isfinite(x.astype(jnp.float32)).all()) for x in (dq, dk, dv))
+        dqk = max(float(jnp.max(jnp.abs(x.astype(jnp.float32)))) for x in (dq, dk))
+        say(
+            f"compile-bwd-d{d}-{'causal' if causal else 'full'}: ok {time.perf_counter() - t:.1f}s {c} "
+            f"finite {finite} max|dq|,|dk| {dqk:.2e} (want 0)"
+        )
+
+
 PARITY = {
     # name: (B, Sq, Skv, Hq, Hkv, D, dtype, causal, window)
     "plain-d128": (2, 1024, 1024, 4, 4, 128, "bfloat16", False, None),
@@ -127,7 +163,20 @@ def _grads(fn, args, dtype, cot):
     return run(diff, cot)
 
 
-def parity(name: str) -> None:
+#: The parity cells the native backward serves (head dims up to 128).
+NATIVE_PARITY = [n for n, cell in PARITY.items() if cell[5] <= 128]
+
+
+def _native_kernel(backward_blocks=None):
+    from ejkernel.kernels.pallas_mosaic_gpu.interface import flash_attention
+
+    def fn(*args, **kwargs):
+        return flash_attention(*args, **kwargs, backward="mosaic", backward_blocks=backward_blocks)
+
+    return fn
+
+
+def parity(name: str, native_backward: bool = False) -> None:
     b, sq, skv, hq, hkv, d, dtype, causal, window = PARITY[name]
     case = CheckCase(name, b, sq, skv, hq, hkv, d, None, causal, window)
     args = make_inputs(case, 0)
@@ -136,6 +185,8 @@ def parity(name: str) -> None:
     t = time.perf_counter()
     ours = ejkernel.get_kernel("attention", "mosaic_gpu", strict=True)
     assert ours.explain(**args, dtype=dtype).chosen.platform == "mosaic_gpu"
+    if native_backward:
+        ours = _native_kernel()
     out, grads = _grads(ours, args, dtype, cot)
     elapsed = time.perf_counter() - t
     xla = ejkernel.get_kernel("attention", "xla")
@@ -146,8 +197,9 @@ def parity(name: str) -> None:
     }
     ok = all(e <= TOLERANCE[dtype] or e <= REFERENCE_MARGIN * xerrors[k] for k, e in errors.items())
     fmt = lambda es: " ".join(f"{k} {v:.2e}" for k, v in es.items())  # noqa: E731
+    label = f"parity-native-{name}" if native_backward else f"parity-{name}"
     say(
-        f"parity-{name}: {'ok' if ok else 'MISMATCH'} {dtype} | mosaic {fmt(errors)} | xla-{dtype} {fmt(xerrors)} "
+        f"{label}: {'ok' if ok else 'MISMATCH'} {dtype} | mosaic {fmt(errors)} | xla-{dtype} {fmt(xerrors)} "
         f"| {elapsed:.1f}s incl. compile"
     )
 
@@ -167,7 +219,22 @@ def _timed(f, *args, calls: int, rounds: int) -> float:
     return statistics.median(times)
 
 
-def _implementations(causal: bool, forward_blocks=None):
+def _implementations(causal: bool, forward_blocks=None, native_backward: bool = False, backward_blocks=None):
+    if backward_blocks is not None:
+        native = _native_kernel(backward_blocks)
+        return {"mosaic_gpu+native-bwd": lambda q, k, v: native(q, k, v, causal=causal)[0]}
+    if native_backward:
+        native = _native_kernel()
+        default = ejkernel.get_kernel("attention", "mosaic_gpu", strict=True)
+
+        def cudnn(q, k, v):
+            return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+
+        return {
+            "mosaic_gpu+triton-bwd": lambda q, k, v: default(q, k, v, causal=causal)[0],
+            "mosaic_gpu+native-bwd": lambda q, k, v: native(q, k, v, causal=causal)[0],
+            "cudnn": cudnn,
+        }
     if forward_blocks is not None:
         from ejkernel.kernels.pallas_mosaic_gpu.interface import flash_attention
 
@@ -195,16 +262,29 @@ TIMING = {
 }
 
 
+#: The timing cells the native backward serves, as ``time-native-*``.
+NATIVE_TIMING = {n.replace("time-", "time-native-", 1): n for n, cell in TIMING.items() if cell[3] <= 128}
+
+
 def _inputs(b, s, h, d):
     ks = jax.random.split(jax.random.key(0), 4)
     return [jax.random.normal(k, (b, s, h, d), jnp.bfloat16) for k in ks]
 
 
-def timing(name: str, calls: int, rounds: int, only=None, forward_blocks=None, label=None) -> None:
+def timing(
+    name: str,
+    calls: int,
+    rounds: int,
+    only=None,
+    forward_blocks=None,
+    label=None,
+    native_backward: bool = False,
+    backward_blocks=None,
+) -> None:
     b, s, h, d, causal = TIMING[name]
     q, k, v, do = _inputs(b, s, h, d)
     flops = 4 * b * h * s * s * d * (0.5 if causal else 1.0)
-    for impl, fn in _implementations(causal, forward_blocks).items():
+    for impl, fn in _implementations(causal, forward_blocks, native_backward, backward_blocks).items():
         if only is not None and impl not in only:
             continue
         tag = f"{label or name} {impl}"
@@ -242,10 +322,42 @@ def block_variants():
     return out
 
 
+def backward_block_variants():
+    from ejkernel.kernels.pallas_mosaic_gpu.blocks import SMEM_LIMIT, BackwardBlocks, dkv_smem_bytes, dq_smem_bytes
+
+    out = {}
+    for bq in (64,):  # 128 streamed queries: dK, dV, Sᵀ and dPᵀ would take 256 registers a thread at D=128
+        for bk in (64, 128):
+            for stages in (2, 3):
+                c = BackwardBlocks(bq, stages, bk, stages)
+                if max(dkv_smem_bytes(128, 2, c), dq_smem_bytes(128, 2, c)) <= SMEM_LIMIT:
+                    out[f"bwd-blocks-q{bq}-k{bk}-s{stages}"] = c
+    return out
+
+
+def _isolated(compiles: list[str], timeout: int, what: str) -> bool:
+    """Runs the compile stages ``compiles`` in a child process with a time limit; whether they may go on.
+
+    A kernel that deadlocks on its barriers or faults would take the whole probe down.
+    """
+    cmd = [sys.executable, __file__, *compiles, "--no-isolate"]
+    try:
+        rc = subprocess.run(cmd, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+        say(f"compile: TIMEOUT after {timeout}s (a barrier deadlock?) in {what}")
+    # 1: a Python-level error in some head dim (each later stage reports its own); else a hang or a crash.
+    if rc not in (0, 1):
+        say(f"compile: child ended with {rc}; skipping every {what} stage")
+        return False
+    return True
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cases", nargs="*", help="case names (default: all); see --list")
     ap.add_argument("--quick", action="store_true", help="compile, three parity cases, two timing cells")
+    ap.add_argument("--native", action="store_true", help="the native backward's compile, parity and timing stages")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
@@ -254,12 +366,23 @@ def main() -> None:
     a = ap.parse_args()
     blocks = block_variants()
     stages = {"env": env, **{f"compile-d{d}": (lambda d=d: compile_forward(d)) for d in (64, 128, 256)}}
+    stages |= {f"compile-bwd-d{d}": (lambda d=d: compile_backward(d)) for d in (64, 128)}
     stages |= {f"parity-{n}": (lambda n=n: parity(n)) for n in PARITY}
+    stages |= {f"parity-native-{n}": (lambda n=n: parity(n, native_backward=True)) for n in NATIVE_PARITY}
     stages |= {n: (lambda n=n: timing(n, a.calls, a.rounds)) for n in TIMING}
+    stages |= {
+        n: (lambda n=n, base=base: timing(base, a.calls, a.rounds, label=n, native_backward=True))
+        for n, base in NATIVE_TIMING.items()
+    }
     stages |= {
         n: (lambda n=n, c=c: timing("time-b2-s8192-d128-causal", a.calls, a.rounds, ("mosaic_gpu",), c, n))
         for n, c in blocks.items()
     }
+    stages |= {
+        n: (lambda n=n, c=c: timing("time-b2-s8192-d128-causal", a.calls, a.rounds, label=n, backward_blocks=c))
+        for n, c in backward_block_variants().items()
+    }
+    native_stages = ("compile-bwd-", "parity-native-", "time-native-", "bwd-blocks-")
     if a.list:
         say("\n".join(stages))
         return
@@ -277,29 +400,29 @@ def main() -> None:
             "time-b2-s8192-d128",
             "time-b2-s8192-d128-causal",
         ]
+    elif a.native:
+        names = ["env", "compile-d128", *(n for n in stages if n.startswith(native_stages))]
     else:
         names = list(stages)
     warnings.simplefilter("ignore", FallbackWarning)
-    skip_mosaic = False
+    skip_mosaic = skip_native = False
     compiles = [n for n in names if n.startswith("compile-")]
     if compiles and not a.no_isolate:
-        # A kernel that deadlocks on its barriers or faults would take the whole probe down: compile and run
-        # it once in a child process with a time limit first.
-        cmd = [sys.executable, __file__, *compiles, "--no-isolate"]
-        try:
-            rc = subprocess.run(cmd, timeout=a.compile_timeout).returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-            say(f"compile: TIMEOUT after {a.compile_timeout}s (a barrier deadlock?)")
-        # 1: a Python-level error in some head dim (each later stage reports its own); else a hang or a crash.
-        skip_mosaic = rc not in (0, 1)
-        if skip_mosaic:
-            say(f"compile: child ended with {rc}; skipping every mosaic_gpu stage, timing the others")
+        forward_compiles = [n for n in compiles if not n.startswith(native_stages)]
+        backward_compiles = [n for n in compiles if n.startswith(native_stages)]
+        if forward_compiles:
+            skip_mosaic = not _isolated(forward_compiles, a.compile_timeout, "mosaic_gpu")
+        if backward_compiles and not skip_mosaic:
+            skip_native = not _isolated(backward_compiles, a.compile_timeout, "native backward")
+        skip_native = skip_native or skip_mosaic
         names = [n for n in names if n not in compiles]
     failed: list[str] = []
     for name in names:
         if name not in stages:
             say(f"{name}: unknown case (see --list)")
+            continue
+        if skip_native and name.startswith(native_stages):
+            say(f"{name}: skipped (the native backward did not compile and run)")
             continue
         if skip_mosaic and (name.startswith(("parity-", "blocks-"))):
             say(f"{name}: skipped (the kernel did not compile and run)")

@@ -3,7 +3,9 @@
 The interpreter runs the warp-specialised kernel itself (three warpgroups, the TMA ring and every barrier
 simulated, phases checked at deallocation); only its two products are spelled as ``lax.dot_general`` of
 the shared-memory tiles instead of ``wgmma`` (``compat``: the interpreter has no transposed or register
-wgmma operand). The backward is the Triton kernels', in Pallas' interpreter.
+wgmma operand). The default backward is the Triton kernels', in Pallas' interpreter; the native
+Mosaic-GPU backward (``backward="mosaic"``, dK/dV and dQ kernels) runs in Mosaic-GPU's interpreter the same
+way as the forward, chosen explicitly here.
 
 The interpreter takes ~10 s per small call, too slow for hypothesis: a few hand-picked cases instead, each
 spanning several key blocks with a ragged tail, together covering causal (with empty rows), a window,
@@ -23,6 +25,7 @@ import ejkernel
 from ejkernel.check import CheckCase, make_inputs
 from ejkernel.errors import FallbackWarning
 from ejkernel.kernels.pallas_mosaic_gpu import blocks
+from ejkernel.kernels.pallas_mosaic_gpu.backward import FLOAT16_ROW_LIMIT, accumulate_score_gradient
 from ejkernel.kernels.pallas_mosaic_gpu.interface import flash_attention, flash_attention_with_lse
 from ejkernel.kernels.pallas_mosaic_gpu.spec import SPEC
 from parity import assert_matches_oracle
@@ -32,8 +35,18 @@ TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3}
 NARROW = blocks.ForwardBlocks(block_q=64, block_k=64, stages=2)
 
 
+# The native backward with 64-wide streamed tiles: several per CTA at these sizes.
+NARROW_BACKWARD = blocks.BackwardBlocks(dkv_block_q=64, dkv_stages=2, dq_block_k=64, dq_stages=2)
+
+
 def _narrow(**kwargs):
     return flash_attention(**kwargs, forward_blocks=NARROW, interpret=True)
+
+
+def _native_backward(**kwargs):
+    return flash_attention(
+        **kwargs, forward_blocks=NARROW, backward="mosaic", backward_blocks=NARROW_BACKWARD, interpret=True
+    )
 
 
 def _registered():
@@ -77,6 +90,72 @@ CASES = [
 @pytest.mark.parametrize("case,dtype", CASES, ids=[c.name for c, _ in CASES])
 def test_parity_narrow_blocks(case, dtype):
     assert_matches_oracle(_narrow, case, dtype, TOLERANCE[dtype])
+
+
+NATIVE_BACKWARD_CASES = [
+    # Causal GQA (the group summed inside the dK/dV kernel): 2 dQ CTAs of 128 rows, 3 dK/dV CTAs of 128
+    # keys, 64-wide streamed tiles, both sequences ragged.
+    (
+        CheckCase(
+            "causal-gqa", batch=1, q_len=200, kv_len=300, num_q_heads=2, num_kv_heads=1, head_dim=64, causal=True
+        ),
+        "bfloat16",
+    ),
+    # A window with Sq > Skv: the first 40 rows see no key (zero dQ), tiles skipped on both sides; float16
+    # (the dS products' row scaling).
+    (
+        CheckCase(
+            "window-empty-rows",
+            batch=1,
+            q_len=260,
+            kv_len=190,
+            num_q_heads=1,
+            num_kv_heads=1,
+            head_dim=64,
+            sliding_window=(40, 30),
+        ),
+        "float16",
+    ),
+    # Non-causal MQA at D=128, three query heads per kv head.
+    (
+        CheckCase("plain-mqa-d128", batch=1, q_len=150, kv_len=190, num_q_heads=3, num_kv_heads=1, head_dim=128),
+        "float16",
+    ),
+]
+
+
+@pytest.mark.parametrize("case,dtype", NATIVE_BACKWARD_CASES, ids=[c.name for c, _ in NATIVE_BACKWARD_CASES])
+def test_native_backward_parity(case, dtype):
+    assert_matches_oracle(_native_backward, case, dtype, TOLERANCE[dtype])
+
+
+def test_float16_score_gradient_rows_past_the_range_are_scaled():
+    """A dS row far past float16's range keeps float16's relative accuracy (as float32 operands would);
+    a row within it is cast unscaled (interpret path: the same arithmetic as the device's)."""
+    key_ds, key_b = jax.random.split(jax.random.key(3))
+    ds = jax.random.normal(key_ds, (64, 64), jnp.float32) * jnp.array([1e6] * 32 + [1.0] * 32)[:, None]
+    b = jax.random.normal(key_b, (64, 64), jnp.float32).astype(jnp.float16)
+    acc = jnp.ones((64, 64), jnp.float32)
+    got = accumulate_score_gradient(acc, ds, b, interpret=True)
+    want = acc + ds @ b.astype(jnp.float32)
+    assert float(jnp.max(jnp.abs(ds[:32]))) > 2 * FLOAT16_ROW_LIMIT
+    assert bool(jnp.all(jnp.isfinite(got)))
+    rel = jnp.max(jnp.abs(got - want), axis=1) / jnp.max(jnp.abs(want), axis=1)
+    assert float(jnp.max(rel)) < 5e-3
+    unscaled = acc[32:] + ds[32:].astype(jnp.float16).astype(jnp.float32) @ b.astype(jnp.float32)
+    assert float(jnp.max(jnp.abs(got[32:] - unscaled))) < 1e-4
+
+
+def test_backward_choice_is_checked():
+    case = CheckCase("choice", batch=1, q_len=64, kv_len=64, num_q_heads=1, num_kv_heads=1, head_dim=64)
+    args = make_inputs(case)
+    with pytest.raises(ValueError, match="backward must be one of"):
+        flash_attention(**args, dtype="bfloat16", backward="cudnn", interpret=True)
+    with pytest.raises(TypeError, match="BackwardBlocks"):
+        flash_attention(**args, dtype="bfloat16", backward="mosaic", backward_blocks=object(), interpret=True)
+    big = make_inputs(CheckCase("d256", batch=1, q_len=64, kv_len=64, num_q_heads=1, num_kv_heads=1, head_dim=256))
+    with pytest.raises(NotImplementedError, match="up to 128"):
+        flash_attention(**big, dtype="bfloat16", backward="mosaic", interpret=True)
 
 
 def test_parity_through_the_registry_default_blocks():
@@ -156,6 +235,12 @@ def test_block_heuristic_fits_shared_memory():
     assert blocks.padded_head_dim(96) == 128
     with pytest.raises(ValueError, match="block_k"):
         blocks.ForwardBlocks(block_k=96)
+    for d in blocks.NATIVE_BACKWARD_HEAD_DIMS:
+        c = blocks.choose_backward_blocks(d)
+        assert blocks.dkv_smem_bytes(d, 2, c) <= blocks.SMEM_LIMIT, (d, c)
+        assert blocks.dq_smem_bytes(d, 2, c) <= blocks.SMEM_LIMIT, (d, c)
+    with pytest.raises(ValueError, match="dq_block_k"):
+        blocks.BackwardBlocks(dq_block_k=96)
 
 
 def test_jit_of_the_registered_kernel():

@@ -3,5 +3,6 @@
 ``spec`` registers it; ``interface`` holds the public entry points; ``plan`` the call's static plan;
 ``blocks`` the block-size heuristic; ``tiles`` the in-kernel tile helpers; ``compat`` the differences
 between jax versions and between the device and the interpreter; ``forward`` the warp-specialised
-kernel; ``flash`` the ``custom_vjp`` (its backward is the Triton backend's kernels for now).
+kernel; ``backward`` the native dK/dV and dQ kernels; ``flash`` the ``custom_vjp`` (its backward is the
+Triton backend's kernels by default, the native ones when chosen with ``backward="mosaic"``).
 """

@@ -8,7 +8,8 @@ next implementation (Triton, then XLA) before tracing:
   without K/V repetition, any ``Sq``/``Skv`` (padded to block multiples, the padding masked);
 - not yet: bias, mask, soft cap, sinks, dropout, segment ids, key lengths, a narrow softmax.
 
-The backward is the Triton backend's kernels (``flash``), which serve all of the above.
+The default backward is the Triton backend's kernels (``flash``), which serve all of the above; the native
+one (``backward="mosaic"``, chosen explicitly) serves it at head dims up to 128.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ The kernel is one body; the few operations that must be spelled differently go t
   cannot take a transposed ref or a register operand in ``wgmma``, and has no ``pl.run_state``: so
   interpreted matmuls read their tiles out of shared memory and use ``lax.dot_general`` (the same
   float32-accumulated product), while on the device both are ``wgmma`` (S = Q·Kᵀ from shared memory,
-  O += P·V with P in registers, accumulated in place).
+  O += P·V with P in registers, accumulated in place). The backward's products take the same two forms
+  (``scores``: A·Bᵀ of two shared tiles; ``accumulate_pv``: acc + A·B, A in registers);
+- a 1-D shared-memory vector (the backward's lse and delta) is read in a wgmma row or column layout on the
+  device (``plgpu.load``, whose index argument jax 0.11 deprecates) and as a plain array in the interpreter.
 
 Everything else (warp specialisation, the TMA ring and its barriers, the block ranges, the masks and the
 online softmax) is the same code on both paths.
@@ -16,6 +19,7 @@ online softmax) is the same code on both paths.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax.numpy as jnp
@@ -23,7 +27,15 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-__all__ = ["interpret_params", "transposed", "with_layout", "iota", "scores", "accumulate_pv"]
+__all__ = [
+    "interpret_params",
+    "transposed",
+    "with_layout",
+    "iota",
+    "load_vector",
+    "scores",
+    "accumulate_pv",
+]
 
 
 def interpret_params(interpret: bool) -> Any:
@@ -54,13 +66,30 @@ def iota(shape: tuple[int, int], dimension: int, interpret: bool) -> Any:
     return plgpu.broadcasted_iota(jnp.int32, shape, dimension, layout=plgpu.Layout.WGMMA)
 
 
+def _load_takes_index() -> bool:
+    """Whether ``plgpu.load`` needs its index argument (jax 0.10; jax 0.11 deprecates it)."""
+    index = inspect.signature(plgpu.load).parameters.get("idx")
+    return index is not None and index.default is inspect.Parameter.empty
+
+
+def load_vector(ref: Any, reduced_axis: int, interpret: bool) -> Any:
+    """A 1-D shared-memory vector in registers: one value per row of a wgmma accumulator tile
+    (``reduced_axis=1``) or per column (``reduced_axis=0``), ready for ``tiles.rows`` / ``tiles.columns``."""
+    if interpret:
+        return ref[...]
+    layout = plgpu.Layout.WGMMA.reduce(reduced_axis)
+    if _load_takes_index():
+        return plgpu.load(ref, (), layout=layout)
+    return plgpu.load(ref, layout=layout)
+
+
 def _dot(a: Any, b: Any, contract_b: int) -> Any:
     return lax.dot_general(a, b, (((1,), (contract_b,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 def scores(q_smem: Any, k_smem: Any, interpret: bool, after_issue=None) -> Any:
-    """``Q·Kᵀ`` float32 ``[block_q, block_k]`` of two shared-memory tiles; ``after_issue()`` runs once the
-    product is issued (the warpgroups' schedule barrier), before its result is read."""
+    """``Q·Kᵀ`` float32 ``[block_q, block_k]`` of two shared-memory tiles (any ``A·Bᵀ``: the backward's
+    ``K·Qᵀ``, ``V·dOᵀ``, ``dO·Vᵀ``); ``after_issue()`` runs once the product is issued (the warpgroups' schedule barrier), before its result is read."""
     if interpret:
         s = _dot(q_smem[...], k_smem[...], 1)
         if after_issue is not None:
@@ -78,7 +107,8 @@ def scores(q_smem: Any, k_smem: Any, interpret: bool, after_issue=None) -> Any:
 
 
 def accumulate_pv(acc: Any, p: Any, v_smem: Any, interpret: bool) -> Any:
-    """``acc + P·V``: ``p`` the probabilities in registers (the operands' dtype), ``v_smem`` a shared tile."""
+    """``acc + P·V``: ``p`` the probabilities in registers (the operands' dtype), ``v_smem`` a shared tile
+    (any ``acc + A·B``: the backward's ``Pᵀ·dO``, ``dSᵀ·Q``, ``dS·K``)."""
     if interpret:
         return acc + _dot(p, v_smem[...], 0)
 

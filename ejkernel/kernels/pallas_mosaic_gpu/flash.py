@@ -1,13 +1,16 @@
-"""The differentiable flash attention on padded operands: the Mosaic-GPU forward, the Triton backward.
+"""The differentiable flash attention on padded operands: the Mosaic-GPU forward, a choice of backward.
 
 ``flash_with_lse(p, c, q, k, v)`` takes operands already cast to the compute dtype and padded (sequences
 to block multiples, head dims to ``blocks.HEAD_DIMS``; the interface does that) and returns the padded
 output and the natural-log log-sum-exp ``[B, Sq, Hq]`` (``-inf`` for an empty row: ``merge``'s
 convention), differentiable in both.
 
-**The backward is the Triton backend's for now**: ``pallas_triton.flash.flash_backward`` (its dK/dV and dQ
-kernels, deterministic, with the same causal/window block skipping) runs on this forward's output and
-lse. A Hopper-native backward is a later step.
+The type of ``c.backward`` says which backward runs on this forward's output and lse:
+
+- ``pallas_triton.blocks.BlockSizes`` (**the default**): the Triton backend's kernels,
+  ``pallas_triton.flash.flash_backward`` (dK/dV and dQ, deterministic, the same causal/window skipping);
+- ``blocks.BackwardBlocks``: the native Mosaic-GPU kernels (``backward.backward_call``), chosen
+  explicitly until a device run proves them.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import functools
 
 import jax
 
-from ejkernel.kernels.pallas_mosaic_gpu.blocks import ForwardBlocks
+from ejkernel.kernels.pallas_mosaic_gpu.backward import backward_call
+from ejkernel.kernels.pallas_mosaic_gpu.blocks import BackwardBlocks, ForwardBlocks
 from ejkernel.kernels.pallas_mosaic_gpu.forward import forward_call
 from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
 from ejkernel.kernels.pallas_triton import plan as triton_plan
@@ -25,15 +29,23 @@ from ejkernel.kernels.pallas_triton.blocks import BlockSizes
 from ejkernel.kernels.pallas_triton.flash import flash_backward
 from ejkernel.ops.attention.logits import LOG2E
 
-__all__ = ["Blocks", "flash_with_lse", "triton_plan_of"]
+__all__ = ["Blocks", "BACKWARDS", "flash_with_lse", "triton_plan_of"]
+
+#: The backward kernels one can choose: the Triton backend's (the default) and the native ones.
+BACKWARDS = ("triton", "mosaic")
 
 
 @dataclasses.dataclass(frozen=True)
 class Blocks:
-    """The forward's blocks and the (Triton) backward's."""
+    """The forward's blocks and the backward's: Triton ``BlockSizes`` or native ``BackwardBlocks``."""
 
     forward: ForwardBlocks
-    backward: BlockSizes
+    backward: BlockSizes | BackwardBlocks
+
+    @property
+    def backward_kernels(self) -> str:
+        """Which backward runs: one of ``BACKWARDS``."""
+        return "mosaic" if isinstance(self.backward, BackwardBlocks) else "triton"
 
 
 def triton_plan_of(p: Plan) -> triton_plan.Plan:
@@ -63,12 +75,15 @@ def flash_with_lse(p: Plan, c: Blocks, q, k, v):
 
 def _forward(p: Plan, c: Blocks, q, k, v):
     out, lse = forward_call(p, c.forward, q, k, v)
-    residuals = (q, k, v, None, None, None, (None, None, None), out, lse * LOG2E)
-    return (out, lse.transpose(0, 2, 1)), residuals
+    return (out, lse.transpose(0, 2, 1)), (q, k, v, out, lse)
 
 
 def _backward(p: Plan, c: Blocks, residuals, cotangents):
-    dq, dk, dv, *_ = flash_backward(triton_plan_of(p), c.backward, residuals, cotangents)
+    if c.backward_kernels == "mosaic":
+        return backward_call(p, c.backward, residuals, cotangents)
+    q, k, v, out, lse = residuals
+    triton_residuals = (q, k, v, None, None, None, (None, None, None), out, lse * LOG2E)
+    dq, dk, dv, *_ = flash_backward(triton_plan_of(p), c.backward, triton_residuals, cotangents)
     return dq, dk, dv
 
 

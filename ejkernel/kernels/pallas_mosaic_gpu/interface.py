@@ -1,11 +1,13 @@
 """Entry points of the Mosaic-GPU (Hopper) flash attention.
 
 - ``flash_attention``: the reference parameters plus keyword-only ``forward_blocks`` (``blocks.ForwardBlocks``),
-  ``backward_blocks`` (the Triton backward's ``pallas_triton.blocks.BlockSizes``) and ``interpret``;
-  returns ``(out, None)``.
+  ``backward`` (``"triton"``, the default, or ``"mosaic"``: which backward kernels run), ``backward_blocks``
+  (the chosen backward's blocks: ``pallas_triton.blocks.BlockSizes`` or ``blocks.BackwardBlocks``) and
+  ``interpret``; returns ``(out, None)``.
 - ``flash_attention_with_lse``: ``(out, lse)`` with ``lse [B, Sq, Hq]`` float32, the natural log of each
   row's softmax denominator (``-inf`` for an empty row), differentiable in both outputs.
-- ``registered_attention(interpret)`` / ``registered_attention_with_lse``: the registered implementations.
+- ``registered_attention(interpret)`` / ``registered_attention_with_lse``: the registered implementations
+  (the Triton backward until the native one is proven on a device).
 
 Calls outside ``capabilities.CAPABILITIES`` raise ``NotImplementedError`` here; through the registry they
 go to the next implementation (Triton, then XLA).
@@ -20,9 +22,15 @@ from typing import Any
 import jax.numpy as jnp
 from jax import Array
 
-from ejkernel.kernels.pallas_mosaic_gpu.blocks import ForwardBlocks, choose_forward_blocks, padded_head_dim
+from ejkernel.kernels.pallas_mosaic_gpu.blocks import (
+    BackwardBlocks,
+    ForwardBlocks,
+    choose_backward_blocks,
+    choose_forward_blocks,
+    padded_head_dim,
+)
 from ejkernel.kernels.pallas_mosaic_gpu.capabilities import CAPABILITIES
-from ejkernel.kernels.pallas_mosaic_gpu.flash import Blocks, flash_with_lse
+from ejkernel.kernels.pallas_mosaic_gpu.flash import BACKWARDS, Blocks, flash_with_lse
 from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
 from ejkernel.kernels.pallas_triton.blocks import BlockSizes, choose_block_sizes
 from ejkernel.kernels.pallas_triton.flash import pad_axis
@@ -45,14 +53,36 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def _backward_blocks(
+    f: AttentionFeatures, d: int, backward: str, backward_blocks: BlockSizes | BackwardBlocks | None
+) -> BlockSizes | BackwardBlocks:
+    """The chosen backward's blocks: ``backward_blocks`` checked against the choice, or the heuristic's."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    kind = BackwardBlocks if backward == "mosaic" else BlockSizes
+    if backward_blocks is not None:
+        if not isinstance(backward_blocks, kind):
+            raise TypeError(
+                f"backward={backward!r} takes backward_blocks of type {kind.__name__}, got {backward_blocks!r}"
+            )
+        return backward_blocks
+    if backward == "mosaic":
+        return choose_backward_blocks(d)
+    return choose_block_sizes(d, d, f.q_len, f.kv_len, jnp.dtype(f.dtype).itemsize, causal=f.causal)
+
+
 def plan_for(
-    f: AttentionFeatures, forward_blocks: ForwardBlocks | None, backward_blocks: BlockSizes | None, interpret: bool
+    f: AttentionFeatures,
+    forward_blocks: ForwardBlocks | None,
+    backward_blocks: BlockSizes | BackwardBlocks | None,
+    interpret: bool,
+    backward: str = "triton",
 ) -> tuple[Plan, Blocks]:
     """The kernel's static plan and blocks for a call it serves; sequences are padded to a multiple of
-    every pass's blocks (the forward's and the Triton backward's)."""
+    every pass's blocks (the forward's and the chosen backward's)."""
     d = padded_head_dim(f.head_dim)
     fwd = forward_blocks or choose_forward_blocks(d, f.kv_len)
-    bwd = backward_blocks or choose_block_sizes(d, d, f.q_len, f.kv_len, jnp.dtype(f.dtype).itemsize, causal=f.causal)
+    bwd = _backward_blocks(f, d, backward, backward_blocks)
     p = Plan(
         batch=f.batch,
         q_len=f.q_len,
@@ -74,12 +104,13 @@ def flash_with_lse_call(
     call: AttentionCall,
     *,
     forward_blocks: ForwardBlocks | None = None,
-    backward_blocks: BlockSizes | None = None,
+    backward: str = "triton",
+    backward_blocks: BlockSizes | BackwardBlocks | None = None,
     interpret: bool = False,
 ) -> tuple[Array, Array]:
     """``(out [B, Sq, Hq, D], lse [B, Sq, Hq])`` of a validated call the kernel serves."""
     f = call.features
-    p, c = plan_for(f, forward_blocks, backward_blocks, interpret)
+    p, c = plan_for(f, forward_blocks, backward_blocks, interpret, backward)
     compute = jnp.dtype(f.dtype)
 
     def padded(x, length):
@@ -95,7 +126,7 @@ def _without_lse(call: AttentionCall, **extras: Any) -> tuple[Array, None]:
     return flash_with_lse_call(call, **extras)[0], None
 
 
-_EXTRAS = {"forward_blocks": None, "backward_blocks": None, "interpret": False}
+_EXTRAS = {"forward_blocks": None, "backward": "triton", "backward_blocks": None, "interpret": False}
 
 flash_attention_with_lse = entry_point(
     flash_with_lse_call,
@@ -116,16 +147,21 @@ flash_attention = entry_point(
 
     Args:
       forward_blocks: the forward kernel's ``blocks.ForwardBlocks``; ``None`` uses ``blocks.choose_forward_blocks``.
-      backward_blocks: the (Triton) backward's ``pallas_triton.blocks.BlockSizes`` (only ``dkv`` and ``dq``
-        are used); ``None`` uses ``pallas_triton.blocks.choose_block_sizes``.
+      backward: which backward kernels run: ``"triton"`` (the default: the Triton backend's, proven on the
+        device) or ``"mosaic"`` (the native Mosaic-GPU ones, ``backward.py``; head dims up to 128).
+      backward_blocks: the chosen backward's blocks: for ``"triton"`` a ``pallas_triton.blocks.BlockSizes``
+        (only ``dkv`` and ``dq`` are used; ``None`` uses ``pallas_triton.blocks.choose_block_sizes``), for
+        ``"mosaic"`` a ``blocks.BackwardBlocks`` (``None`` uses ``blocks.choose_backward_blocks``).
       interpret: ``True`` runs Mosaic-GPU's and Pallas' interpreters (the CPU in tests).
 
     Returns:
       ``(output [B, Sq, Hq, D], None)``.
 
     Raises:
-      ValueError, TypeError: bad arguments (``validate_attention``), at trace time.
-      NotImplementedError: a call outside ``CAPABILITIES`` (bias, mask, sinks, soft cap, float32, ...).
+      ValueError, TypeError: bad arguments (``validate_attention``), an unknown ``backward`` or blocks of the
+        other backward's type, at trace time.
+      NotImplementedError: a call outside ``CAPABILITIES`` (bias, mask, sinks, soft cap, float32, ...), or
+        ``backward="mosaic"`` at a head dim above 128.
     """,
 )
 

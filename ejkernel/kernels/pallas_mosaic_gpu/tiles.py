@@ -1,5 +1,5 @@
-"""The kernel's view of the shared rules: block ranges of a CTA and of each consumer, the edge-tile mask,
-and row vectors broadcast over a tile.
+"""The kernels' view of the shared rules: block ranges of a CTA and of each consumer, the edge-tile mask,
+and row or column vectors broadcast over a tile.
 
 Logits are in base 2 (``logits.transform_logits(..., base2=True)``) so the softmax uses ``exp2``. Masked
 entries are ``-inf`` and the running max starts at the finite ``NEG_INIT``, so a row that has seen no
@@ -7,7 +7,9 @@ allowed key keeps ``p = exp2(-inf - NEG_INIT) = 0`` with no extra select.
 
 The producer streams the key blocks of the whole CTA (``masks.key_blocks`` of its ``2 * block_q`` rows);
 each consumer visits its own rows' blocks (``masks.key_blocks`` of its ``block_q`` rows), nested inside
-the CTA's by ``nested_in``, and only lets the ring's other slots pass. Every index is int32.
+the CTA's by ``nested_in``, and only lets the ring's other slots pass. The backward's dK/dV kernel walks
+query blocks per key block the same way (``query_blocks``, the transpose, and ``mask_tile_transposed`` on
+its ``[keys, queries]`` tiles). Every index is int32.
 """
 
 from __future__ import annotations
@@ -21,7 +23,17 @@ from ejkernel.kernels.pallas_mosaic_gpu.compat import iota
 from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
 from ejkernel.ops.attention import masks
 
-__all__ = ["NEG_INIT", "i32", "key_blocks", "nested_in", "rows", "mask_tile"]
+__all__ = [
+    "NEG_INIT",
+    "i32",
+    "key_blocks",
+    "query_blocks",
+    "nested_in",
+    "rows",
+    "columns",
+    "mask_tile",
+    "mask_tile_transposed",
+]
 
 NEG_INIT = -1e30  # initial running max: below every finite logit, above -inf
 
@@ -35,6 +47,12 @@ def key_blocks(p: Plan, q_first: Any, num_rows: int, block_k: int) -> tuple[Any,
     """``masks.key_blocks`` ``(lo, interior_lo, interior_hi, hi)`` of the rows ``[q_first, q_first + num_rows)``."""
     q_first = i32(q_first)
     return masks.key_blocks(q_first, q_first + (num_rows - 1), block_k, p.q_len, p.kv_len, p.causal, p.window)
+
+
+def query_blocks(p: Plan, k_first: Any, num_keys: int, block_q: int) -> tuple[Any, Any, Any, Any]:
+    """``masks.query_blocks`` ``(lo, interior_lo, interior_hi, hi)`` of the keys ``[k_first, k_first + num_keys)``."""
+    k_first = i32(k_first)
+    return masks.query_blocks(k_first, k_first + (num_keys - 1), block_q, p.q_len, p.kv_len, p.causal, p.window)
 
 
 def nested_in(outer: tuple[Any, Any, Any, Any], inner: tuple[Any, Any, Any, Any]) -> tuple[Any, Any, Any, Any]:
@@ -56,6 +74,11 @@ def rows(x: Any, shape: tuple[int, int]) -> Any:
     return lax.broadcast_in_dim(x, shape, (0,))
 
 
+def columns(x: Any, shape: tuple[int, int]) -> Any:
+    """A per-column vector ``[cols]`` broadcast over a ``[rows, cols]`` tile."""
+    return lax.broadcast_in_dim(x, shape, (1,))
+
+
 def mask_tile(p: Plan, s2: Any, q_first: Any, k_first: Any) -> Any:
     """``s2`` with the pairs ``masks.valid_pairs`` rules out (causal, window, keys past ``kv_len``) at ``-inf``."""
     shape = s2.shape
@@ -63,3 +86,12 @@ def mask_tile(p: Plan, s2: Any, q_first: Any, k_first: Any) -> Any:
     k_idx = k_first + iota(shape, 1, p.interpret)
     ok = masks.valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window)
     return jnp.where(ok, s2, -jnp.inf)
+
+
+def mask_tile_transposed(p: Plan, s2t: Any, k_first: Any, q_first: Any) -> Any:
+    """``mask_tile`` of a transposed ``[keys, queries]`` tile (the dK/dV kernel's ``Sᵀ``)."""
+    shape = s2t.shape
+    k_idx = k_first + iota(shape, 0, p.interpret)
+    q_idx = q_first + iota(shape, 1, p.interpret)
+    ok = masks.valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window)
+    return jnp.where(ok, s2t, -jnp.inf)
