@@ -42,7 +42,7 @@ def tests_debug_infs(session: nox.Session) -> None:
 @nox.session
 def gpu(session: nox.Session) -> None:
     """The GPU profile natively on an NVIDIA GPU (``pytest -m gpu``, under 8 minutes on an H200): parity
-    property tests and bad-input tests for Triton, cuDNN and the chunked XLA path. Needs jax with CUDA
+    property tests and bad-input tests for Triton, Mosaic-GPU (on Hopper), cuDNN and the chunked XLA path. Needs jax with CUDA
     (``pip install -e ".[test,cuda]"``); without a GPU every test is deselected, with the reason printed."""
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "gpu", *session.posargs, env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})

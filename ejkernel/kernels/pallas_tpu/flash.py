@@ -84,7 +84,7 @@ def _core_fwd(plan, q, k, v, bias, mask, sinks, packing=_NO_PACKING):
 def _core_bwd(plan: Plan, residuals, cotangents):
     q, k, v, bias, mask, sinks, packing, out, lse = residuals
     d_out, d_lse = cotangents
-    di = jnp.sum(out.astype(jnp.float32) * d_out.astype(jnp.float32), axis=-1) - d_lse
+    di = jnp.sum(out.astype(jnp.float32) * d_out.astype(jnp.float32), axis=-1) - d_lse.astype(jnp.float32)
     # Padded rows count as empty (lse = -inf), like rows that saw no key, so that neither the kernels nor the
     # sink gradient count them (a stand-in lse of 0 made exp(sink - 0) overflow for a sink above ~88.7).
     rows = jnp.arange(q.shape[2]) < plan.q_len

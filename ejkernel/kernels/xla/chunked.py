@@ -150,7 +150,11 @@ def _run(call: AttentionCall, block_q: int | None, block_kv: int | None) -> tupl
     qh = call.query.astype(dtype).reshape(b, sq, hkv, g, d).transpose(0, 2, 3, 1, 4)
     kh = call.key.astype(dtype).transpose(0, 2, 1, 3)
     vh = call.value.astype(dtype).transpose(0, 2, 1, 3)
-    bias, mask, aux, rng = call.bias, call.attention_mask, call.softmax_aux, call.dropout_rng
+    # Bias and sinks join the float32 (float64 for a float64 call) logits: taken at that dtype here, so that
+    # a wider one (float64 under x64) leaves every accumulator of the backward at one dtype.
+    logits_dtype = jnp.promote_types(dtype, jnp.float32)
+    bias, aux = (None if x is None else x.astype(logits_dtype) for x in (call.bias, call.softmax_aux))
+    mask, rng = call.attention_mask, call.dropout_rng
     q_ids = kv_ids = lengths = None
     if f.segment_ids or f.kv_lengths:  # keys no query may see are zeroed: a NaN there reaches nothing
         visible = visible_kv_ids(call.q_segment_ids, call.kv_segment_ids, call.kv_lengths, f.kv_len)

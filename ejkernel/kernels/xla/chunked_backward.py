@@ -59,6 +59,9 @@ def backward(p: Plan, residuals: tuple, cotangents: tuple[Array, Array]) -> tupl
     qh, kh, vh, bias, mask, aux, rng, q_ids, kv_ids, lengths, out, lse = residuals
     pk = packing_of(q_ids, kv_ids, lengths, p)
     d_out, d_lse = cotangents
+    # A cotangent wider than its output (a float64 one under x64 for a float32 call) is taken at the output's
+    # dtype, so that every accumulator keeps one dtype.
+    d_out, d_lse = d_out.astype(out.dtype), d_lse.astype(lse.dtype)
     dtype = jnp.dtype(p.dtype)
     ds_dtype = score_gradient_dtype(dtype)
     b, hkv, g = p.batch, p.num_kv_heads, p.group
