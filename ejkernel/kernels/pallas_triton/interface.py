@@ -119,9 +119,10 @@ def flash_with_lse_call(
     q = pad_axis(pad_axis(call.query.astype(compute), 1, p.q_len_pad), 3, p.head_dim)
     k = pad_axis(pad_axis(call.key.astype(compute), 1, p.kv_len_pad), 3, p.head_dim)
     v = pad_axis(pad_axis(call.value.astype(compute), 1, p.kv_len_pad), 3, p.v_head_dim)
-    b = None if call.bias is None else seq_pad(call.bias, 2, 3)
+    # The kernels' logits are float32: a wider bias or sink (float64 under x64) is taken at that dtype.
+    b = None if call.bias is None else seq_pad(call.bias.astype(jnp.float32), 2, 3)
     m = None if call.attention_mask is None else seq_pad(call.attention_mask, 2, 3, False)
-    sinks = None if call.softmax_aux is None else sink_logits(call.softmax_aux, f.num_q_heads)
+    sinks = None if call.softmax_aux is None else sink_logits(call.softmax_aux.astype(jnp.float32), f.num_q_heads)
     packing = _packing(call, p)
     decode = decode_plan(f, p, c)
     with reverse_mode_only("the Pallas-Triton flash attention"):
