@@ -1,7 +1,7 @@
 """Developer and CI sessions: ``nox`` (tests, lint, docs) or ``nox -s <session>``.
 
     nox -s tests -- tests/test_registry.py -x     # arguments after -- go to pytest
-    HYPOTHESIS_PROFILE=thorough nox -s tests      # ten times the property-test examples
+    HYPOTHESIS_PROFILE=thorough nox -s tests      # 100 examples per property test (CI: 8)
     nox -s tests_x64 tests_debug_infs             # the suite with jax_enable_x64, then with jax_debug_infs
     nox -s gpu                                    # the GPU profile (pytest -m gpu), on an NVIDIA GPU
     nox -s ring                                   # ring attention on 8 forced host devices, Pallas included

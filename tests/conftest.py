@@ -1,6 +1,6 @@
 """Test configuration: hypothesis profiles and a persistent compilation cache (tests only).
 
-Profiles: "ci" (default; keeps the suite inside the CI budget) and "thorough" (ten times the examples),
+Profiles: "ci" (default; keeps the suite inside the CI budget) and "thorough" (100 examples per property, against 8),
 chosen with ``HYPOTHESIS_PROFILE``. Tests scale their own example counts from ``settings().max_examples``.
 """
 
@@ -12,13 +12,14 @@ import pathlib
 import jax
 from hypothesis import HealthCheck, settings
 
-CI_EXAMPLES = 10
+CI_EXAMPLES = 8
+THOROUGH_EXAMPLES = 100
 
 settings.register_profile(
     "ci", max_examples=CI_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 settings.register_profile(
-    "thorough", max_examples=10 * CI_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "thorough", max_examples=THOROUGH_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

@@ -433,10 +433,10 @@ def test_capabilities_are_opt_in(register):
         "sliding_window": {"sliding_window": 3},
         "logits_soft_cap": {"logits_soft_cap": 5.0},
         "softmax_aux": {"softmax_aux": _inputs()["softmax_aux"]},
-        "bias layout": {"bias": jnp.zeros((b, HQ, sq, skv))},
+        "bias layout": {"bias": jnp.zeros((b, HQ, sq, skv), jnp.float32)},
         "attention_mask layout": {"attention_mask": jnp.ones((1, 1, sq, skv), bool)},
         "dropout": {"dropout_prob": 0.5, "deterministic": False, "dropout_rng": jax.random.key(0)},
-        "value head_dim": {"value": jnp.zeros((b, skv, HKV, D // 2))},
+        "value head_dim": {"value": jnp.zeros((b, skv, HKV, D // 2), jnp.float32)},
         "softmax_dtype": {"softmax_dtype": jnp.float16},
     }
     for reason, extra in features.items():
