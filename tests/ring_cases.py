@@ -43,6 +43,13 @@ CASES = [
      (2, 64, 4, 2, 8, 8), {"causal": True}, {"bias": (2, 1), "sinks": (4, 1)}),
     ("2d-heads-seq-plain-gqa", {"heads": 2, "seq": 2}, {"head_axis": "heads"}, (1, 32, 4, 2, 8, 8),
      {}, {"bias": (1, 2), "sinks": (4, 1)}),
+    # Packed rows: segments that cross shard and chunk boundaries, padding (negative ids), global kv_lengths.
+    ("causal-segments-lengths-gqa-balanced", {"seq": 4}, {"load_balance": True}, (2, 64, 4, 2, 8, 8),
+     {"causal": True}, {"segments": 4, "lengths": True, "sinks": (4, 1)}),
+    ("window-segments-bias", {"seq": 2}, {}, (2, 48, 2, 1, 8, 8), {"sliding_window": (6, 3)},
+     {"segments": 3, "bias": (2, 1)}),
+    ("2d-batch-seq-lengths-mask", {"batch": 2, "seq": 2}, {"batch_axis": "batch"}, (2, 32, 2, 2, 8, 8),
+     {"causal": True}, {"lengths": True, "mask": (1, 1)}),
 ]
 #: Cases for the Pallas kernels in interpret mode (``--extended``): platform, then a case as above.
 PALLAS_CASES = [
@@ -75,12 +82,23 @@ def _inputs(shapes, operands, seed):
         arrays["attention_mask"] = jax.random.bernoulli(keys[4], 0.8, (mb, mh, s, s))
     if "sinks" in operands:
         arrays["softmax_aux"] = jax.random.normal(keys[5], operands["sinks"])
+    rng = np.random.default_rng(seed)
+    if "segments" in operands:  # sorted ids, each row padded (id -1) past a random end
+        ids = np.sort(rng.integers(0, operands["segments"], (b, s)), axis=1)
+        ids[np.arange(s)[None, :] >= rng.integers(s // 2, s + 1, (b, 1))] = -1
+        arrays["q_segment_ids"] = arrays["kv_segment_ids"] = jnp.asarray(ids, jnp.int32)
+    if "lengths" in operands:
+        arrays["kv_lengths"] = jnp.asarray(rng.integers(0, s + 1, (b,)), jnp.int32)
     return arrays
+
+
+#: Operands that take no gradient (boolean or integer).
+_NOT_DIFFERENTIATED = ("attention_mask", "q_segment_ids", "kv_segment_ids", "kv_lengths")
 
 
 def _value_and_grads(fn, arrays):
     """``{output, d<name>...}`` of ``sum(out * cos(out))``, and the compiled HLO text."""
-    floats = [name for name in arrays if name != "attention_mask"]
+    floats = [name for name in arrays if name not in _NOT_DIFFERENTIATED]
 
     def loss(*xs):
         out, _ = fn(**dict(zip(floats, xs, strict=True)), **{k: v for k, v in arrays.items() if k not in floats})

@@ -113,3 +113,38 @@ def test_an_empty_row_has_lse_minus_inf_and_output_zero():
 def test_every_backend_registers_attention_with_lse():
     platforms = {s.platform for s in registry.kernel_specs("attention_with_lse")}
     assert platforms == {"xla", "pallas_tpu", "triton", "mosaic_gpu"}
+
+
+_PACKING_SPECS = [s for s in registry.kernel_specs("attention_with_lse")
+                  if s.capabilities.segment_ids and s.capabilities.kv_lengths]
+
+
+def test_packing_is_claimed_by_the_lse_implementations_of_every_backend_but_mosaic_gpu():
+    assert {s.platform for s in _PACKING_SPECS} == {"xla", "pallas_tpu", "triton"}
+
+
+@pytest.mark.parametrize("spec", _PACKING_SPECS, ids=lambda s: s.label)
+def test_segment_ids_and_kv_lengths_equal_their_dense_mask_with_the_lse(spec):
+    # Ring attention's steps hand each pair's packing to attention_with_lse: every backend that claims it
+    # must give the out and lse of the equivalent dense mask (here the XLA implementation's, checked above).
+    args = _inputs()
+    q_ids = jnp.asarray(np.repeat(np.arange(5), 4)[None], jnp.int32)  # 5 segments of 4 queries; the last sees no key
+    kv_ids = jnp.asarray(np.minimum(np.arange(SKV) // 8, 4)[None], jnp.int32).at[:, 30:].set(-1)  # padded tail
+    lengths = jnp.asarray([27], jnp.int32)
+    kernel = ejkernel.get_kernel("attention_with_lse", "xla")
+    dtype = jnp.float32 if "float32" in spec.capabilities.dtypes else jnp.float16
+    call = kernel.bind(args["query"], args["key"], args["value"], causal=True, dtype=dtype, q_segment_ids=q_ids,
+                       kv_segment_ids=kv_ids, kv_lengths=lengths)
+    assert not spec.capabilities.unsupported_reasons(call.features)
+    mask = (q_ids[:, :, None] == kv_ids[:, None, :]) & (kv_ids[:, None, :] >= 0)
+    mask = (mask & (jnp.arange(SKV) < lengths[:, None, None]))[:, None]
+    dense = kernel.bind(args["query"], args["key"], args["value"], attention_mask=mask, causal=True, dtype=dtype)
+    impl = spec.build(spec.uses_pallas)
+    with jax.default_matmul_precision("highest"):
+        (out, lse), (want_out, want_lse) = impl(call), kernel.run(dense)
+    tol = 1e-5 if dtype == jnp.float32 else 5e-3
+    seen = np.isfinite(np.asarray(want_lse))
+    assert not seen.all() and seen.any(), "the case must hold rows with no allowed key and rows with some"
+    np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), seen)
+    np.testing.assert_allclose(np.where(seen, lse, 0), np.where(seen, want_lse, 0), rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(want_out, np.float32), rtol=tol, atol=tol)

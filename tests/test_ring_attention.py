@@ -196,7 +196,11 @@ def _ring_error(**kwargs):
          ValueError, "bias must be \\[B\\|1, Hq\\|Hkv\\|1, S_local, S_local \\* num_shards\\]"),
         ({"axis_name": "seq", "shapes": [(1, 32, 3, 8), (1, 32, 2, 8), (1, 32, 2, 8)]}, ValueError, "multiple"),
         ({"axis_name": "seq", "sliding_window": -1}, ValueError, "sliding_window"),
-        ({"axis_name": "seq", "kv_lengths": jnp.array([4], jnp.int32)}, NotImplementedError, "kv_lengths"),
+        ({"axis_name": "seq", "kv_lengths": jnp.array([4.0])}, TypeError, "kv_lengths must be an integer"),
+        ({"axis_name": "seq", "q_segment_ids": jnp.zeros((1, 32), jnp.int32)}, ValueError, "kv_segment_ids"),
+        # Local ids (the closure is inside the 4-shard shard_map: S_local = 8).
+        ({"axis_name": "seq", "q_segment_ids": jnp.zeros((1, 8), jnp.int32),
+          "kv_segment_ids": jnp.zeros((1, 4), jnp.int32)}, ValueError, "kv_segment_ids must have shape"),
     ],
 )
 def test_bad_input_is_refused_naming_the_argument(kwargs, error, match):

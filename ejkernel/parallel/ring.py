@@ -32,7 +32,7 @@ from ejkernel.ops.attention.sinks import sinks_lse
 from ejkernel.ops.attention.validation import resolve_bias
 from ejkernel.parallel.ring_layout import chunks_per_shard, shard_chunks
 from ejkernel.parallel.ring_schedule import PairClass, step_classes
-from ejkernel.parallel.ring_steps import PairCall, pair_backward, pair_forward, varying_zero
+from ejkernel.parallel.ring_steps import Packing, PairCall, pair_backward, pair_forward, pair_lengths, varying_zero
 from ejkernel.registry import get_kernel
 
 __all__ = ["ring_attention"]
@@ -78,8 +78,15 @@ def _operand_pair(x: Array | None, row: Array, col: Array, size: int) -> Array |
     return None if x is None else _rows(_rows(x, row, size, 2), col, size, 3)
 
 
+def _ids_rows(x: Array | None, start: Array, size: int) -> Array | None:
+    """The ``[B, size]`` rows of ``[B, S_local]`` segment ids from ``start`` (``None`` stays ``None``)."""
+    return None if x is None else _rows(x, start, size)
+
+
 def _ring_core(pair: PairCall, axis_name: Any, num_shards: int, load_balance: bool):
-    """The custom_vjp ``(q, k, v, bias, mask) -> (out float32 [B, S, Hq, Dv], lse [B, S, Hq])`` without sinks.
+    """The custom_vjp ``(q, k, v, bias, mask, q_ids, kv_ids, kv_lengths) -> (out float32 [B, S, Hq, Dv], lse
+    [B, S, Hq])`` without sinks; ``q_ids``/``kv_ids`` are the local segment ids (the key ids travel with
+    K/V), ``kv_lengths`` the global lengths ``[B]``; each may be ``None``.
 
     Each step loops over its ``k * k`` chunk pairs (``k`` chunks per shard) with ``fori_loop``, so one pair's
     computation is traced once per pass whatever the layout.
@@ -104,22 +111,26 @@ def _ring_core(pair: PairCall, axis_name: Any, num_shards: int, load_balance: bo
         branch = jnp.asarray(branch_of)[r, t, i]
         return a * c, b * c, branch, global_starts[r, a], global_starts[src, b], src * local_len + b * c
 
-    def forward(q, k, v, bias, mask):
+    def packing_at(q_ids, ids_blk, kv_lengths, row, key_row, k_start) -> Packing:
+        return Packing(_ids_rows(q_ids, row, c), _ids_rows(ids_blk, key_row, c), pair_lengths(kv_lengths, k_start, c))
+
+    def forward(q, k, v, bias, mask, q_ids, kv_ids, kv_lengths):
         b_, s_, hq, _ = q.shape
-        zero = varying_zero(q, k, v, bias, mask)
+        zero = varying_zero(q, k, v, bias, mask, q_ids, kv_ids, kv_lengths)
         out = jnp.zeros((b_, s_, hq, v.shape[-1]), jnp.float32) + zero
         lse = jnp.full((b_, s_, hq), -jnp.inf, jnp.float32) + zero
 
         def step(t, carry):
-            k_blk, v_blk, out, lse = carry
-            next_kv = lax.ppermute((k_blk, v_blk), axis_name, perm)  # issued before this step's compute
+            k_blk, v_blk, ids_blk, out, lse = carry
+            next_kv = lax.ppermute((k_blk, v_blk, ids_blk), axis_name, perm)  # issued before this step's compute
 
             def one_pair(i, acc):
                 out, lse = acc
                 row, key_row, branch, q_start, k_start, col = pair_at(t, i)
                 o, part_lse = pair_forward(
                     pair, classes, branch, _rows(q, row, c), _rows(k_blk, key_row, c), _rows(v_blk, key_row, c),
-                    _operand_pair(bias, row, col, c), _operand_pair(mask, row, col, c), q_start, k_start,
+                    _operand_pair(bias, row, col, c), _operand_pair(mask, row, col, c),
+                    packing_at(q_ids, ids_blk, kv_lengths, row, key_row, k_start), q_start, k_start,
                 )
                 o, part_lse = merge_partials(_rows(out, row, c), _rows(lse, row, c), o, part_lse)
                 return (lax.dynamic_update_slice_in_dim(out, o, row, 1),
@@ -128,28 +139,28 @@ def _ring_core(pair: PairCall, axis_name: Any, num_shards: int, load_balance: bo
             out, lse = lax.fori_loop(0, k_per * k_per, one_pair, (out, lse))
             return (*next_kv, out, lse)
 
-        _, _, out, lse = lax.fori_loop(0, n, step, (k, v, out, lse))
+        _, _, _, out, lse = lax.fori_loop(0, n, step, (k, v, kv_ids, out, lse))
         return out, lse
 
     @jax.custom_vjp
-    def core(q, k, v, bias, mask):
-        return forward(q, k, v, bias, mask)
+    def core(q, k, v, bias, mask, q_ids, kv_ids, kv_lengths):
+        return forward(q, k, v, bias, mask, q_ids, kv_ids, kv_lengths)
 
-    def core_fwd(q, k, v, bias, mask):
-        out, lse = forward(q, k, v, bias, mask)
-        return (out, lse), (q, k, v, bias, mask, out, lse)
+    def core_fwd(q, k, v, bias, mask, q_ids, kv_ids, kv_lengths):
+        out, lse = forward(q, k, v, bias, mask, q_ids, kv_ids, kv_lengths)
+        return (out, lse), (q, k, v, bias, mask, q_ids, kv_ids, kv_lengths, out, lse)
 
     def core_bwd(residuals, cotangents):
-        q, k, v, bias, mask, out, lse = residuals
+        q, k, v, bias, mask, q_ids, kv_ids, kv_lengths, out, lse = residuals
         g_out, g_lse = cotangents
         g_out = g_out.astype(jnp.float32)
         delta = jnp.sum(g_out * out, axis=-1) - g_lse.astype(jnp.float32)
-        zero = varying_zero(q, k, v, bias, mask, g_out, g_lse)
+        zero = varying_zero(q, k, v, bias, mask, q_ids, kv_ids, kv_lengths, g_out, g_lse)
         f32 = lambda x: None if x is None else jnp.zeros(x.shape, jnp.float32) + zero  # noqa: E731
 
         def step(t, carry):
-            k_blk, v_blk, dk_out, dv_out, dq, dbias = carry
-            next_kv = lax.ppermute((k_blk, v_blk), axis_name, perm)
+            k_blk, v_blk, ids_blk, dk_out, dv_out, dq, dbias = carry
+            next_kv = lax.ppermute((k_blk, v_blk, ids_blk), axis_name, perm)
             # The accumulators of the block held now, from the shard that held it last step.
             dk_blk, dv_blk = lax.ppermute((dk_out, dv_out), axis_name, perm)
 
@@ -158,7 +169,8 @@ def _ring_core(pair: PairCall, axis_name: Any, num_shards: int, load_balance: bo
                 row, key_row, branch, q_start, k_start, col = pair_at(t, i)
                 dq_p, dk_p, dv_p, db_p = pair_backward(
                     pair, classes, branch, _rows(q, row, c), _rows(k_blk, key_row, c), _rows(v_blk, key_row, c),
-                    _operand_pair(bias, row, col, c), _operand_pair(mask, row, col, c), q_start, k_start,
+                    _operand_pair(bias, row, col, c), _operand_pair(mask, row, col, c),
+                    packing_at(q_ids, ids_blk, kv_lengths, row, key_row, k_start), q_start, k_start,
                     _rows(g_out, row, c), _rows(lse, row, c), _rows(delta, row, c),
                 )
                 if dbias is not None:
@@ -169,11 +181,11 @@ def _ring_core(pair: PairCall, axis_name: Any, num_shards: int, load_balance: bo
             dq, dk_blk, dv_blk, dbias = lax.fori_loop(0, k_per * k_per, one_pair, (dq, dk_blk, dv_blk, dbias))
             return (*next_kv, dk_blk, dv_blk, dq, dbias)
 
-        init = (k, v, f32(k), f32(v), f32(q), f32(bias))
-        _, _, dk, dv, dq, dbias = lax.fori_loop(0, n, step, init)
+        init = (k, v, kv_ids, f32(k), f32(v), f32(q), f32(bias))
+        _, _, _, dk, dv, dq, dbias = lax.fori_loop(0, n, step, init)
         dk, dv = lax.ppermute((dk, dv), axis_name, perm)  # home: each block's gradient to its own shard
         return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
-                None if bias is None else dbias.astype(bias.dtype), None)
+                None if bias is None else dbias.astype(bias.dtype), None, None, None, None)
 
     core.defvjp(core_fwd, core_bwd)
     return core
@@ -194,6 +206,10 @@ def ring_attention(*args: Any, **kwargs: Any) -> tuple[Array, None]:
         the key axis in the sharded order (column ``c`` is local key ``c % S_local`` of shard ``c // S_local``;
         with ``load_balance`` that is the zigzag order of ``ring_layout.to_ring_layout``).
       softmax_aux: sinks, ``[Hq, n]`` or ``[n]``, the same on every shard; counted once per row.
+      q_segment_ids, kv_segment_ids: this shard's segment ids, integer ``[B, S_local]`` each (the key ids
+        travel round the ring with their keys); both or neither, as in ``attention``.
+      kv_lengths: integer ``[B]``, the same on every shard: keys at *global* positions ``>= length`` are
+        excluded (natural positions: with ``load_balance``, the position before the zigzag placement).
       axis_name: the mesh axis the sequence is sharded over (keyword-only, required).
       load_balance: ``True`` when the sequence was placed in zigzag order (``to_ring_layout``): every shard
         then does the same causal work (``ring_schedule.work_per_shard``).
@@ -206,7 +222,7 @@ def ring_attention(*args: Any, **kwargs: Any) -> tuple[Array, None]:
     Raises:
       ValueError, TypeError: bad input, naming the argument; ``axis_name`` not an axis of the enclosing
         ``shard_map``; key and query local lengths that differ; an odd local length with ``load_balance``.
-      NotImplementedError: dropout; segment ids or kv_lengths (not yet across shards).
+      NotImplementedError: dropout.
     """
     try:
         bound = _SIGNATURE.bind(*args, **kwargs)
@@ -226,15 +242,15 @@ def ring_attention(*args: Any, **kwargs: Any) -> tuple[Array, None]:
     if local_len is not None:  # else bind_call names the query's rank
         stand_ins.update(bias=_local_stand_in("bias", bias, local_len, n),
                          attention_mask=_local_stand_in("attention_mask", mask, local_len, n))
+    kv_lengths = a["kv_lengths"]
+    if kv_lengths is not None and hasattr(kv_lengths, "shape"):  # global lengths: no local range to check
+        stand_ins["kv_lengths"] = jax.ShapeDtypeStruct(kv_lengths.shape, kv_lengths.dtype)
     f = bind_call(stand_ins).features
     if f.kv_len != f.q_len:
         raise ValueError(f"ring_attention: key and query must have the same local length (both sharded alike), "
                          f"got {f.kv_len} and {f.q_len}")
     if f.dropout:
         raise NotImplementedError("ring_attention: dropout is not supported (deterministic=False with dropout_prob > 0)")
-    if f.segment_ids or f.kv_lengths:
-        raise NotImplementedError("ring_attention: q_segment_ids, kv_segment_ids and kv_lengths are not supported yet "
-                                  "(attention serves them on one device)")
     k_per = chunks_per_shard(load_balance)
     if local_len % k_per:
         raise ValueError(f"ring_attention: with load_balance=True the local length must be even, got {local_len}")
@@ -248,8 +264,10 @@ def ring_attention(*args: Any, **kwargs: Any) -> tuple[Array, None]:
     )
     dtype = jnp.dtype(f.dtype)
     core = _ring_core(pair, axis_name, n, load_balance)
+    ids = [None if a[name] is None else jnp.asarray(a[name])
+           for name in ("q_segment_ids", "kv_segment_ids", "kv_lengths")]
     out, lse = core(jnp.asarray(query).astype(dtype), jnp.asarray(key).astype(dtype), jnp.asarray(value).astype(dtype),
-                    bias, mask)
+                    bias, mask, *ids)
     if a["softmax_aux"] is not None:
         out, lse = add_sinks(out, lse, sinks_lse(jnp.asarray(a["softmax_aux"]), f.num_q_heads))
     return out.astype(dtype), None

@@ -14,7 +14,7 @@ The merged result is ``O = sum_p w_p o_p`` with ``w_p = exp(l_p - lse)``, so the
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ from jax import Array, lax
 from ejkernel.ops.attention.masks import allowed
 from ejkernel.parallel.ring_schedule import PairClass
 
-__all__ = ["PairCall", "pair_forward", "pair_backward", "empty_partial", "varying_zero"]
+__all__ = ["PairCall", "Packing", "pair_lengths", "pair_forward", "pair_backward", "empty_partial", "varying_zero"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,14 +40,33 @@ class PairCall:
     dtype: Any
     softmax_dtype: Any
 
-    def run(self, q: Array, k: Array, v: Array, bias: Array | None, mask: Array | None, *, causal: bool,
-            window: tuple[int, int] | None) -> tuple[Array, Array]:
+    def run(self, q: Array, k: Array, v: Array, bias: Array | None, mask: Array | None, packing: Packing, *,
+            causal: bool, window: tuple[int, int] | None) -> tuple[Array, Array]:
         call = self.kernel.bind(
             q, k, v, attention_mask=mask, bias=bias, softmax_scale=self.softmax_scale,
             logits_soft_cap=self.logits_soft_cap, dtype=self.dtype, softmax_dtype=self.softmax_dtype,
-            causal=causal, sliding_window=window,
+            causal=causal, sliding_window=window, q_segment_ids=packing.q_segment_ids,
+            kv_segment_ids=packing.kv_segment_ids, kv_lengths=packing.kv_lengths,
         )
         return self.kernel.run(call)
+
+
+class Packing(NamedTuple):
+    """One pair's packing arguments (each ``None`` when the call has none): the query chunk's segment ids
+    ``[B, C]``, the key chunk's ``[B, C]``, and the key chunk's own lengths ``[B]`` in ``[0, C]``
+    (``pair_lengths``)."""
+
+    q_segment_ids: Array | None = None
+    kv_segment_ids: Array | None = None
+    kv_lengths: Array | None = None
+
+
+def pair_lengths(kv_lengths: Array | None, k_start: Array, chunk_len: int) -> Array | None:
+    """The global ``kv_lengths [B]`` as lengths of the key chunk starting at global position ``k_start``: a
+    chunk's keys are contiguous global positions, so key ``j`` of it is kept iff ``j < length - k_start``."""
+    if kv_lengths is None:
+        return None
+    return jnp.clip(kv_lengths.astype(jnp.int32) - k_start, 0, chunk_len).astype(jnp.int32)
 
 
 def varying_zero(*arrays: Array | None) -> Array:
@@ -77,25 +96,26 @@ def _band_mask(p: PairCall, q_start: Array, k_start: Array, mask: Array | None) 
     return band if mask is None else band & mask
 
 
-def _branches(p: PairCall, q_start: Array, k_start: Array, mask: Array | None):
+def _branches(p: PairCall, q_start: Array, k_start: Array, mask: Array | None, packing: Packing):
     """The computation of each ``PairClass`` (skip excluded) as ``f(q, k, v, bias) -> (out, lse)``."""
     def full(q, k, v, bias):
-        return p.run(q, k, v, bias, mask, causal=False, window=None)
+        return p.run(q, k, v, bias, mask, packing, causal=False, window=None)
 
     def diagonal(q, k, v, bias):
-        return p.run(q, k, v, bias, mask, causal=p.causal, window=p.window)
+        return p.run(q, k, v, bias, mask, packing, causal=p.causal, window=p.window)
 
     def band(q, k, v, bias):
-        return p.run(q, k, v, bias, _band_mask(p, q_start, k_start, mask), causal=False, window=None)
+        return p.run(q, k, v, bias, _band_mask(p, q_start, k_start, mask), packing, causal=False, window=None)
 
     return {PairClass.FULL: full, PairClass.DIAGONAL: diagonal, PairClass.BAND: band}
 
 
 def pair_forward(p: PairCall, classes: tuple[PairClass, ...], branch: Array, q: Array, k: Array, v: Array,
-                 bias: Array | None, mask: Array | None, q_start: Array, k_start: Array) -> tuple[Array, Array]:
+                 bias: Array | None, mask: Array | None, packing: Packing, q_start: Array,
+                 k_start: Array) -> tuple[Array, Array]:
     """The partial result of one pair of class ``classes[branch]`` (``branch`` traced int32; ``classes`` the
     classes the ring's table holds, so that no other is traced); ``q_start``/``k_start`` are global."""
-    fns = _branches(p, q_start, k_start, mask) | {PairClass.SKIP: empty_partial}
+    fns = _branches(p, q_start, k_start, mask, packing) | {PairClass.SKIP: empty_partial}
     branches = [fns[c] for c in classes]
     if len(branches) == 1:
         return branches[0](q, k, v, bias)
@@ -103,19 +123,19 @@ def pair_forward(p: PairCall, classes: tuple[PairClass, ...], branch: Array, q: 
 
 
 def pair_backward(p: PairCall, classes: tuple[PairClass, ...], branch: Array, q: Array, k: Array, v: Array,
-                  bias: Array | None, mask: Array | None, q_start: Array, k_start: Array, g_out: Array, lse: Array,
-                  delta: Array) -> tuple[Array, ...]:
+                  bias: Array | None, mask: Array | None, packing: Packing, q_start: Array, k_start: Array,
+                  g_out: Array, lse: Array, delta: Array) -> tuple[Array, ...]:
     """``(dq, dk, dv, dbias)`` of one pair (``dbias`` ``None`` without a bias), float32.
 
     ``g_out [B, C, Hq, Dv]`` is the cotangent of the merged output, ``lse [B, C, Hq]`` the merged lse (sinks
     excluded), ``delta = rowsum(g_out * out) - g_lse`` of the merged result. ``classes``/``branch`` as in
     ``pair_forward``.
     """
-    fns = _branches(p, q_start, k_start, mask)
+    fns = _branches(p, q_start, k_start, mask, packing)
     primals = (q, k, v) if bias is None else (q, k, v, bias)
 
     def zeros(*_):
-        zero = varying_zero(*primals, mask, g_out, lse, delta)
+        zero = varying_zero(*primals, mask, *packing, g_out, lse, delta)
         return tuple(jnp.zeros(x.shape, jnp.float32) + zero for x in primals)
 
     def gradients(fn):

@@ -79,17 +79,25 @@ def sharded_ring_attention(*args: Any, **kwargs: Any) -> tuple[Array, None]:
             f"sharded_ring_attention: axis_name {axis_name!r} is not an axis of the mesh {dict(mesh.shape)}")
     n = mesh.shape[axis_name]
     q, k, v, bias, mask, aux = call.query, call.key, call.value, call.bias, call.attention_mask, call.softmax_aux
+    q_ids, kv_ids = call.q_segment_ids, call.kv_segment_ids
     if load_balance:
         q, k, v = (to_ring_layout(x, n) for x in (q, k, v))
+        q_ids, kv_ids = (None if x is None else to_ring_layout(x, n) for x in (q_ids, kv_ids))
         bias, mask = (None if x is None else to_ring_layout(to_ring_layout(x, n, axis=2), n, axis=3)
                       for x in (bias, mask))
     seq = PartitionSpec(batch_axis, axis_name, head_axis, None)
-    operands = {"bias": bias, "attention_mask": mask, "softmax_aux": aux}
+    operands = {"bias": bias, "attention_mask": mask, "softmax_aux": aux, "q_segment_ids": q_ids,
+                "kv_segment_ids": kv_ids, "kv_lengths": call.kv_lengths}
     present = {name: x for name, x in operands.items() if x is not None}
-    specs = {name: _operand_spec(x, batch_axis, head_axis, axis_name)
-             for name, x in present.items() if name != "softmax_aux"}
+    specs = {name: _operand_spec(present[name], batch_axis, head_axis, axis_name)
+             for name in ("bias", "attention_mask") if name in present}
     if aux is not None:
         specs["softmax_aux"] = PartitionSpec(head_axis, None) if aux.ndim == 2 else PartitionSpec(None)
+    for name in ("q_segment_ids", "kv_segment_ids"):  # [B, S]: sharded with the sequence
+        if name in present:
+            specs[name] = PartitionSpec(batch_axis, axis_name)
+    if "kv_lengths" in present:  # [B]: global lengths, the same on every sequence shard
+        specs["kv_lengths"] = PartitionSpec(batch_axis)
     semantics = {name: a[name] for name in
                  ("softmax_scale", "logits_soft_cap", "dtype", "softmax_dtype", "causal", "sliding_window")}
     names = tuple(present)

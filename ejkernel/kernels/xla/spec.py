@@ -147,7 +147,8 @@ CHUNKED_WITH_LSE = KernelSpec(
     priority=10,
     devices=_EVERY_DEVICE,
     build=_build_chunked_with_lse,
-    capabilities=_every_feature(frozenset({"float16", "bfloat16", "float32"}), frozenset({"float32"})),
+    capabilities=_every_feature(frozenset({"float16", "bfloat16", "float32"}), frozenset({"float32"}),
+                                segment_ids=True, kv_lengths=True),
     description="chunked XLA attention returning (output, lse [B, Sq, Hq]); differentiable in both",
 )
 
