@@ -53,17 +53,8 @@ def _differentiable(inputs, features):
     return f, tuple(inputs[n] for n in names), names
 
 
-@pytest.fixture(params=["rows", "heads"])
-def query_layout(request, monkeypatch):
-    """Each of the reference's per-platform query layouts (``reference._query_layout``), whatever this machine is."""
-    from ejkernel.kernels.xla import reference
-
-    monkeypatch.setattr(reference, "_query_layout", lambda: request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("name", list(CASES))
-def test_gradients_match_finite_differences(x64, query_layout, name):
+def test_gradients_match_finite_differences(x64, name):
     shape, features = CASES[name]
     inputs = _float64_inputs(shape, features, seed=len(name))
     f, args, _ = _differentiable(inputs, features)
@@ -72,7 +63,7 @@ def test_gradients_match_finite_differences(x64, query_layout, name):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_float64_forward_matches_oracle(x64, query_layout, name):
+def test_float64_forward_matches_oracle(x64, name):
     # Gradients checked in float64 are only meaningful if float64 is computed in float64 throughout.
     shape, features = CASES[name]
     inputs = _float64_inputs(shape, features, seed=1)

@@ -5,7 +5,6 @@ second implementation at all)."""
 from __future__ import annotations
 
 import dataclasses
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import examples
-from ejkernel.kernels.xla import reference
 from strategies import (
     SHAPES,
     Features,
@@ -43,14 +41,6 @@ def test_matches_oracle_float32(shape, features, seed):
 @given(shape=shapes, features=features(), dtype=st.sampled_from((jnp.bfloat16, jnp.float16)), seed=seeds)
 def test_matches_oracle_low_precision(shape, features, dtype, seed):
     check_case(shape, features, dtype, seed)
-
-
-@settings(max_examples=examples(1))
-@given(shape=shapes, features=features(), dtype=st.sampled_from((jnp.float32, jnp.float16)), seed=seeds)
-def test_heads_query_layout_matches_oracle(shape, features, dtype, seed):
-    # The NVIDIA-GPU layout (``reference._query_layout``), here on whatever machine runs the suite.
-    with mock.patch.object(reference, "_query_layout", lambda: "heads"):
-        check_case(shape, features, dtype, seed)
 
 
 @settings(max_examples=examples(0.5))

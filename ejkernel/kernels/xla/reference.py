@@ -2,8 +2,9 @@
 
 It materialises the ``[B, Hq, Sq, Skv]`` weights, so memory grows as ``Sq * Skv``; it is one jitted
 computation that XLA fuses (logits, cap, bias, mask and softmax in one pass). K/V are never repeated
-per query head: the query heads are contracted against ``[B, Skv, Hkv, D]`` directly, in a layout
-chosen per platform and measured against ``jax.nn.dot_product_attention`` (``_query_layout``).
+per query head: the query heads of a group are laid out as ``[B, Hkv, G * Sq, D]`` and contracted
+against ``[B, Skv, Hkv, D]`` directly. The layout was measured on the CPU for every GQA ratio
+(``benchmarks/xla_reference_cpu.py``; it is faster than ``jax.nn.dot_product_attention`` there).
 """
 
 from __future__ import annotations
@@ -40,24 +41,6 @@ def _products_precision(dtype: jnp.dtype) -> Any:
     return matmul_precision(dtype)
 
 
-def _query_layout() -> str:
-    """How the products lay out the query heads, chosen per platform (each measured against jax.nn's XLA path).
-
-    ``"rows"`` (the CPU, TPU): the query heads of a group are rows, ``[B, Hkv, G * Sq, D]``, one matmul per kv
-    head (``benchmarks/xla_reference_cpu.py``). ``"heads"`` (NVIDIA GPUs): queries stay ``[B, Sq, Hkv, G, D]``,
-    the products contract over ``D`` with the group as a batch axis, as jax.nn does; with the rows layout
-    the GPU's forward+backward at head dim 256 ran at 0.92x jax.nn's (``benchmarks/xla_reference_gpu.py``).
-    """
-    return "heads" if current_platform() == "cuda" else "rows"
-
-
-#: The two products' einsum specs per layout: (logits ``q·k``, output ``weights·v``).
-_PRODUCT_SPECS = {
-    "rows": ("bhqd,bkhd->bhqk", "bhqk,bkhd->bhqd"),
-    "heads": ("bqhgd,bkhd->bhgqk", "bhgqk,bkhd->bqhgd"),
-}
-
-
 def _rows(x: Array, drop: tuple[int, ...]) -> Array:
     """Drops the size-1 axes ``drop`` of the full ``[B, Hq, Sq, Skv]`` shape from ``x`` (broadcastable to it).
 
@@ -71,9 +54,9 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array | None]:
     """The computation of a validated call: ``(output [B, Sq, Hq, Dv], weights [B, Hq, Sq, Skv])``; the
     weights are ``None`` when the call's ``features.return_weights`` is ``False``.
 
-    Query heads are laid out as ``_query_layout`` says; in either layout each product runs against K and V
-    as they are (never repeated per query head), and the softmax runs on the ``[B, Hq, Sq, Skv]`` logits,
-    a free reshape of the products' output.
+    Query heads are laid out as ``[B, Hkv, G * Sq, D]`` so that each product is one batched matmul per
+    kv head, against K and V as they are (never repeated per query head). The softmax runs on the
+    ``[B, Hq, Sq, Skv]`` logits, a free reshape of the products' ``[B, Hkv, G * Sq, Skv]``.
     """
     f = call.features
     query, key, value = call.query, call.key, call.value
@@ -85,18 +68,14 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array | None]:
     hkv, g, skv = f.num_kv_heads, f.group_size, f.kv_len
     full = (b, hq, sq, skv)
     drop = tuple(axis for axis in range(3) if full[axis] == 1)
-    layout = _query_layout()
-    logits_spec, values_spec = _PRODUCT_SPECS[layout]
-    q = query.astype(dtype).reshape(b, sq, hkv, g, d)
-    if layout == "rows":
-        q = q.transpose(0, 2, 3, 1, 4).reshape(b, hkv, g * sq, d)
+    q = query.astype(dtype).reshape(b, sq, hkv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, hkv, g * sq, d)
     k = key.astype(dtype)
     v = value.astype(dtype)
     if f.segment_ids or f.kv_lengths:  # keys no query may see never meet a product (NaN-safe padding)
         visible = visible_kv_ids(call.q_segment_ids, call.kv_segment_ids, call.kv_lengths, skv)
         k, v = zero_invisible(k, visible), zero_invisible(v, visible)
 
-    s = jnp.einsum(logits_spec, q, k, preferred_element_type=acc, precision=_products_precision(dtype))
+    s = jnp.einsum("bhqd,bkhd->bhqk", q, k, preferred_element_type=acc, precision=_products_precision(dtype))
     bias_rows = None if bias is None else _rows(per_query_head(bias, hq), drop)
     s, _ = transform_logits(_rows(s.reshape(full), drop), f.softmax_scale, f.logits_soft_cap, bias_rows)
 
@@ -132,12 +111,8 @@ def reference_attention(call: AttentionCall) -> tuple[Array, Array | None]:
         weights = jnp.where(keep.reshape(weights.shape), weights / (1.0 - f.dropout_prob), 0)
 
     product = _float16_values_product if dtype == jnp.float16 else _values_product
-    if layout == "rows":
-        out = product(weights.reshape(b, hkv, g * sq, skv), v, dtype, values_spec)
-        out = out.reshape(b, hkv, g, sq, -1).transpose(0, 3, 1, 2, 4)
-    else:
-        out = product(weights.reshape(b, hkv, g, sq, skv), v, dtype, values_spec)
-    out = out.reshape(b, sq, hq, -1).astype(dtype)
+    out = product(weights.reshape(b, hkv, g * sq, skv), v, dtype)
+    out = out.reshape(b, hkv, g, sq, -1).transpose(0, 3, 1, 2, 4).reshape(b, sq, hq, -1).astype(dtype)
     if f.return_weights is False:  # the public call asked for none
         return out, None
     return out, weights.astype(dtype).reshape(full)
@@ -213,31 +188,33 @@ def _packing_pairs(call: AttentionCall, sq: int, skv: int) -> Array | None:
     return None if ok is None else jnp.broadcast_to(ok[:, None], (ok.shape[0], 1, sq, skv))
 
 
-def _values_product(weights: Array, v: Array, dtype: jnp.dtype, spec: str) -> Array:
-    """The weights (laid out as ``spec`` says) cast to ``dtype`` times ``v [B, Skv, Hkv, Dv]``, accumulated in
-    float32 (float64 stays float64)."""
+def _values_product(weights: Array, v: Array, dtype: jnp.dtype) -> Array:
+    """``[b, Hkv, G * Sq, Skv]`` weights cast to ``dtype`` times ``v [B, Skv, Hkv, Dv]``, accumulated in float32
+    (float64 stays float64): ``[b, Hkv, G * Sq, Dv]``."""
     acc = jnp.promote_types(dtype, jnp.float32)
-    return jnp.einsum(spec, weights.astype(dtype), v, preferred_element_type=acc, precision=_products_precision(dtype))
+    return jnp.einsum(
+        "bhqk,bkhd->bhqd", weights.astype(dtype), v, preferred_element_type=acc, precision=_products_precision(dtype)
+    )
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _float16_values_product(weights: Array, v: Array, dtype: jnp.dtype, spec: str) -> Array:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _float16_values_product(weights: Array, v: Array, dtype: jnp.dtype) -> Array:
     """``_values_product`` whose derivative in the weights is formed in float32.
 
     Autodiff of the float16 product would form the weights' cotangent, dO·Vᵀ, in float16: past 65504 it is
     inf and dQ, dK come out NaN although the float32 gradient fits. The forward product is unchanged.
     """
-    return _values_product(weights, v, dtype, spec)
+    return _values_product(weights, v, dtype)
 
 
 @_float16_values_product.defjvp
-def _float16_values_product_jvp(dtype: jnp.dtype, spec: str, primals: tuple, tangents: tuple) -> tuple[Array, Array]:
+def _float16_values_product_jvp(dtype: jnp.dtype, primals: tuple, tangents: tuple) -> tuple[Array, Array]:
     weights, v = primals
     d_weights, d_v = tangents
     wide = jnp.float32
-    d_out = jnp.einsum(spec, d_weights.astype(wide), v.astype(wide), preferred_element_type=wide,
+    d_out = jnp.einsum("bhqk,bkhd->bhqd", d_weights.astype(wide), v.astype(wide), preferred_element_type=wide,
                        precision=matmul_precision(dtype))
-    return _values_product(weights, v, dtype, spec), d_out + _values_product(weights, d_v, dtype, spec)
+    return _values_product(weights, v, dtype), d_out + _values_product(weights, d_v, dtype)
 
 
 attention = entry_point(
