@@ -195,6 +195,35 @@ def test_block_relation_matches_brute_force(data):
                 assert bool(some[i, j]) == tile.any()
 
 
+@settings(max_examples=examples(3.0))
+@given(st.data())
+def test_block_spans_hold_every_block_some_pair_may_match_and_narrowing_keeps_them(data):
+    """``segments.block_spans`` against brute force: every tile that may hold a matching pair has its column
+    block inside its row block's span, and the span starts and ends at such tiles; ``narrow_to_span`` keeps
+    exactly the blocks of a loop range that are in the span, the interior inside it."""
+    q_len, kv_len = data.draw(st.integers(1, 50)), data.draw(st.integers(1, 50))
+    block_q, block_k = data.draw(st.sampled_from((1, 4, 16))), data.draw(st.sampled_from((1, 8, 16)))
+    q_ids, kv_ids = data.draw(segment_row(q_len))[None], data.draw(segment_row(kv_len))[None]
+    q_ranges, kv_ranges = segments.block_ranges(q_ids, block_q), segments.block_ranges(kv_ids, block_k)
+    some, _ = segments.block_relation(*(r[:, :, None] for r in q_ranges), *(r[:, None, :] for r in kv_ranges))
+    for rows, cols, table in ((q_ranges, kv_ranges, some[0]), (kv_ranges, q_ranges, some[0].T)):
+        first, end = (x[0] for x in segments.block_spans(rows, cols))
+        for i, row in enumerate(table):
+            hits = np.flatnonzero(row)
+            if hits.size:
+                assert (first[i], end[i]) == (hits[0], hits[-1] + 1)
+            else:
+                assert first[i] == end[i] == 0
+            n = len(row)
+            lo, hi = sorted(data.draw(st.lists(st.integers(0, n), min_size=2, max_size=2)))
+            ilo, ihi = sorted(data.draw(st.lists(st.integers(lo, hi), min_size=2, max_size=2)))
+            cut = segments.narrow_to_span((lo, ilo, ihi, hi), first[i], end[i])
+            assert cut[0] <= cut[1] <= cut[2] <= cut[3]
+            assert set(range(cut[0], cut[3])) == set(range(lo, hi)) & set(range(first[i], end[i]))
+            assert set(range(cut[1], cut[2])) <= set(range(ilo, ihi))
+            assert not (set(range(lo, hi)) - set(range(cut[0], cut[3]))) & set(hits.tolist())
+
+
 @settings(max_examples=examples(1.0))
 @given(st.data())
 def test_visible_kv_ids_marks_exactly_the_keys_no_query_may_see(data):

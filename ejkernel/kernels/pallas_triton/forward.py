@@ -79,8 +79,8 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
         acc = acc * alpha[:, None] + dot(prob.astype(v.dtype), v)
         return acc, m_new, denom
 
-    lo, interior_lo, interior_hi, hi = key_blocks(p, q_first, bq, bk, dense=mask_ref is not None,
-                                                  kv_length=pk.length(b))
+    lo, interior_lo, interior_hi, hi = pk.keys_of(b, qi, key_blocks(p, q_first, bq, bk, dense=mask_ref is not None,
+                                                                    kv_length=pk.length(b)))
     split = None
     if p.kv_splits > 1:  # this program's share of the key blocks
         split = pl.program_id(2)

@@ -12,6 +12,9 @@ The element rule is ``masks.same_segment`` / ``masks.within_length``; this modul
   whether it holds one id only, in O(S), outside any kernel.
 * ``block_relation``: from two blocks' ranges, whether the ids can allow some pair (else the tile is
   skipped) and whether they allow every pair (one id, the same, no padding: no per-element mask).
+* ``block_spans``: for each block of one side, the first and one past the last block of the other side
+  that ``block_relation`` may allow: a kernel's loop over the other side ends there, so the tiles of other
+  documents of a packed row are not even visited.
 
 Every function takes NumPy or JAX arrays (host-side block counting and kernels use the same code).
 """
@@ -23,8 +26,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "PADDING_ID", "visible_kv_ids", "key_visible", "zero_invisible", "block_ranges", "block_relation", "as_ids",
-    "visited_tiles",
+    "PADDING_ID", "visible_kv_ids", "key_visible", "zero_invisible", "block_ranges", "block_relation", "block_spans",
+    "narrow_to_span", "as_ids", "visited_tiles",
 ]
 
 #: The id ``visible_kv_ids`` gives a key no query may see (any negative id is padding).
@@ -131,6 +134,35 @@ def block_relation(q_lo: Any, q_hi: Any, q_uniform: Any, kv_lo: Any, kv_hi: Any,
     some = (q_hi >= kv_lo) & (kv_hi >= q_lo)
     every = (q_uniform != 0) & (kv_uniform != 0) & (q_lo == kv_lo)
     return some, every
+
+
+def block_spans(row_ranges: tuple[Any, Any, Any], col_ranges: tuple[Any, Any, Any]) -> tuple[Any, Any]:
+    """``(first, end)``, each ``[B, n_rows]`` int32: for each row block (``block_ranges`` of one side), the
+    first column block (of the other side) whose ``block_relation`` has ``some``, and one past the last;
+    ``first = end = 0`` where none has. Outside any kernel, from the block summaries only
+    (``B * n_rows * n_cols`` booleans).
+
+    For sorted (packed) ids every block between ``first`` and ``end`` has ``some``; for any ids a block
+    outside the span has none, so a loop may end at the span without changing a result.
+    """
+    xp = _xp(row_ranges[0])
+    some, _ = block_relation(*(r[:, :, None] for r in row_ranges), *(c[:, None, :] for c in col_ranges))
+    n_cols = some.shape[2]
+    seen = some.any(axis=2)
+    first = xp.where(seen, xp.argmax(some, axis=2), 0)
+    end = xp.where(seen, n_cols - xp.argmax(some[:, :, ::-1], axis=2), 0)
+    return first.astype(xp.int32), end.astype(xp.int32)
+
+
+def narrow_to_span(bounds: tuple[Any, Any, Any, Any], first: Any, end: Any) -> tuple[Any, Any, Any, Any]:
+    """A kernel loop's ``(lo, interior_lo, interior_hi, hi)`` (``masks.key_blocks``' form) cut to the blocks
+    ``[first, end)`` of ``block_spans``; the interior stays inside the cut range (possibly empty)."""
+    xp = _xp(first)
+    lo, interior_lo, interior_hi, hi = bounds
+    lo = xp.maximum(lo, first)
+    hi = xp.maximum(xp.minimum(hi, end), lo)
+    interior_lo = xp.clip(interior_lo, lo, hi)
+    return lo, interior_lo, xp.clip(interior_hi, interior_lo, hi), hi
 
 
 def visited_tiles(q_len: int, kv_len: int, block_q: int, block_k: int, causal: bool, window: tuple[int, int] | None,
