@@ -44,6 +44,8 @@ __all__ = [
     "list_kernels",
     "kernel_specs",
     "unregister_kernel",
+    "lazy_build",
+    "with_lse",
     "current_platform",
     "KNOWN_PLATFORMS",
     "BUILTIN_MODULES",
@@ -119,6 +121,23 @@ class KernelSpec:
         if self.available is not None:
             return self.available()
         return None
+
+
+def lazy_build(module: str, factory: str) -> Callable[[bool], Callable[..., Any]]:
+    """A ``KernelSpec.build`` that imports ``module`` on first use and returns its ``factory(interpret)``, so
+    that importing a spec module never imports its kernel (Pallas, Triton)."""
+
+    def build(interpret: bool) -> Callable[..., Any]:
+        return getattr(importlib.import_module(module), factory)(interpret)
+
+    build.__qualname__ = build.__name__ = f"lazy_build({module}.{factory})"
+    return build
+
+
+def with_lse(spec: KernelSpec, module: str, factory: str = "registered_attention_with_lse") -> KernelSpec:
+    """``spec``'s kernel registered as ``attention_with_lse`` (``(output, lse [B, Sq, Hq])``, differentiable in
+    both), built by ``module.factory``; everything else (capabilities, priority, availability) is ``spec``'s."""
+    return dataclasses.replace(spec, name="attention_with_lse", build=lazy_build(module, factory))
 
 
 _ALGORITHMS: dict[str, Algorithm] = {}

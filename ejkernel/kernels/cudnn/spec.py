@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ejkernel.kernels.cudnn.capabilities import CAPABILITIES
 from ejkernel.platform import cuda_capability_reason
-from ejkernel.registry import KernelSpec
+from ejkernel.registry import KernelSpec, lazy_build
 
 __all__ = ["SPEC", "SPECS"]
 
@@ -19,19 +19,13 @@ def _available() -> str | None:
     return cuda_capability_reason(8)
 
 
-def _build(interpret: bool):
-    from ejkernel.kernels.cudnn.interface import registered_attention
-
-    return registered_attention(interpret)
-
-
 SPEC = KernelSpec(
     name="attention",
     platform="cudnn",
     variant="default",
     priority=110,
     devices=frozenset({"cuda"}),
-    build=_build,
+    build=lazy_build("ejkernel.kernels.cudnn.interface", "registered_attention"),
     capabilities=CAPABILITIES,
     uses_pallas=False,
     description="cuDNN fused attention via jax.nn: causal/window on square scores, GQA; no bias, mask, "

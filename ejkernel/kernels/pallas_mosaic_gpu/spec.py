@@ -8,11 +8,9 @@ reallocation are Hopper's; Blackwell has its own instructions). It ranks between
 
 from __future__ import annotations
 
-import dataclasses
-
 from ejkernel.kernels.pallas_mosaic_gpu.capabilities import CAPABILITIES
 from ejkernel.platform import cuda_major_reason
-from ejkernel.registry import KernelSpec
+from ejkernel.registry import KernelSpec, lazy_build, with_lse
 
 __all__ = ["SPEC", "SPEC_WITH_LSE", "SPECS", "HOPPER"]
 
@@ -24,16 +22,7 @@ def _available() -> str | None:
     return cuda_major_reason(HOPPER)
 
 
-def _build(interpret: bool):
-    from ejkernel.kernels.pallas_mosaic_gpu.interface import registered_attention
-
-    return registered_attention(interpret)
-
-
-def _build_with_lse(interpret: bool):
-    from ejkernel.kernels.pallas_mosaic_gpu.interface import registered_attention_with_lse
-
-    return registered_attention_with_lse(interpret)
+_INTERFACE = "ejkernel.kernels.pallas_mosaic_gpu.interface"
 
 
 SPEC = KernelSpec(
@@ -42,7 +31,7 @@ SPEC = KernelSpec(
     variant="default",
     priority=105,
     devices=frozenset({"cuda"}),
-    build=_build,
+    build=lazy_build(_INTERFACE, "registered_attention"),
     capabilities=CAPABILITIES,
     uses_pallas=True,
     description="Pallas Mosaic-GPU flash attention for Hopper: TMA ring, wgmma, warp specialisation; "
@@ -51,6 +40,6 @@ SPEC = KernelSpec(
 )
 
 #: The same kernel as ``attention_with_lse``: ``(output, lse [B, Sq, Hq])``, differentiable in both.
-SPEC_WITH_LSE = dataclasses.replace(SPEC, name="attention_with_lse", build=_build_with_lse)
+SPEC_WITH_LSE = with_lse(SPEC, _INTERFACE)
 
 SPECS = (SPEC, SPEC_WITH_LSE)

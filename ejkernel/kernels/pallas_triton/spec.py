@@ -7,11 +7,9 @@ cores for Triton there).
 
 from __future__ import annotations
 
-import dataclasses
-
 from ejkernel.kernels.pallas_triton.capabilities import CAPABILITIES
 from ejkernel.platform import cuda_capability_reason
-from ejkernel.registry import KernelSpec
+from ejkernel.registry import KernelSpec, lazy_build, with_lse
 
 __all__ = ["SPEC", "SPEC_WITH_LSE", "SPECS"]
 
@@ -21,16 +19,7 @@ def _available() -> str | None:
     return cuda_capability_reason(8)
 
 
-def _build(interpret: bool):
-    from ejkernel.kernels.pallas_triton.interface import registered_attention
-
-    return registered_attention(interpret)
-
-
-def _build_with_lse(interpret: bool):
-    from ejkernel.kernels.pallas_triton.interface import registered_attention_with_lse
-
-    return registered_attention_with_lse(interpret)
+_INTERFACE = "ejkernel.kernels.pallas_triton.interface"
 
 
 SPEC = KernelSpec(
@@ -39,7 +28,7 @@ SPEC = KernelSpec(
     variant="default",
     priority=100,
     devices=frozenset({"cuda"}),
-    build=_build,
+    build=lazy_build(_INTERFACE, "registered_attention"),
     capabilities=CAPABILITIES,
     uses_pallas=True,
     description="Pallas-Triton flash attention: causal/window block skipping, GQA without K/V repetition, "
@@ -48,6 +37,6 @@ SPEC = KernelSpec(
 )
 
 #: The same kernel as ``attention_with_lse``: ``(output, lse [B, Sq, Hq])``, differentiable in both.
-SPEC_WITH_LSE = dataclasses.replace(SPEC, name="attention_with_lse", build=_build_with_lse)
+SPEC_WITH_LSE = with_lse(SPEC, _INTERFACE)
 
 SPECS = (SPEC, SPEC_WITH_LSE)
