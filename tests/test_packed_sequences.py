@@ -205,15 +205,16 @@ def test_block_spans_hold_every_block_some_pair_may_match_and_narrowing_keeps_th
     block_q, block_k = data.draw(st.sampled_from((1, 4, 16))), data.draw(st.sampled_from((1, 8, 16)))
     q_ids, kv_ids = data.draw(segment_row(q_len))[None], data.draw(segment_row(kv_len))[None]
     q_ranges, kv_ranges = segments.block_ranges(q_ids, block_q), segments.block_ranges(kv_ids, block_k)
-    some, _ = segments.block_relation(*(r[:, :, None] for r in q_ranges), *(r[:, None, :] for r in kv_ranges))
-    for rows, cols, table in ((q_ranges, kv_ranges, some[0]), (kv_ranges, q_ranges, some[0].T)):
-        first, end = (x[0] for x in segments.block_spans(rows, cols))
+    some, every = segments.block_relation(*(r[:, :, None] for r in q_ranges), *(r[:, None, :] for r in kv_ranges))
+    for rows, cols, table, full in ((q_ranges, kv_ranges, some[0], every[0]), (kv_ranges, q_ranges, some[0].T, every[0].T)):
+        first, end, whole = (x[0] for x in segments.block_spans(rows, cols))
         for i, row in enumerate(table):
             hits = np.flatnonzero(row)
             if hits.size:
                 assert (first[i], end[i]) == (hits[0], hits[-1] + 1)
+                assert bool(whole[i]) == bool(full[i, first[i]:end[i]].all())
             else:
-                assert first[i] == end[i] == 0
+                assert first[i] == end[i] == whole[i] == 0
             n = len(row)
             lo, hi = sorted(data.draw(st.lists(st.integers(0, n), min_size=2, max_size=2)))
             ilo, ihi = sorted(data.draw(st.lists(st.integers(lo, hi), min_size=2, max_size=2)))
@@ -300,3 +301,24 @@ def test_the_tpu_kernel_skips_the_tiles_a_packed_batch_rules_out():
     # Row 0: the 8 diagonal tiles and the 9 below it whose blocks share a document (worked out by hand from
     # the boundaries 100, 260, 350, 480, 630, 758, 898); row 1: one document, keys 0..299 (3 key blocks).
     assert expected.tolist() == [17, 21]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_triton_documents_aligned_to_the_blocks_take_the_untested_loops(causal):
+    """Row 0: three documents of 32 (every Triton block here lies in one document, so its loops run with no
+    per-tile test: ``block_spans``' ``whole``); row 1: documents that cut blocks (the tested loops). Both
+    against the dense mask, forward and gradients."""
+    b, s, hq, hkv, d = 2, 96, 4, 2, 16
+    ids = np.stack([np.repeat(np.arange(3), 32), np.repeat(np.arange(4), [20, 30, 25, 21])]).astype(np.int32)
+    packed = {"q_segment_ids": ids, "kv_segment_ids": ids}
+    for c in (TRITON_BLOCKS.forward, TRITON_BLOCKS.dkv, TRITON_BLOCKS.dq):
+        q_ranges, kv_ranges = segments.block_ranges(ids, c.block_q), segments.block_ranges(ids, c.block_k)
+        for whole in (segments.block_spans(q_ranges, kv_ranges)[2], segments.block_spans(kv_ranges, q_ranges)[2]):
+            assert whole[0].all() and not whole[1].all()
+    args = _inputs((b, s, s, hq, hkv, d), seed=11) | {"causal": causal}
+    cot = jax.random.normal(jax.random.key(12), (b, s, hq, d))
+    ref_out, ref_grads = _oracle(_as_dense_mask(args, packed, s, s), cot)
+    fn = functools.partial(triton_attention, block_sizes=TRITON_BLOCKS, interpret=True)
+    with jax.default_matmul_precision("highest"):
+        out, grads = forward_and_grads(fn, args | {k: jnp.asarray(v) for k, v in packed.items()}, jnp.float32, cot)
+    _assert_close(out, grads, ref_out, ref_grads, 1e-5, f"triton aligned documents causal={causal}")

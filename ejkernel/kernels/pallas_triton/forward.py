@@ -79,8 +79,8 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
         acc = acc * alpha[:, None] + dot(prob.astype(v.dtype), v)
         return acc, m_new, denom
 
-    lo, interior_lo, interior_hi, hi = pk.keys_of(b, qi, key_blocks(p, q_first, bq, bk, dense=mask_ref is not None,
-                                                                    kv_length=pk.length(b)))
+    (lo, interior_lo, interior_hi, hi), whole = pk.keys_of(
+        b, qi, key_blocks(p, q_first, bq, bk, dense=mask_ref is not None, kv_length=pk.length(b)))
     split = None
     if p.kv_splits > 1:  # this program's share of the key blocks
         split = pl.program_id(2)
@@ -90,7 +90,7 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
         interior_lo = jnp.clip(interior_lo, lo, hi)
         interior_hi = jnp.clip(interior_hi, interior_lo, hi)
     relation = (lambda kb: pk.relation(b, qi, kb)) if p.segments else None
-    acc, m, denom = walk_blocks((lo, interior_lo, interior_hi, hi), body, (acc, m, denom), relation)
+    acc, m, denom = walk_blocks((lo, interior_lo, interior_hi, hi), body, (acc, m, denom), relation, whole)
 
     out, lse2 = normalize_rows(acc, m, denom, base2=True)
     out = out.astype(o_ref.dtype)

@@ -38,8 +38,9 @@ class PackingRefs:
     """The packing refs of one kernel; all ``None`` for a call without segment ids or key lengths.
 
     ``q_ids [B, Sq_pad]``, ``kv_ids [B, Skv_pad]`` int32 (``-1`` padded); ``q_ranges``/``kv_ranges`` the
-    ``(lo, hi, uniform)`` ``[B, n_blocks]`` of this pass's blocks; ``key_spans`` the ``(first, end)``
-    ``[B, n_q_blocks]`` of key blocks per query block, ``query_spans`` ``[B, n_kv_blocks]`` the reverse;
+    ``(lo, hi, uniform)`` ``[B, n_blocks]`` of this pass's blocks; ``key_spans`` the ``(first, end, whole)``
+    ``[B, n_q_blocks]`` of key blocks per query block (``segments.block_spans``), ``query_spans``
+    ``[B, n_kv_blocks]`` the reverse;
     ``lengths [B]`` int32.
     """
 
@@ -51,17 +52,21 @@ class PackingRefs:
     query_spans: tuple[Any, Any] | None = None
     lengths: Any = None
 
-    def keys_of(self, b: Any, q_block: Any, bounds: tuple[Any, Any, Any, Any]) -> tuple[Any, Any, Any, Any]:
-        """A loop over key blocks for query block ``q_block`` cut to its span (unchanged without segment ids)."""
-        if self.key_spans is None:
-            return bounds
-        return segments.narrow_to_span(bounds, *(x[b, q_block] for x in self.key_spans))
+    def keys_of(self, b: Any, q_block: Any, bounds: tuple[Any, Any, Any, Any]) -> tuple[tuple[Any, ...], Any]:
+        """A loop over key blocks for query block ``q_block`` cut to its span, and its ``whole`` flag
+        (``(bounds, None)`` without segment ids)."""
+        return self._cut(self.key_spans, b, q_block, bounds)
 
-    def queries_of(self, b: Any, kv_block: Any, bounds: tuple[Any, Any, Any, Any]) -> tuple[Any, Any, Any, Any]:
-        """A loop over query blocks for key block ``kv_block`` cut to its span (unchanged without segment ids)."""
-        if self.query_spans is None:
-            return bounds
-        return segments.narrow_to_span(bounds, *(x[b, kv_block] for x in self.query_spans))
+    def queries_of(self, b: Any, kv_block: Any, bounds: tuple[Any, Any, Any, Any]) -> tuple[tuple[Any, ...], Any]:
+        """A loop over query blocks for key block ``kv_block`` cut to its span, and its ``whole`` flag."""
+        return self._cut(self.query_spans, b, kv_block, bounds)
+
+    @staticmethod
+    def _cut(spans: tuple[Any, Any, Any] | None, b: Any, block: Any, bounds: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any]:
+        if spans is None:
+            return bounds, None
+        first, end, whole = (x[b, block] for x in spans)
+        return segments.narrow_to_span(bounds, first, end), whole != 0
 
     def length(self, b: Any) -> Any:
         """Row ``b``'s key length, clipped by ``masks.key_blocks`` (``None`` without lengths)."""
@@ -122,26 +127,31 @@ def pop_packing_refs(p: Plan, refs: list) -> PackingRefs:
         fields["q_ids"], fields["kv_ids"] = refs.pop(0), refs.pop(0)
         fields["q_ranges"] = tuple(refs.pop(0) for _ in range(3))
         fields["kv_ranges"] = tuple(refs.pop(0) for _ in range(3))
-        fields["key_spans"] = tuple(refs.pop(0) for _ in range(2))
-        fields["query_spans"] = tuple(refs.pop(0) for _ in range(2))
+        fields["key_spans"] = tuple(refs.pop(0) for _ in range(3))
+        fields["query_spans"] = tuple(refs.pop(0) for _ in range(3))
     if p.lengths:
         fields["lengths"] = refs.pop(0)
     return PackingRefs(**fields)
 
 
-def walk_blocks(bounds: tuple[Any, Any, Any, Any], body, carry: Any, relation=None) -> Any:
+def walk_blocks(bounds: tuple[Any, Any, Any, Any], body, carry: Any, relation=None, whole: Any = None) -> Any:
     """Runs ``body(block, carry, masked)`` over the visited blocks ``[lo, hi)`` of ``bounds = (lo, interior_lo,
     interior_hi, hi)``, masked outside the interior.
 
     With ``relation(block) -> (some, every)`` (segment ids), a block where ``some`` is False is skipped, and
-    an interior block is masked unless ``every`` holds.
+    an interior block is masked unless ``every`` holds; where ``whole`` (traced bool: every block of the
+    range has ``every``) holds, the plain loops run instead, with no per-block test.
     """
     lo, interior_lo, interior_hi, hi = bounds
     masked, unmasked = functools.partial(body, masked=True), functools.partial(body, masked=False)
-    if relation is None:
+
+    def plain(carry):
         carry = lax.fori_loop(lo, interior_lo, masked, carry)
         carry = lax.fori_loop(interior_lo, interior_hi, unmasked, carry)
         return lax.fori_loop(interior_hi, hi, masked, carry)
+
+    if relation is None:
+        return plain(carry)
 
     def keep(block, carry):
         return carry
@@ -154,6 +164,9 @@ def walk_blocks(bounds: tuple[Any, Any, Any, Any], body, carry: Any, relation=No
         _, every = relation(block)
         return lax.cond(every, unmasked, edge, block, carry)
 
-    carry = lax.fori_loop(lo, interior_lo, edge, carry)
-    carry = lax.fori_loop(interior_lo, interior_hi, interior, carry)
-    return lax.fori_loop(interior_hi, hi, edge, carry)
+    def tested(carry):
+        carry = lax.fori_loop(lo, interior_lo, edge, carry)
+        carry = lax.fori_loop(interior_lo, interior_hi, interior, carry)
+        return lax.fori_loop(interior_hi, hi, edge, carry)
+
+    return tested(carry) if whole is None else lax.cond(whole, plain, tested, carry)

@@ -136,27 +136,33 @@ def block_relation(q_lo: Any, q_hi: Any, q_uniform: Any, kv_lo: Any, kv_hi: Any,
     return some, every
 
 
-def block_spans(row_ranges: tuple[Any, Any, Any], col_ranges: tuple[Any, Any, Any]) -> tuple[Any, Any]:
-    """``(first, end)``, each ``[B, n_rows]`` int32: for each row block (``block_ranges`` of one side), the
-    first column block (of the other side) whose ``block_relation`` has ``some``, and one past the last;
-    ``first = end = 0`` where none has. Outside any kernel, from the block summaries only
-    (``B * n_rows * n_cols`` booleans).
+def block_spans(row_ranges: tuple[Any, Any, Any], col_ranges: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+    """``(first, end, whole)``, each ``[B, n_rows]`` int32: for each row block (``block_ranges`` of one side),
+    the first column block (of the other side) whose ``block_relation`` has ``some``, and one past the
+    last (``first = end = 0`` where none has); ``whole`` is 1 where every column block in ``[first, end)``
+    has ``every`` (a block of one document inside a document aligned to the blocks: its loop needs no
+    per-tile test at all). Outside any kernel, from the block summaries only (``B * n_rows * n_cols``
+    booleans).
 
     For sorted (packed) ids every block between ``first`` and ``end`` has ``some``; for any ids a block
     outside the span has none, so a loop may end at the span without changing a result.
     """
     xp = _xp(row_ranges[0])
-    some, _ = block_relation(*(r[:, :, None] for r in row_ranges), *(c[:, None, :] for c in col_ranges))
+    some, every = block_relation(*(r[:, :, None] for r in row_ranges), *(c[:, None, :] for c in col_ranges))
     n_cols = some.shape[2]
     seen = some.any(axis=2)
     first = xp.where(seen, xp.argmax(some, axis=2), 0)
     end = xp.where(seen, n_cols - xp.argmax(some[:, :, ::-1], axis=2), 0)
-    return first.astype(xp.int32), end.astype(xp.int32)
+    cols = xp.arange(n_cols)[None, None, :]
+    in_span = (cols >= first[:, :, None]) & (cols < end[:, :, None])
+    whole = seen & xp.all(every | ~in_span, axis=2)
+    return first.astype(xp.int32), end.astype(xp.int32), whole.astype(xp.int32)
 
 
 def narrow_to_span(bounds: tuple[Any, Any, Any, Any], first: Any, end: Any) -> tuple[Any, Any, Any, Any]:
     """A kernel loop's ``(lo, interior_lo, interior_hi, hi)`` (``masks.key_blocks``' form) cut to the blocks
-    ``[first, end)`` of ``block_spans``; the interior stays inside the cut range (possibly empty)."""
+    ``[first, end)`` of ``block_spans``; the interior stays inside the cut range (possibly empty). (The
+    ``whole`` flag of ``block_spans`` is the kernel's to use.)"""
     xp = _xp(first)
     lo, interior_lo, interior_hi, hi = bounds
     lo = xp.maximum(lo, first)
