@@ -56,6 +56,10 @@ PALLAS_CASES = [
     (platform, (f"{platform}-window-bias-sinks-balanced", {"seq": 2}, {"load_balance": True}, (1, 32, 4, 2, 16, 16),
                 {"causal": True, "sliding_window": (9, 0)}, {"bias": (1, 4), "sinks": (4, 2)}))
     for platform in ("triton", "pallas_tpu")
+] + [
+    (platform, (f"{platform}-causal-segments-lengths-balanced", {"seq": 2}, {"load_balance": True},
+                (2, 64, 4, 2, 16, 16), {"causal": True}, {"segments": 3, "lengths": True}))
+    for platform in ("triton", "pallas_tpu")
 ]
 
 #: A bfloat16 case (``--extended``), in the layout of ``CASES``.
