@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One device call: the cuDNN semantics probe ($PROBE_CASES), the GPU profile (-k $PYTEST_K), the parity cases named in $PARITY_CASES
-# and the README's main job. Run from the repository root: OUT=<folder> benchmarks/gpu_round.sh
+# One device call: the cuDNN semantics probe ($PROBE_CASES), the packing benchmark ($PACKING non-empty), the GPU profile
+# (-k $PYTEST_K), the parity cases named in $PARITY_CASES and the README's main job.
+# Run from the repository root: OUT=<folder> benchmarks/gpu_round.sh
 set -uo pipefail
 OUT="${OUT:-/tmp/gpu_round}"
 export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:-.}" XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -8,6 +9,9 @@ mkdir -p "$OUT"
 status=0
 if [ -n "${PROBE-1}" ]; then
   timeout "${PROBE_S:-150}" python3 benchmarks/cudnn_semantics.py ${PROBE_CASES:-} 2>&1 | tee "$OUT/cudnn_semantics.txt" | grep -v "^\s*$" || status=1
+fi
+if [ -n "${PACKING-}" ]; then
+  timeout "${PACKING_S:-120}" python3 -m ejkernel.cli bench packing --platform "${PACKING_PLATFORM:-triton}" --out "$OUT" --name packing 2>&1 | grep -v "^\s*$" | tail -n 20 || status=1
 fi
 if [ -n "${PROFILE-1}" ]; then
   timeout "${PROFILE_S:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -k "${PYTEST_K:-gpu}" tests/test_gpu.py 2>&1 | tee "$OUT/gpu_profile.txt" | tail -n 30 || status=1
