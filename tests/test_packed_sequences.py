@@ -94,7 +94,9 @@ def _assert_close(out, grads, ref_out, ref_grads, tolerance, what):
     assert all(e <= tolerance for e in errors.values()), f"{what}: {errors}"
 
 
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("backend", [
+    pytest.param(b, marks=pytest.mark.infs_by_design("chunked_attention also returns the -inf lse of all-padding rows"))
+    if b == "chunked" else b for b in sorted(BACKENDS)])
 def test_packing_matches_the_reference_with_the_dense_mask(backend):
     fn, shapes, count = BACKENDS[backend]
 
@@ -147,6 +149,7 @@ def _nan_case(layout, shape):
                    "kv_lengths": np.array([skv - 3, skv // 2], np.int32)}
 
 
+@pytest.mark.infs_by_design("its inputs hold Inf and NaN on purpose")
 @pytest.mark.parametrize("layout", ["packed", "decode"])
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_keys_no_query_may_see_never_influence_anything(backend, layout):

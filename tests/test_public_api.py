@@ -59,7 +59,8 @@ def _plain_attention(q, k, v, bias, causal):
     s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1]) + bias
     sq, skv = q.shape[1], k.shape[1]
     if causal:
-        s = jnp.where(np.arange(skv)[None, :] <= np.arange(sq)[:, None] + (skv - sq), s, -jnp.inf)
+        # The lowest finite logit, not -inf (every row sees a key here): the oracle runs under jax_debug_infs too.
+        s = jnp.where(np.arange(skv)[None, :] <= np.arange(sq)[:, None] + (skv - sq), s, jnp.finfo(s.dtype).min)
     return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, axis=-1), v)
 
 

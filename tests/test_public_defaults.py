@@ -168,6 +168,7 @@ def test_bias_and_mask_broadcast_by_numpy_rules(mask_shape, bias_shape, seed):
         assert grad.shape == bias.shape
 
 
+@pytest.mark.pallas_interpret
 def test_a_key_padding_mask_serves_every_backend():
     q, k, v = _qkv(seed=4)
     lengths = np.array([3, SKV])

@@ -371,6 +371,7 @@ def test_every_entry_point_has_the_reference_signature():
         assert all(p.kind is p.KEYWORD_ONLY for p in params[SEED_PARAMETER_COUNT:]), fn
 
 
+@pytest.mark.pallas_interpret
 def test_every_registered_implementation_takes_a_bound_call():
     """Iterates the live registry, so every kernel registered later is covered too: each one that runs on
     this device (Pallas ones interpreted) and serves the call."""
@@ -388,6 +389,7 @@ def test_every_registered_implementation_takes_a_bound_call():
     assert {"xla", "pallas_tpu", "triton"} <= set(ran)
 
 
+@pytest.mark.pallas_interpret
 def test_one_call_is_validated_once_and_checked_once_per_candidate(monkeypatch):
     validations, checks = [], []
     validate = call_module.validate_attention

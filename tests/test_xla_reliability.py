@@ -231,6 +231,11 @@ def test_debug_infs_passes_the_chunked_lse_of_rows_that_see_keys():
     with jax.debug_infs(True):
         _, lse = chunked_attention(q, k, v, causal=True, dtype=jnp.float32, **BLOCKS)
     assert bool(jnp.all(jnp.isfinite(lse)))
+
+
+@pytest.mark.infs_by_design("it asks for the -inf lse of a row that sees no key")
+def test_the_chunked_lse_of_a_row_that_sees_no_key_is_minus_inf():
+    q, k, v = _qkv(4)
     _, lse = chunked_attention(q, k, v, causal=True, dtype=jnp.float32, sliding_window=(0, 0), block_q=16,
                                block_kv=16, attention_mask=jnp.zeros((1, 1, 40, 48), bool).at[..., 1:, :].set(True))
     assert bool(jnp.isneginf(lse[0, 0, 0])) and bool(jnp.all(jnp.isfinite(lse[:, :, 1:])))  # the convention
