@@ -5,6 +5,7 @@
     nox -s tests_x64 tests_debug_infs             # the suite with jax_enable_x64, then with jax_debug_infs
     nox -s gpu                                    # the GPU profile (pytest -m gpu), on an NVIDIA GPU
     nox -s ring                                   # ring attention on 8 forced host devices, Pallas included
+    nox -s ring_tpu_compile                       # the ring's ppermute/compute overlap, compiled for v5e (libtpu)
     nox -s benchmarks                             # not run by default: minutes of CPU
 """
 
@@ -96,3 +97,18 @@ def tpu_compile(session: nox.Session) -> None:
     topologies = session.posargs or ["v5e:2x2", "v6e:2x2"]
     args = [a for t in topologies for a in ("--topology", t)]
     session.run("python", "-m", "ejkernel.kernels.pallas_tpu.compile_check", *args)
+
+
+@nox.session(name="ring_tpu_compile")
+def ring_tpu_compile(session: nox.Session) -> None:
+    """Compiles the ring (forward and forward+backward, the XLA step and the Pallas TPU kernel) for a TPU
+    topology without a TPU, and checks that every K/V and dK/dV ppermute is asynchronous with the step's
+    compute scheduled between its start and done (``benchmarks/ring_overlap.py --topology``, ``docs/ring.rst``).
+
+    Installs libtpu through ``jax[tpu]`` pinned like ``tpu_compile``; about a CPU-minute after the download.
+    Arguments after ``--`` replace the default ``--topology v5e:2x2``.
+    """
+    session.install("-e", ".")
+    version = session.run("python", "-c", "import jax; print(jax.__version__)", silent=True).strip()
+    session.install(f"jax[tpu]=={version}")
+    session.run("python", "benchmarks/ring_overlap.py", *(session.posargs or ["--topology", "v5e:2x2"]))

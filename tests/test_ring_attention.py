@@ -263,6 +263,68 @@ def test_the_overlap_reader_finds_async_permutes_across_compute_and_dependent_on
     assert late.compute_overlapped == 0
 
 
+# The shape of a ring step as libtpu's compiler schedules it (trimmed from a v5e backward ring): tiled layouts,
+# a collective-permute-start whose result tuple carries u32[] sync flags, ".sunk" clones, copy-start/done
+# pairs, and the step's compute as an inner while over its chunk pairs (a Mosaic custom-call inside). "kv" is
+# sent before the pair loop and received after it; "acc" is received before it (the loop adds into it).
+_TPU_BODY = """HloModule jit_ring, is_scheduled=true, entry_computation_layout={(bf16[1,2048,8,128]{3,1,2,0})->bf16[1,2048,8,128]{3,1,2,0}}
+
+%pairs.body.sunk (p.2: (s32[], bf16[1,2048,8,128], f32[1,2048,8,128])) -> (s32[], bf16[1,2048,8,128], f32[1,2048,8,128]) {
+  %p.2 = (s32[]{:T(128)}, bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)}, f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)}) parameter(0)
+  %i.2 = s32[]{:T(128)} get-tuple-element(%p.2), index=0
+  %k.2 = bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)} get-tuple-element(%p.2), index=1
+  %a.2 = f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)} get-tuple-element(%p.2), index=2
+  %ejkernel_flash_backward.1 = (f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)}) custom-call(%k.2, %a.2), custom_call_target="tpu_custom_call", metadata={op_name="jit(<lambda>)/shard_map/while/body/pallas_call" stack_frame_id=7}, backend_config={"flag_configs":[],"custom_call_config":{"body":"TUxJUgA="}}
+  %dk.2 = f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)} get-tuple-element(%ejkernel_flash_backward.1), index=0
+  ROOT %tuple.2 = (s32[]{:T(128)}, bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)}, /*index=2*/f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)}) tuple(%i.2, %k.2, %dk.2)
+}
+
+%pairs.cond (p.3: (s32[], bf16[1,2048,8,128], f32[1,2048,8,128])) -> pred[] {
+  %p.3 = (s32[]{:T(128)}, bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)}, f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)}) parameter(0)
+  ROOT %constant.3 = pred[]{:T(512)} constant(true)
+}
+
+%wide.region_10.23_spmd.sunk.clone.sunk (wide.param.1: (s32[], bf16[1,2048,8,128], /*index=2*/f32[1,2048,8,128])) -> (s32[], bf16[1,2048,8,128], f32[1,2048,8,128]) {
+  %wide.param.1 = (s32[]{:T(128)}, bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)}, /*index=2*/f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)}) parameter(0)
+  %get-tuple-element.1 = bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)} get-tuple-element(%wide.param.1), index=1
+  %get-tuple-element.2 = f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)} get-tuple-element(%wide.param.1), index=2
+  %copy.1 = bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)} copy(%get-tuple-element.1), backend_config={"flag_configs":[],"window_config":{"output_window_bounds":["1","4","256","1"]}}
+  %kv = (bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)}, bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%copy.1), channel_id=1, source_target_pairs={{0,1},{1,2},{2,3},{3,0}}, metadata={op_name="jit(<lambda>)/transpose(jvp())/shard_map/while/body/closed_call/ppermute" stack_frame_id=183}, backend_config={"flag_configs":[],"barrier_config":{"barrier_type":"CUSTOM"}}
+  %acc = (f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)}, f32[1,2048,8,128]{3,1,2,0:T(8,128)}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%get-tuple-element.2), channel_id=2, source_target_pairs={{0,1},{1,2},{2,3},{3,0}}
+  %get-tuple-element.0 = s32[]{:T(128)} get-tuple-element(%wide.param.1), index=0
+  %acc.done = f32[1,2048,8,128]{3,1,2,0:T(8,128)} collective-permute-done(%acc), metadata={op_name="jit(<lambda>)/transpose(jvp())/shard_map/while/body/closed_call/ppermute" stack_frame_id=183}
+  %copy-start.1 = (f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)}, f32[1,2048,8,128]{3,1,2,0:T(8,128)}, u32[]{:S(2)}) copy-start(%acc.done)
+  %copy-done.1 = f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)} copy-done(%copy-start.1)
+  %tuple.1 = (s32[]{:T(128)}, bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)}, f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)}) tuple(%get-tuple-element.0, %get-tuple-element.1, %copy-done.1)
+  %while.124 = (s32[]{:T(128)}, bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)}, f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)}) while(%tuple.1), condition=%pairs.cond, body=%pairs.body.sunk, backend_config={"known_trip_count":{"n":"4"}}
+  %dk = f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)} get-tuple-element(%while.124), index=2
+  %kv.done = bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)} collective-permute-done(%kv)
+  ROOT %tuple.375 = (s32[]{:T(128)}, bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)}, /*index=2*/f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)}) tuple(%get-tuple-element.0, %kv.done, %dk)
+}
+
+%wide.cond (p.4: (s32[], bf16[1,2048,8,128], f32[1,2048,8,128])) -> pred[] {
+  %p.4 = (s32[]{:T(128)}, bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)}, f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)}) parameter(0)
+  ROOT %constant.4 = pred[]{:T(512)} constant(true)
+}
+
+ENTRY %main.5 (a.5: (s32[], bf16[1,2048,8,128], f32[1,2048,8,128])) -> (s32[], bf16[1,2048,8,128], f32[1,2048,8,128]) {
+  %a.5 = (s32[]{:T(128)}, bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)}, f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)}) parameter(0)
+  ROOT %while.280 = (s32[]{:T(128)}, bf16[1,2048,8,128]{3,1,2,0:T(8,128)(2,1)}, f32[1,2048,8,128]{3,1,2,0:T(8,128)S(1)}) while(%a.5), condition=%wide.cond, body=%wide.region_10.23_spmd.sunk.clone.sunk
+}
+"""
+
+
+def test_the_overlap_reader_reads_the_tpu_compilers_schedule():
+    reports = {r.name: r for r in permute_overlap(_TPU_BODY)}
+    assert set(reports) == {"kv", "acc"}
+    kv, acc = reports["kv"], reports["acc"]
+    assert {kv.computation, acc.computation} == {"wide.region_10.23_spmd.sunk.clone.sunk"}
+    assert kv.asynchronous and kv.independent_of_compute and kv.issued_before_compute
+    assert kv.compute_overlapped == 1  # the pair loop
+    assert acc.asynchronous and acc.independent_of_compute and acc.issued_before_compute
+    assert acc.compute_overlapped == 0  # received before the loop that adds into it
+
+
 
 
 def test_the_work_table_of_the_ring_page_is_what_the_schedule_counts():

@@ -10,8 +10,9 @@ compute, which does not depend on it, so the scheduler can overlap the two.
 
 The backward pass is a ``custom_vjp`` and a second ring: K/V rotate again and each pair's gradient is
 recomputed from the saved merged ``(out, lse)`` (``ring_steps.pair_backward``); the dK/dV of a block
-travel with it, one step behind, and reach their home shard after a last ``ppermute``. Memory is
-O(local S) in both passes: the residuals are the local q, k, v, bias, output and lse.
+travel with it, one step behind, and reach their home shard after a last ``ppermute``. A step sums its
+own dK/dV apart and adds the received ones after its pairs, so that their transfer overlaps its compute
+too. Memory is O(local S) in both passes: the residuals are the local q, k, v, bias, output and lse.
 """
 
 from __future__ import annotations
@@ -161,8 +162,10 @@ def _ring_core(pair: PairCall, axis_name: Any, num_shards: int, load_balance: bo
         def step(t, carry):
             k_blk, v_blk, ids_blk, dk_out, dv_out, dq, dbias = carry
             next_kv = lax.ppermute((k_blk, v_blk, ids_blk), axis_name, perm)
-            # The accumulators of the block held now, from the shard that held it last step.
-            dk_blk, dv_blk = lax.ppermute((dk_out, dv_out), axis_name, perm)
+            # The accumulators of the block held now, from the shard that held it last step; this step's
+            # contribution is summed apart and added to them last, so their transfer overlaps the compute.
+            dk_in, dv_in = lax.ppermute((dk_out, dv_out), axis_name, perm)
+            dk_blk, dv_blk = jnp.zeros_like(dk_in) + zero, jnp.zeros_like(dv_in) + zero
 
             def one_pair(i, acc):
                 dq, dk_blk, dv_blk, dbias = acc
@@ -179,7 +182,7 @@ def _ring_core(pair: PairCall, axis_name: Any, num_shards: int, load_balance: bo
                 return _add_rows(dq, row, dq_p), _add_rows(dk_blk, key_row, dk_p), _add_rows(dv_blk, key_row, dv_p), dbias
 
             dq, dk_blk, dv_blk, dbias = lax.fori_loop(0, k_per * k_per, one_pair, (dq, dk_blk, dv_blk, dbias))
-            return (*next_kv, dk_blk, dv_blk, dq, dbias)
+            return (*next_kv, dk_in + dk_blk, dv_in + dv_blk, dq, dbias)
 
         init = (k, v, kv_ids, f32(k), f32(v), f32(q), f32(bias))
         _, _, _, dk, dv, dq, dbias = lax.fori_loop(0, n, step, init)
