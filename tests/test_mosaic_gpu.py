@@ -3,9 +3,9 @@
 The interpreter runs the warp-specialised kernel itself (three warpgroups, the TMA ring and every barrier
 simulated, phases checked at deallocation); only its two products are spelled as ``lax.dot_general`` of
 the shared-memory tiles instead of ``wgmma`` (``compat``: the interpreter has no transposed or register
-wgmma operand). The default backward is the Triton kernels', in Pallas' interpreter; the native
-Mosaic-GPU backward (``backward="mosaic"``, dK/dV and dQ kernels) runs in Mosaic-GPU's interpreter the same
-way as the forward, chosen explicitly here.
+wgmma operand). The native Mosaic-GPU backward (dK/dV and dQ kernels, the default at head dims up to 128)
+runs in Mosaic-GPU's interpreter the same way as the forward; the Triton backward (the default at D256,
+or ``backward="triton"``) in Pallas' interpreter.
 
 The interpreter takes ~10 s per small call, too slow for hypothesis: a few hand-picked cases instead, each
 spanning several key blocks with a ragged tail, together covering causal (with empty rows), a window,
@@ -163,6 +163,16 @@ def test_backward_choice_is_checked():
     big = make_inputs(CheckCase("d256", batch=1, q_len=64, kv_len=64, num_q_heads=1, num_kv_heads=1, head_dim=256))
     with pytest.raises(NotImplementedError, match="up to 128"):
         flash_attention(**big, dtype="bfloat16", backward="mosaic", interpret=True)
+
+
+@pytest.mark.parametrize("head_dim, backward", [(64, "mosaic"), (96, "mosaic"), (128, "mosaic"), (256, "triton")])
+def test_the_default_backward_is_native_where_it_serves_the_head_dim(head_dim, backward):
+    from ejkernel.kernels.pallas_mosaic_gpu.interface import plan_for
+
+    sds = jax.ShapeDtypeStruct((1, 64, 1, head_dim), jnp.bfloat16)
+    f = ejkernel.explain(sds, sds, sds).features
+    assert plan_for(f, None, None, interpret=True)[1].backward_kernels == backward
+    assert plan_for(f, None, None, interpret=True, backward="triton")[1].backward_kernels == "triton"
 
 
 def test_parity_through_the_registry_default_blocks():

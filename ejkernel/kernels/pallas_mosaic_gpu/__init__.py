@@ -4,5 +4,5 @@
 ``blocks`` the block-size heuristic; ``tiles`` the in-kernel tile helpers; ``compat`` the differences
 between jax versions and between the device and the interpreter; ``forward`` the warp-specialised
 kernel; ``backward`` the native dK/dV and dQ kernels; ``flash`` the ``custom_vjp`` (its backward is the
-Triton backend's kernels by default, the native ones when chosen with ``backward="mosaic"``).
+native kernels at head dims up to 128 and the Triton backend's above, unless ``backward=`` names one).
 """

@@ -8,8 +8,8 @@ next implementation (Triton, then XLA) before tracing:
   without K/V repetition, any ``Sq``/``Skv`` (padded to block multiples, the padding masked);
 - not yet: bias, mask, soft cap, sinks, dropout, segment ids, key lengths, a narrow softmax.
 
-The default backward is the Triton backend's kernels (``flash``), which serve all of the above; the native
-one (``backward="mosaic"``, chosen explicitly) serves it at head dims up to 128.
+The backward is the native kernels (``backward.py``) at head dims up to 128 and the Triton backend's above;
+both serve all of the above.
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ convention), differentiable in both.
 
 The type of ``c.backward`` says which backward runs on this forward's output and lse:
 
-- ``pallas_triton.blocks.BlockSizes`` (**the default**): the Triton backend's kernels,
-  ``pallas_triton.flash.flash_backward`` (dK/dV and dQ, deterministic, the same causal/window skipping);
-- ``blocks.BackwardBlocks``: the native Mosaic-GPU kernels (``backward.backward_call``), chosen
-  explicitly until a device run proves them.
+- ``blocks.BackwardBlocks``: the native Mosaic-GPU kernels (``backward.backward_call``), the default at
+  head dims up to 128 (``interface.default_backward``);
+- ``pallas_triton.blocks.BlockSizes``: the Triton backend's kernels, ``pallas_triton.flash.flash_backward``
+  (dK/dV and dQ, deterministic, the same causal/window skipping), the default above (D256).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ejkernel.ops.attention.logits import LOG2E
 
 __all__ = ["Blocks", "BACKWARDS", "flash_with_lse", "triton_plan_of"]
 
-#: The backward kernels one can choose: the Triton backend's (the default) and the native ones.
+#: The backward kernels one can choose: the Triton backend's and the native ones.
 BACKWARDS = ("triton", "mosaic")
 
 

@@ -1,13 +1,14 @@
 """Entry points of the Mosaic-GPU (Hopper) flash attention.
 
 - ``flash_attention``: the reference parameters plus keyword-only ``forward_blocks`` (``blocks.ForwardBlocks``),
-  ``backward`` (``"triton"``, the default, or ``"mosaic"``: which backward kernels run), ``backward_blocks``
+  ``backward`` (``"mosaic"`` or ``"triton"``: which backward kernels run; ``None`` chooses by head dim,
+  ``default_backward``), ``backward_blocks``
   (the chosen backward's blocks: ``pallas_triton.blocks.BlockSizes`` or ``blocks.BackwardBlocks``) and
   ``interpret``; returns ``(out, None)``.
 - ``flash_attention_with_lse``: ``(out, lse)`` with ``lse [B, Sq, Hq]`` float32, the natural log of each
   row's softmax denominator (``-inf`` for an empty row), differentiable in both outputs.
 - ``registered_attention(interpret)`` / ``registered_attention_with_lse``: the registered implementations
-  (the Triton backward until the native one is proven on a device).
+  (``default_backward``'s choice).
 
 Calls outside ``capabilities.CAPABILITIES`` raise ``NotImplementedError`` here; through the registry they
 go to the next implementation (Triton, then XLA).
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ejkernel.kernels.pallas_mosaic_gpu.blocks import (
+    NATIVE_BACKWARD_HEAD_DIMS,
     BackwardBlocks,
     ForwardBlocks,
     choose_backward_blocks,
@@ -46,6 +48,7 @@ __all__ = [
     "registered_attention",
     "registered_attention_with_lse",
     "plan_for",
+    "default_backward",
 ]
 
 
@@ -53,10 +56,19 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def default_backward(padded_dim: int) -> str:
+    """The backward that runs when none is named: the native kernels at the head dims they serve (on the
+    H200 they take B2 S8192 H16 D128 forward+backward from 399 to 464 TFLOP/s, causal 374 to 462:
+    ``benchmarks/NOTES-mosaic_gpu.md``), the Triton ones above (D256)."""
+    return "mosaic" if padded_dim in NATIVE_BACKWARD_HEAD_DIMS else "triton"
+
+
 def _backward_blocks(
-    f: AttentionFeatures, d: int, backward: str, backward_blocks: BlockSizes | BackwardBlocks | None
+    f: AttentionFeatures, d: int, backward: str | None, backward_blocks: BlockSizes | BackwardBlocks | None
 ) -> BlockSizes | BackwardBlocks:
     """The chosen backward's blocks: ``backward_blocks`` checked against the choice, or the heuristic's."""
+    if backward is None:
+        backward = default_backward(d)
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
     kind = BackwardBlocks if backward == "mosaic" else BlockSizes
@@ -76,7 +88,7 @@ def plan_for(
     forward_blocks: ForwardBlocks | None,
     backward_blocks: BlockSizes | BackwardBlocks | None,
     interpret: bool,
-    backward: str = "triton",
+    backward: str | None = None,
 ) -> tuple[Plan, Blocks]:
     """The kernel's static plan and blocks for a call it serves; sequences are padded to a multiple of
     every pass's blocks (the forward's and the chosen backward's)."""
@@ -104,7 +116,7 @@ def flash_with_lse_call(
     call: AttentionCall,
     *,
     forward_blocks: ForwardBlocks | None = None,
-    backward: str = "triton",
+    backward: str | None = None,
     backward_blocks: BlockSizes | BackwardBlocks | None = None,
     interpret: bool = False,
 ) -> tuple[Array, Array]:
@@ -126,7 +138,7 @@ def _without_lse(call: AttentionCall, **extras: Any) -> tuple[Array, None]:
     return flash_with_lse_call(call, **extras)[0], None
 
 
-_EXTRAS = {"forward_blocks": None, "backward": "triton", "backward_blocks": None, "interpret": False}
+_EXTRAS = {"forward_blocks": None, "backward": None, "backward_blocks": None, "interpret": False}
 
 flash_attention_with_lse = entry_point(
     flash_with_lse_call,
@@ -147,8 +159,9 @@ flash_attention = entry_point(
 
     Args:
       forward_blocks: the forward kernel's ``blocks.ForwardBlocks``; ``None`` uses ``blocks.choose_forward_blocks``.
-      backward: which backward kernels run: ``"triton"`` (the default: the Triton backend's, proven on the
-        device) or ``"mosaic"`` (the native Mosaic-GPU ones, ``backward.py``; head dims up to 128).
+      backward: which backward kernels run: ``"mosaic"`` (the native Mosaic-GPU ones, ``backward.py``; head
+        dims up to 128) or ``"triton"`` (the Triton backend's); ``None`` (the default) takes the native ones
+        where they serve the head dim and the Triton ones above (``default_backward``).
       backward_blocks: the chosen backward's blocks: for ``"triton"`` a ``pallas_triton.blocks.BlockSizes``
         (only ``dkv`` and ``dq`` are used; ``None`` uses ``pallas_triton.blocks.choose_block_sizes``), for
         ``"mosaic"`` a ``blocks.BackwardBlocks`` (``None`` uses ``blocks.choose_backward_blocks``).
