@@ -85,6 +85,24 @@ CASES = [
         ),
         "bfloat16",
     ),
+    # Soft cap (saturating: scale 0.5 against a cap of 5) and per-head sinks, causal GQA with Sq > Skv: the
+    # first rows see no key, so their output is 0 and their lse the sinks' alone. Triton backward at D256.
+    (
+        CheckCase(
+            "softcap-sinks-d256",
+            batch=1,
+            q_len=150,
+            kv_len=130,
+            num_q_heads=2,
+            num_kv_heads=1,
+            head_dim=256,
+            causal=True,
+            logits_soft_cap=5.0,
+            softmax_scale=0.5,
+            sinks="per_head",
+        ),
+        "bfloat16",
+    ),
 ]
 
 
@@ -117,6 +135,23 @@ NATIVE_BACKWARD_CASES = [
         ),
         "float16",
     ),
+    # Soft cap and shared sinks through the native backward (the cap's gradient in both kernels), float16,
+    # non-causal GQA, ragged.
+    (
+        CheckCase(
+            "softcap-sinks",
+            batch=1,
+            q_len=140,
+            kv_len=200,
+            num_q_heads=2,
+            num_kv_heads=1,
+            head_dim=64,
+            logits_soft_cap=5.0,
+            softmax_scale=0.5,
+            sinks="shared",
+        ),
+        "float16",
+    ),
     # Non-causal MQA at D=128, three query heads per kv head.
     (
         CheckCase("plain-mqa-d128", batch=1, q_len=150, kv_len=190, num_q_heads=3, num_kv_heads=1, head_dim=128),
@@ -125,10 +160,10 @@ NATIVE_BACKWARD_CASES = [
 ]
 
 
-# The interpreter takes about a minute per case: the CI profile runs the first two (bf16 GQA, float16 with
-# empty rows), the thorough profile every case.
+# The interpreter takes about a minute per case: the CI profile runs the first three (bf16 GQA, float16 with
+# empty rows, soft cap with sinks), the thorough profile every case.
 if os.environ.get("HYPOTHESIS_PROFILE", "ci") != "thorough":
-    NATIVE_BACKWARD_CASES = NATIVE_BACKWARD_CASES[:2]
+    NATIVE_BACKWARD_CASES = NATIVE_BACKWARD_CASES[:3]
 
 
 @pytest.mark.parametrize("case,dtype", NATIVE_BACKWARD_CASES, ids=[c.name for c, _ in NATIVE_BACKWARD_CASES])
@@ -208,12 +243,15 @@ def test_served_calls_pick_mosaic_gpu_and_the_rest_go_elsewhere():
     feature it does not declare hands the call on before tracing (on a Hopper GPU: to triton)."""
     assert SPEC.priority == 105
     assert _decide(dtype="bfloat16", causal=True).chosen.platform == "mosaic_gpu"
+    sinks = {"softmax_aux": jnp.zeros((2,), jnp.float32)}
+    assert _decide(dtype="bfloat16", logits_soft_cap=5.0, args=sinks).chosen.platform == "mosaic_gpu"
     bias = jnp.zeros((1, 2, 64, 64), jnp.float32)
     for overrides, reason in [
         ({"dtype": "bfloat16", "args": {"bias": bias}}, "bias"),
         ({"dtype": "float32"}, "dtype float32"),
-        ({"dtype": "bfloat16", "logits_soft_cap": 5.0}, "logits_soft_cap"),
-        ({"dtype": "bfloat16", "softmax_aux": jnp.zeros((2,), jnp.float32)}, "sinks"),
+        ({"dtype": "bfloat16", "args": {"kv_lengths": jnp.array([40], jnp.int32)}}, "kv_lengths"),
+        ({"dtype": "bfloat16", "args": {"q_segment_ids": jnp.zeros((1, 64), jnp.int32),
+                                        "kv_segment_ids": jnp.zeros((1, 64), jnp.int32)}}, "segment_ids"),
     ]:
         decision = _decide(**overrides)
         assert decision.chosen.platform not in ("mosaic_gpu", "xla"), str(decision)

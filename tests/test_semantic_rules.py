@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from ejkernel.kernels.xla.reference import attention as reference
 from ejkernel.ops.attention.layouts import kv_head, operand_index, per_query_head, reduce_to_layout
-from ejkernel.ops.attention.logits import LOG2E, cap_gradient, transform_logits
+from ejkernel.ops.attention.logits import LOG2E, cap_gradient, tanh_from_exp2, transform_logits
 from ejkernel.ops.attention.masks import allowed, clamp_window, key_blocks, query_blocks, valid_pairs
 from ejkernel.ops.attention.merge import add_sinks, merge_many, merge_partials, normalize_rows, recompute_lse
 from ejkernel.ops.attention.sinks import sink_gradient, sinks_lse
@@ -118,6 +118,16 @@ def _partial(logits, values, keep):
 
 
 @pytest.mark.infs_by_design("it merges an empty partial, whose lse is -inf")
+def test_tanh_from_exp2_is_float32_exact_in_absolute_terms_and_saturates():
+    x = jnp.concatenate([jnp.linspace(-30.0, 30.0, 20001), jnp.array([-1e30, -1e4, 0.0, 1e-8, 1e4, 1e30])])
+    got = tanh_from_exp2(x.astype(jnp.float32))
+    want = np.tanh(np.asarray(x, np.float64))
+    assert bool(jnp.all(jnp.isfinite(got)))
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=3e-7)
+    s, t = transform_logits(x, 0.5, 5.0, tanh=tanh_from_exp2)
+    np.testing.assert_allclose(np.asarray(s), 5.0 * np.tanh(np.asarray(x, np.float64) * 0.1), rtol=0, atol=2e-6)
+
+
 def test_merges_of_disjoint_key_sets_equal_one_softmax():
     rng = np.random.default_rng(1)
     logits = jnp.asarray(rng.standard_normal((6, 12)) * 3, jnp.float32)

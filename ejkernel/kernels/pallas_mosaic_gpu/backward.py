@@ -21,8 +21,9 @@ forward visits).
 - dQ: a CTA keeps ``2 * 64`` query rows of one head and streams the key tiles they see: ``S = Q·Kᵀ``,
   ``P``, ``dP = dO·Vᵀ``, ``dS = P ∘ (dP − delta)``, ``dQ += dS·K``.
 
-Every product is a wgmma with a float32 accumulator (``compat``). The dS products take dS in the operand
-dtype (``accumulate_score_gradient``).
+With a soft cap, the logits are ``logits.transform_logits``' (the forward's, ``tanh_from_exp2``) and dS is
+taken through the cap by ``logits.cap_gradient``. Every product is a wgmma with a float32 accumulator
+(``compat``). The dS products take dS in the operand dtype (``accumulate_score_gradient``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from ejkernel.kernels.pallas_mosaic_gpu.tiles import (
     rows,
 )
 from ejkernel.ops.attention.layouts import kv_head
-from ejkernel.ops.attention.logits import LOG2E, transform_logits
+from ejkernel.ops.attention.logits import LOG2E, cap_gradient, tanh_from_exp2, transform_logits
 from ejkernel.ops.attention.merge import recompute_lse
 
 __all__ = ["backward_call", "accumulate_score_gradient", "FLOAT16_ROW_LIMIT"]
@@ -87,6 +88,11 @@ def accumulate_score_gradient(acc, ds, b_smem, interpret: bool):
     grow = jnp.where(over, peak / FLOAT16_ROW_LIMIT, 1.0)
     acc = accumulate_pv(acc * rows(shrink, acc.shape), (ds * rows(shrink, ds.shape)).astype(dtype), b_smem, interpret)
     return acc * rows(grow, acc.shape)
+
+
+def _logits(p: Plan, products):
+    """The base-2 logits of a tile of products and the cap's tanh (``None`` without a cap), as the forward."""
+    return transform_logits(products, p.softmax_scale, p.logits_soft_cap, base2=True, tanh=tanh_from_exp2)
 
 
 def _walk(outer, inner):
@@ -154,7 +160,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
                 return carry
             dk, dv = carry
             q_tile, do_tile = q_ring.at[slot], do_ring.at[slot]
-            s2t, _ = transform_logits(scores(k_own, q_tile, p.interpret), p.softmax_scale, base2=True)
+            s2t, tanh = _logits(p, scores(k_own, q_tile, p.interpret))
             if mode == "masked":
                 s2t = mask_tile_transposed(p, s2t, k_first, qb * bq)
             lse2 = load_vector(lse_ring.at[slot], 0, p.interpret)
@@ -162,7 +168,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
             dv = accumulate_pv(dv, pt.astype(do_tile.dtype), do_tile, p.interpret)
             dpt = scores(v_own, do_tile, p.interpret)
             delta = load_vector(delta_ring.at[slot], 0, p.interpret)
-            dst = pt * (dpt - columns(delta, dpt.shape))
+            dst = cap_gradient(pt * (dpt - columns(delta, dpt.shape)), tanh)
             dk = accumulate_score_gradient(dk, dst, q_tile, p.interpret)
             plgpu.barrier_arrive(free.at[slot])
             return dk, dv
@@ -243,12 +249,12 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scoped, 
                 plgpu.barrier_arrive(free.at[slot])
                 return dq
             k_tile, v_tile = k_ring.at[slot], v_ring.at[slot]
-            s2, _ = transform_logits(scores(q_own, k_tile, p.interpret), p.softmax_scale, base2=True)
+            s2, tanh = _logits(p, scores(q_own, k_tile, p.interpret))
             if mode == "masked":
                 s2 = mask_tile(p, s2, q_first, kb * bk)
             prob = jnp.exp2(s2 - rows(lse2, s2.shape))
             dp = scores(do_own, v_tile, p.interpret)
-            ds = prob * (dp - rows(delta, dp.shape))
+            ds = cap_gradient(prob * (dp - rows(delta, dp.shape)), tanh)
             dq = accumulate_score_gradient(dq, ds, k_tile, p.interpret)
             plgpu.barrier_arrive(free.at[slot])
             return dq

@@ -6,7 +6,9 @@ next implementation (Triton, then XLA) before tracing:
   swizzle);
 - causal and sliding window (fully masked blocks skipped, edge blocks masked element by element), GQA/MQA
   without K/V repetition, any ``Sq``/``Skv`` (padded to block multiples, the padding masked);
-- not yet: bias, mask, soft cap, sinks, dropout, segment ids, key lengths, a narrow softmax.
+- soft cap (its tanh spelled with ``exp2``: ``logits.tanh_from_exp2``) and sinks (folded into the kernels'
+  output and log-sum-exp by ``merge.add_sinks``, their gradient by differentiating that merge);
+- not yet: bias, mask, dropout, segment ids, key lengths, a narrow softmax.
 
 The backward is the native kernels (``backward.py``) at head dims up to 128 and the Triton backend's above;
 both serve all of the above.
@@ -33,6 +35,8 @@ CAPABILITIES = AttentionCapabilities(
     different_v_head_dim=False,
     causal=True,
     window=True,
+    logits_soft_cap=True,
+    sinks=True,
     softmax_dtypes=frozenset({"float32"}),
     extra_check=_head_dims,
 )

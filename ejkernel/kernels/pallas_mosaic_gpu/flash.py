@@ -63,6 +63,7 @@ def triton_plan_of(p: Plan) -> triton_plan.Plan:
         softmax_scale=p.softmax_scale,
         causal=p.causal,
         window=p.window,
+        logits_soft_cap=p.logits_soft_cap,
         interpret=p.interpret,
     )
 

@@ -36,7 +36,7 @@ from ejkernel.kernels.pallas_mosaic_gpu.compat import accumulate_pv, interpret_p
 from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
 from ejkernel.kernels.pallas_mosaic_gpu.tiles import NEG_INIT, i32, key_blocks, mask_tile, nested_in, rows
 from ejkernel.ops.attention.layouts import kv_head
-from ejkernel.ops.attention.logits import transform_logits
+from ejkernel.ops.attention.logits import tanh_from_exp2, transform_logits
 from ejkernel.ops.attention.merge import normalize_rows
 
 __all__ = ["forward_call"]
@@ -87,7 +87,7 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scoped, *, p: Plan, c: ForwardB
             acc, m, denom = carry
             s = scores(q_smem, k_smem.at[slot], p.interpret, after_issue=schedule)
             plgpu.barrier_arrive(k_free.at[slot])
-            s2, _ = transform_logits(s, p.softmax_scale, base2=True)
+            s2, _ = transform_logits(s, p.softmax_scale, p.logits_soft_cap, base2=True, tanh=tanh_from_exp2)
             if mode == "masked":
                 s2 = mask_tile(p, s2, q_first, kb * bk)
             m_new = jnp.maximum(m, s2.max(axis=1))

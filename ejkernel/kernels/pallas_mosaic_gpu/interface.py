@@ -39,7 +39,9 @@ from ejkernel.kernels.pallas_triton.flash import pad_axis
 from ejkernel.ops.attention.call import AttentionCall
 from ejkernel.ops.attention.derivatives import reverse_mode_only
 from ejkernel.ops.attention.features import AttentionFeatures
+from ejkernel.ops.attention.merge import add_sinks
 from ejkernel.ops.attention.signature import entry_point
+from ejkernel.ops.attention.sinks import sinks_lse
 
 __all__ = [
     "flash_attention",
@@ -107,6 +109,7 @@ def plan_for(
         softmax_scale=f.softmax_scale,
         causal=f.causal,
         window=f.window,
+        logits_soft_cap=f.logits_soft_cap,
         interpret=bool(interpret),
     )
     return p, Blocks(fwd, bwd)
@@ -131,7 +134,13 @@ def flash_with_lse_call(
     q, k, v = padded(call.query, p.q_len_pad), padded(call.key, p.kv_len_pad), padded(call.value, p.kv_len_pad)
     with reverse_mode_only("the Mosaic-GPU flash attention"):
         out, lse = flash_with_lse(p, c, q, k, v)
-    return out[:, : f.q_len, :, : f.v_head_dim], lse[:, : f.q_len]
+    out, lse = out[:, : f.q_len, :, : f.v_head_dim], lse[:, : f.q_len]
+    if call.softmax_aux is None:
+        return out, lse
+    # The sinks are a partial result with no value (``merge``): folding them in after the kernels is exact,
+    # and their gradient and the lse cotangent it sends the kernels come from differentiating this merge.
+    out, lse = add_sinks(out, lse, sinks_lse(call.softmax_aux, f.num_q_heads))
+    return out.astype(compute), lse.astype(jnp.float32)
 
 
 def _without_lse(call: AttentionCall, **extras: Any) -> tuple[Array, None]:
@@ -173,7 +182,7 @@ flash_attention = entry_point(
     Raises:
       ValueError, TypeError: bad arguments (``validate_attention``), an unknown ``backward`` or blocks of the
         other backward's type, at trace time.
-      NotImplementedError: a call outside ``CAPABILITIES`` (bias, mask, sinks, soft cap, float32, ...), or
+      NotImplementedError: a call outside ``CAPABILITIES`` (bias, mask, segment ids, float32, ...), or
         ``backward="mosaic"`` at a head dim above 128.
     """,
 )

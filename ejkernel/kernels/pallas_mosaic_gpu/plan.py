@@ -22,6 +22,7 @@ class Plan:
     softmax_scale: float
     causal: bool = False
     window: tuple[int, int] | None = None
+    logits_soft_cap: float | None = None
     interpret: bool = False
 
     @property
