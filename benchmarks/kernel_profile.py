@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import ejkernel  # noqa: E402
-from ejkernel.bench.packing import PackingConfig, _inputs, packing_calls  # noqa: E402
+from ejkernel.bench.packing import PackingConfig, _inputs, packing_arguments, packing_calls  # noqa: E402
 
 
 def say(*parts) -> None:
@@ -70,7 +70,7 @@ def packing(a) -> None:
         inputs = _inputs(call, c.dtype, 0)
 
         def forward(q, k, v, extras, call=call):
-            return kernel(q, k, v, causal=call.causal, dtype=c.dtype, **extras)[0]
+            return kernel(q, k, v, causal=call.causal, dtype=c.dtype, **packing_arguments(extras))[0]
 
         def loss(q, k, v, extras):
             return jnp.sum(forward(q, k, v, extras).astype(jnp.float32))

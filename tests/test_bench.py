@@ -345,7 +345,7 @@ def test_packing_comparisons_compute_the_same_attention():
             q0, k0, v0, _ = packing._inputs(packing.packing_calls(c, ("packed",))[0], "float32", 0)
             q, k, v = (x.reshape(call.q_shape) for x in (q0, k0, v0))
         with jax.default_matmul_precision("highest"):
-            run = jax.jit(lambda q, k, v, extras, causal=call.causal: attention(q, k, v, causal=causal, dtype="float32", **extras)[0])
+            run = jax.jit(lambda q, k, v, extras, causal=call.causal: attention(q, k, v, causal=causal, dtype="float32", **packing.packing_arguments(extras))[0])
             outs[call.case, call.variant] = np.asarray(run(q, k, v, extras))
     np.testing.assert_allclose(outs["packed", "segment_ids"].reshape(outs["packed", "batch"].shape),
                                outs["packed", "batch"], rtol=1e-5, atol=1e-6)

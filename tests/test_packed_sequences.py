@@ -241,6 +241,15 @@ def test_visible_kv_ids_marks_exactly_the_keys_no_query_may_see(data):
         if "kv_segment_ids" in packed:
             kept = ~expected
             np.testing.assert_array_equal(np.asarray(ids)[kept], packed["kv_segment_ids"][kept])
+    if q_len == kv_len and "kv_segment_ids" in packed:  # one array for both sides: the O(S) path
+        same = packed["kv_segment_ids"]
+        for xp in (np, jnp):
+            ids = xp.asarray(same)
+            got = segments.visible_kv_ids(ids, ids, None if packed.get("kv_lengths") is None
+                                          else xp.asarray(packed["kv_lengths"]), kv_len)
+            want = segments.visible_kv_ids(ids, xp.asarray(np.array(same)), None if packed.get("kv_lengths") is None
+                                           else xp.asarray(packed["kv_lengths"]), kv_len)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 _B, _SQ, _SKV = 2, 5, 7

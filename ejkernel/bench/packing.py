@@ -80,8 +80,8 @@ def packing_calls(c: PackingConfig, cases: tuple[str, ...] = CASES) -> list[Pack
         t, n, doc = c.tokens, c.docs, c.tokens // c.docs
         ids = np.repeat(np.arange(n, dtype=np.int32), doc)[None]
 
-        def segments() -> dict[str, Any]:
-            return {"q_segment_ids": jnp.asarray(ids), "kv_segment_ids": jnp.asarray(ids)}
+        def segments() -> dict[str, Any]:  # one array for both sides, as self-attention in a model passes it
+            return {"segment_ids": jnp.asarray(ids)}
 
         def block_diagonal() -> dict[str, Any]:
             same = jnp.asarray(ids[0])[:, None] == jnp.asarray(ids[0])[None, :]
@@ -112,9 +112,21 @@ def packing_calls(c: PackingConfig, cases: tuple[str, ...] = CASES) -> list[Pack
     return calls
 
 
+def packing_arguments(extras: dict[str, Any]) -> dict[str, Any]:
+    """The call's keyword arguments from a ``PackingCall``'s extras: ``segment_ids`` (one traced array) is
+    passed as both ``q_segment_ids`` and ``kv_segment_ids``, the same array, as a model's self-attention
+    passes it (inside ``jit`` two arguments would be two arrays, and the kernels would check every key id
+    against the query ids)."""
+    extras = dict(extras)
+    if "segment_ids" in extras:
+        ids = extras.pop("segment_ids")
+        extras.update(q_segment_ids=ids, kv_segment_ids=ids)
+    return extras
+
+
 def _function(kernel: Any, call: PackingCall, dtype: str) -> Callable[..., Any]:
     def forward(q, k, v, extras):
-        return kernel(q, k, v, causal=call.causal, dtype=dtype, **extras)[0]
+        return kernel(q, k, v, causal=call.causal, dtype=dtype, **packing_arguments(extras))[0]
 
     if not call.backward:
         return jax.jit(forward)
@@ -145,7 +157,7 @@ def run_packing(c: PackingConfig, cases: tuple[str, ...] = CASES, *, platform: s
     rows = []
     for call in packing_calls(c, cases):
         inputs = _inputs(call, c.dtype, seed)
-        served = kernel.explain(*inputs[:3], causal=call.causal, dtype=c.dtype, **inputs[3]).chosen.label
+        served = kernel.explain(*inputs[:3], causal=call.causal, dtype=c.dtype, **packing_arguments(inputs[3])).chosen.label
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FallbackWarning)
             t: Timing = time_calls(_function(kernel, call, c.dtype), [inputs], **timing)

@@ -49,7 +49,6 @@ def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
     k_idx = k_first + lax.broadcasted_iota(jnp.int32, (bk, bq), 0)
     bounds, whole = pk.queries_of(b, kj, query_blocks(p, k_first, bk, bq, dense=mask_ref is not None,
                                                       kv_length=pk.length(b)))
-    relation = (lambda qb: pk.relation(b, qb, kj)) if p.segments else None
 
     def head(g, carry):
         h = hkv * p.group + g
@@ -83,7 +82,7 @@ def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
             dk = dk + ds_dot(dst, q)
             return dk, dv
 
-        return walk_blocks(bounds, body, carry, relation, whole)
+        return walk_blocks(bounds, body, carry, whole)
 
     carry = (jnp.zeros((bk, p.head_dim), jnp.float32), jnp.zeros((bk, p.v_head_dim), jnp.float32))
     if p.group == 1:
@@ -142,8 +141,7 @@ def _dq_kernel(*refs, p: Plan, c: PassBlocks):
         return dq + ds_dot(ds, k)
 
     bounds, whole = pk.keys_of(b, qi, key_blocks(p, q_first, bq, bk, dense=mask_ref is not None, kv_length=pk.length(b)))
-    relation = (lambda kb: pk.relation(b, qi, kb)) if p.segments else None
-    dq = walk_blocks(bounds, body, jnp.zeros((bq, p.head_dim), jnp.float32), relation, whole)
+    dq = walk_blocks(bounds, body, jnp.zeros((bq, p.head_dim), jnp.float32), whole)
     dq_ref[b, pl.ds(q_first, bq), h, :] = (dq * p.softmax_scale).astype(dq_ref.dtype)
 
 

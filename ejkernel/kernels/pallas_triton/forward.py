@@ -89,8 +89,7 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
         hi = jnp.maximum(jnp.minimum(hi, (split + 1) * per_split), lo)
         interior_lo = jnp.clip(interior_lo, lo, hi)
         interior_hi = jnp.clip(interior_hi, interior_lo, hi)
-    relation = (lambda kb: pk.relation(b, qi, kb)) if p.segments else None
-    acc, m, denom = walk_blocks((lo, interior_lo, interior_hi, hi), body, (acc, m, denom), relation, whole)
+    acc, m, denom = walk_blocks((lo, interior_lo, interior_hi, hi), body, (acc, m, denom), whole)
 
     out, lse2 = normalize_rows(acc, m, denom, base2=True)
     out = out.astype(o_ref.dtype)

@@ -6,11 +6,13 @@ query may see are ``-1``), padded with ``-1``, and per pass the ``segments.block
 pass's block sizes and their ``segments.block_spans`` both ways, plus ``kv_lengths``. Each loop over
 blocks is cut to its block's span (``segments.narrow_to_span``), so the tiles of other documents of a
 packed row are never visited: visiting them and skipping each by a check ran the packed row of 8
-documents at 2.2x the time of the same documents as a batch on an H200. Inside the span, for each visited
-tile, ``segments.block_relation`` of the two blocks' ranges says whether the ids may allow some pair
-(else the tile is skipped) and whether they allow every pair (then an interior tile stays unmasked); the
-blocks a key length rules out never enter the loop range (``masks.key_blocks``/``query_blocks`` end
-there).
+documents at 2.2x the time of the same documents as a batch on an H200. Inside the span one loop nest
+runs, as without ids: where ``block_spans``' ``whole`` holds (every tile of the span lies in one
+document) its interior tiles stay unmasked; elsewhere every tile of the span is masked element by element
+by the ids (``walk_blocks``). There is no per-tile test: a second, tested loop nest beside the plain one
+(chosen by ``whole``) ran the dK/dV kernel of that packed row 42% slower than the batch's on an H200
+(``benchmarks/NOTES-triton.md``). The blocks a key length rules out never enter the loop range
+(``masks.key_blocks``/``query_blocks`` end there).
 
 Keys no query may see can hold NaN or Inf (uninitialised cache slots): a masked tile zeroes their K and V
 rows (``key_ok``) before its products, so that ``0 * NaN`` never happens; interior tiles hold none.
@@ -37,8 +39,7 @@ __all__ = ["PackingRefs", "packing_operands", "pop_packing_refs", "walk_blocks",
 class PackingRefs:
     """The packing refs of one kernel; all ``None`` for a call without segment ids or key lengths.
 
-    ``q_ids [B, Sq_pad]``, ``kv_ids [B, Skv_pad]`` int32 (``-1`` padded); ``q_ranges``/``kv_ranges`` the
-    ``(lo, hi, uniform)`` ``[B, n_blocks]`` of this pass's blocks; ``key_spans`` the ``(first, end, whole)``
+    ``q_ids [B, Sq_pad]``, ``kv_ids [B, Skv_pad]`` int32 (``-1`` padded); ``key_spans`` the ``(first, end, whole)``
     ``[B, n_q_blocks]`` of key blocks per query block (``segments.block_spans``), ``query_spans``
     ``[B, n_kv_blocks]`` the reverse;
     ``lengths [B]`` int32.
@@ -46,10 +47,8 @@ class PackingRefs:
 
     q_ids: Any = None
     kv_ids: Any = None
-    q_ranges: tuple[Any, Any, Any] | None = None
-    kv_ranges: tuple[Any, Any, Any] | None = None
-    key_spans: tuple[Any, Any] | None = None
-    query_spans: tuple[Any, Any] | None = None
+    key_spans: tuple[Any, Any, Any] | None = None
+    query_spans: tuple[Any, Any, Any] | None = None
     lengths: Any = None
 
     def keys_of(self, b: Any, q_block: Any, bounds: tuple[Any, Any, Any, Any]) -> tuple[tuple[Any, ...], Any]:
@@ -71,14 +70,6 @@ class PackingRefs:
     def length(self, b: Any) -> Any:
         """Row ``b``'s key length, clipped by ``masks.key_blocks`` (``None`` without lengths)."""
         return None if self.lengths is None else self.lengths[b]
-
-    def relation(self, b: Any, q_block: Any, kv_block: Any) -> tuple[Any, Any] | None:
-        """``(some, every)`` of a tile (``segments.block_relation``); ``None`` without segment ids."""
-        if self.q_ranges is None:
-            return None
-        q = [r[b, q_block] for r in self.q_ranges]
-        kv = [r[b, kv_block] for r in self.kv_ranges]
-        return segments.block_relation(*q, *kv)
 
     def pair_args(self, b: Any, q_first: Any, block_q: int, k_first: Any, block_k: int, transposed: bool = False) -> dict:
         """``masks.valid_pairs``' packing arguments for a ``[block_q, block_k]`` tile (``[block_k, block_q]``
@@ -113,8 +104,7 @@ def packing_operands(p: Plan, c: PassBlocks, q_ids: Any, kv_ids: Any, lengths: A
     operands = []
     if p.segments:
         q_ranges, kv_ranges = segments.block_ranges(q_ids, c.block_q), segments.block_ranges(kv_ids, c.block_k)
-        operands += [q_ids, kv_ids, *q_ranges, *kv_ranges, *segments.block_spans(q_ranges, kv_ranges),
-                     *segments.block_spans(kv_ranges, q_ranges)]
+        operands += [q_ids, kv_ids, *segments.block_spans(q_ranges, kv_ranges), *segments.block_spans(kv_ranges, q_ranges)]
     if p.lengths:
         operands.append(lengths)
     return operands
@@ -125,8 +115,6 @@ def pop_packing_refs(p: Plan, refs: list) -> PackingRefs:
     fields: dict[str, Any] = {}
     if p.segments:
         fields["q_ids"], fields["kv_ids"] = refs.pop(0), refs.pop(0)
-        fields["q_ranges"] = tuple(refs.pop(0) for _ in range(3))
-        fields["kv_ranges"] = tuple(refs.pop(0) for _ in range(3))
         fields["key_spans"] = tuple(refs.pop(0) for _ in range(3))
         fields["query_spans"] = tuple(refs.pop(0) for _ in range(3))
     if p.lengths:
@@ -134,39 +122,18 @@ def pop_packing_refs(p: Plan, refs: list) -> PackingRefs:
     return PackingRefs(**fields)
 
 
-def walk_blocks(bounds: tuple[Any, Any, Any, Any], body, carry: Any, relation=None, whole: Any = None) -> Any:
+def walk_blocks(bounds: tuple[Any, Any, Any, Any], body, carry: Any, whole: Any = None) -> Any:
     """Runs ``body(block, carry, masked)`` over the visited blocks ``[lo, hi)`` of ``bounds = (lo, interior_lo,
     interior_hi, hi)``, masked outside the interior.
 
-    With ``relation(block) -> (some, every)`` (segment ids), a block where ``some`` is False is skipped, and
-    an interior block is masked unless ``every`` holds; where ``whole`` (traced bool: every block of the
-    range has ``every``) holds, the plain loops run instead, with no per-block test.
+    ``whole`` (segment ids: a traced bool, every block of the range lies in one document with this one)
+    keeps the interior unmasked; where it is False the interior is empty and every block is masked (by the
+    ids as well as the positions). The bounds move, not the code: one loop nest either way.
     """
     lo, interior_lo, interior_hi, hi = bounds
-    masked, unmasked = functools.partial(body, masked=True), functools.partial(body, masked=False)
-
-    def plain(carry):
-        carry = lax.fori_loop(lo, interior_lo, masked, carry)
-        carry = lax.fori_loop(interior_lo, interior_hi, unmasked, carry)
-        return lax.fori_loop(interior_hi, hi, masked, carry)
-
-    if relation is None:
-        return plain(carry)
-
-    def keep(block, carry):
-        return carry
-
-    def edge(block, carry):
-        some, _ = relation(block)
-        return lax.cond(some, masked, keep, block, carry)
-
-    def interior(block, carry):
-        _, every = relation(block)
-        return lax.cond(every, unmasked, edge, block, carry)
-
-    def tested(carry):
-        carry = lax.fori_loop(lo, interior_lo, edge, carry)
-        carry = lax.fori_loop(interior_lo, interior_hi, interior, carry)
-        return lax.fori_loop(interior_hi, hi, edge, carry)
-
-    return tested(carry) if whole is None else lax.cond(whole, plain, tested, carry)
+    if whole is not None:
+        interior_lo = jnp.where(whole, interior_lo, hi)
+        interior_hi = jnp.where(whole, interior_hi, hi)
+    carry = lax.fori_loop(lo, interior_lo, functools.partial(body, masked=True), carry)
+    carry = lax.fori_loop(interior_lo, interior_hi, functools.partial(body, masked=False), carry)
+    return lax.fori_loop(interior_hi, hi, functools.partial(body, masked=True), carry)

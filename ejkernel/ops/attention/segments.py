@@ -51,7 +51,8 @@ def as_ids(x: Any) -> Any:
 def visible_kv_ids(q_ids: Any, kv_ids: Any | None, kv_lengths: Any | None, kv_len: int) -> Any:
     """``[B, Skv]`` int32: ``kv_ids`` (all ``0`` when ``None``) with ``-1`` for every key no query of its row
     may see by the ids or the lengths: a negative id, a segment no query of the row has, a position at or
-    past ``kv_lengths``. O(S log S): the row's query ids are sorted and each key id is looked up.
+    past ``kv_lengths``. O(S log S): the row's query ids are sorted and each key id is looked up (O(S) when
+    ``kv_ids`` is ``q_ids``, the same array: then only negative ids are invisible).
 
     Args:
       q_ids: ``[B, Sq]`` integer query ids, or ``None`` (then ``kv_ids`` must be ``None`` too).
@@ -64,6 +65,9 @@ def visible_kv_ids(q_ids: Any, kv_ids: Any | None, kv_lengths: Any | None, kv_le
     if kv_ids is None:
         batch = kv_lengths.shape[0]
         ids = xp.zeros((batch, kv_len), xp.int32)
+    elif kv_ids is q_ids:  # one array for both (self-attention on packed rows): every id has its queries
+        ids = as_ids(kv_ids)
+        ids = xp.where(ids >= 0, ids, PADDING_ID)
     else:
         ids = as_ids(kv_ids)
         q_sorted = xp.sort(as_ids(q_ids), axis=1)
