@@ -86,11 +86,14 @@ def _fallback_equals_its_own_result(kernel, args, dtype, decision):
     bias=st.sampled_from(LAYOUTS[:1] * 4 + LAYOUTS[1:]),
     mask=st.sampled_from(LAYOUTS[:1] * 4 + LAYOUTS[1:]),
     scale=st.sampled_from([None, 0.3]),
+    packing=st.sampled_from([None, None, None, "segments", "lengths", "both"]),
     seed=st.integers(0, 2**16),
 )
-def test_parity_where_claimed_fallback_elsewhere(platform, shape, dtype, causal, window, cap, sinks, bias, mask, scale, seed):
+def test_parity_where_claimed_fallback_elsewhere(platform, shape, dtype, causal, window, cap, sinks, bias, mask, scale,
+                                                 packing, seed):
     b, sq, skv, hq, hkv, d, dv = shape
-    case = CheckCase("gpu", b, sq, skv, hq, hkv, d, dv, causal, window, bias, mask, cap, sinks, scale)
+    case = CheckCase("gpu", b, sq, skv, hq, hkv, d, dv, causal, window, bias, mask, cap, sinks, scale,
+                     packed_docs=3 if packing in ("segments", "both") else 0, kv_lengths=packing in ("lengths", "both"))
     kernel = _kernel(platform)
     args = make_inputs(case, seed)
     decision = kernel.explain(**args, dtype=dtype)
@@ -131,6 +134,50 @@ def test_bad_input_raises_naming_argument(platform, overrides, static, error, wo
         kernel(**_arrays(**overrides), **static)
     for word in words:
         assert word in str(info.value), f"{word!r} missing from {str(info.value)!r}"
+
+
+@pytest.mark.infs_by_design("its inputs hold Inf and NaN on purpose")
+@pytest.mark.parametrize("platform", (*GPU_PLATFORMS, "xla"))
+def test_keys_past_the_lengths_and_of_no_segment_never_influence_anything(platform):
+    """NaN and Inf in K and V where no query may look (past ``kv_lengths``, a segment no query has): each
+    GPU implementation's output and gradients equal its own on the same call with those keys zeroed, and
+    the poisoned keys' dK and dV are exactly 0. Packed rows (segment ids and lengths) and a decoding call."""
+    rng = np.random.default_rng(7)
+    b, s, h, d = 2, 300, 4, 64
+    q_ids = np.repeat(np.arange(3), 100)[None].repeat(b, 0).astype(np.int32)
+    kv_ids = q_ids.copy()
+    kv_ids[0, 120:150] = 9  # a segment no query has
+    lengths = np.array([260, 300], np.int32)
+    invisible = (kv_ids != q_ids) | (np.arange(s)[None] >= lengths[:, None])
+    calls = {
+        "packed": ((b, s, h, d), (b, s, h, d), {"q_segment_ids": q_ids, "kv_segment_ids": kv_ids, "kv_lengths": lengths},
+                   invisible),
+        "decode": ((b, 1, 8, d), (b, s, 2, d), {"kv_lengths": lengths}, np.arange(s)[None] >= lengths[:, None]),
+    }
+    kernel = _kernel(platform)
+    for name, (q_shape, kv_shape, packed, hidden) in calls.items():
+        q = jnp.asarray(rng.standard_normal(q_shape), jnp.bfloat16)
+        k, v = (jnp.asarray(rng.standard_normal(kv_shape), jnp.bfloat16) for _ in range(2))
+        hide = jnp.asarray(hidden)[:, :, None, None]
+        clean = [jnp.where(hide, 0, x) for x in (k, v)]
+        dirty = [jnp.where(hide, jnp.asarray(bad, x.dtype), x) for x, bad in ((k, np.nan), (v, np.inf))]
+        cot = jnp.asarray(rng.standard_normal(q_shape), jnp.float32)
+        extras = {n: jnp.asarray(a) for n, a in packed.items()}
+
+        def grads(k, v, extras=extras, cot=cot, q=q):
+            def loss(q, k, v):
+                return jnp.sum(kernel(q, k, v, causal=True, dtype="bfloat16", **extras)[0].astype(jnp.float32) * cot)
+            return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FallbackWarning)
+            (want, want_g), (got, got_g) = grads(*clean), grads(*dirty)
+        assert bool(jnp.isfinite(got)) and float(got) == float(want), (name, got, want)
+        for g, w, what in zip(got_g, want_g, "qkv", strict=True):
+            assert bool(jnp.all(jnp.isfinite(g))), (name, what)
+            np.testing.assert_array_equal(np.asarray(g.astype(jnp.float32)), np.asarray(w.astype(jnp.float32)))
+        for g in got_g[1:]:
+            assert bool(jnp.all(jnp.where(hide, g, 0) == 0)), name
 
 
 @pytest.mark.parametrize("platform", (*GPU_PLATFORMS, "xla"))

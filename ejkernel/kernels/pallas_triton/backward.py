@@ -36,7 +36,7 @@ __all__ = ["dkv_call", "dq_call"]
 
 
 def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
-    q_ref, k_ref, v_ref, bias_ref, mask_ref, _, pk, rest = split_refs(p, refs)
+    q_ref, k_ref, v_ref, bias_ref, mask_ref, _, pk, rest = split_refs(p, refs, loop="queries")
     do_ref, lse_ref, delta_ref, dk_ref, dv_ref = rest
     bq, bk = c.block_q, c.block_k
     kj = pl.program_id(0)
@@ -153,7 +153,7 @@ def dkv_call(p: Plan, c: PassBlocks, q, k, v, bias, mask, do, lse2, delta, q_ids
     """``(dk, dv)`` for padded operands; ``lse2`` (``recompute_lse``'s form) and ``delta`` are ``[B, Hq, Sq]``
     float32; the segment ids and key lengths are ``packing.packing_operands``'."""
     operands = [x for x in (q, k, v, bias, mask) if x is not None]
-    operands += [*packing_operands(p, c, q_ids, kv_ids, lengths), do, lse2, delta]
+    operands += [*packing_operands(p, c, q_ids, kv_ids, lengths, loop="queries"), do, lse2, delta]
     return pl.pallas_call(
         functools.partial(_dkv_kernel, p=p, c=c),
         grid=(p.kv_len_pad // c.block_k, p.batch * p.num_kv_heads),

@@ -99,24 +99,30 @@ def clean_keys(ok: Any, *tiles: Any) -> tuple[Any, ...]:
     return tuple(jnp.where(ok[:, None], t, jnp.zeros((), t.dtype)) for t in tiles)
 
 
-def packing_operands(p: Plan, c: PassBlocks, q_ids: Any, kv_ids: Any, lengths: Any) -> list[Any]:
-    """The kernel operands of one pass (in ``pop_packing_refs``' order), from the padded ids and lengths."""
+def packing_operands(p: Plan, c: PassBlocks, q_ids: Any, kv_ids: Any, lengths: Any, loop: str = "keys") -> list[Any]:
+    """The kernel operands of one pass (in ``pop_packing_refs``' order), from the padded ids and lengths.
+
+    ``loop`` says what the pass's kernel loops over: ``"keys"`` (forward, dQ: key blocks per query block,
+    ``key_spans``) or ``"queries"`` (dK/dV, ``query_spans``); only that direction's spans are computed.
+    """
     operands = []
     if p.segments:
         q_ranges, kv_ranges = segments.block_ranges(q_ids, c.block_q), segments.block_ranges(kv_ids, c.block_k)
-        operands += [q_ids, kv_ids, *segments.block_spans(q_ranges, kv_ranges), *segments.block_spans(kv_ranges, q_ranges)]
+        spans = segments.block_spans(q_ranges, kv_ranges) if loop == "keys" else segments.block_spans(kv_ranges, q_ranges)
+        operands += [q_ids, kv_ids, *spans]
     if p.lengths:
         operands.append(lengths)
     return operands
 
 
-def pop_packing_refs(p: Plan, refs: list) -> PackingRefs:
-    """Takes the packing refs off the front of ``refs`` (the order of ``packing_operands``)."""
+def pop_packing_refs(p: Plan, refs: list, loop: str = "keys") -> PackingRefs:
+    """Takes the packing refs off the front of ``refs`` (the order of ``packing_operands`` with ``loop``)."""
+    if loop not in ("keys", "queries"):
+        raise ValueError(f"loop must be 'keys' or 'queries', got {loop!r}")
     fields: dict[str, Any] = {}
     if p.segments:
         fields["q_ids"], fields["kv_ids"] = refs.pop(0), refs.pop(0)
-        fields["key_spans"] = tuple(refs.pop(0) for _ in range(3))
-        fields["query_spans"] = tuple(refs.pop(0) for _ in range(3))
+        fields["key_spans" if loop == "keys" else "query_spans"] = tuple(refs.pop(0) for _ in range(3))
     if p.lengths:
         fields["lengths"] = refs.pop(0)
     return PackingRefs(**fields)

@@ -83,12 +83,12 @@ def query_blocks(p: Plan, k_first: Any, block_k: int, block_q: int, dense: bool,
                               dense, kv_length)
 
 
-def split_refs(p: Plan, refs):
+def split_refs(p: Plan, refs, loop: str = "keys"):
     """The kernel refs as ``(q, k, v, bias, mask, sinks, packing, rest)``; absent operands are ``None``,
-    ``packing`` a ``packing.PackingRefs``."""
+    ``packing`` a ``packing.PackingRefs`` (``loop``: ``packing.packing_operands``')."""
     q_ref, k_ref, v_ref, *rest = refs
     bias_ref = rest.pop(0) if p.bias_layout is not None else None
     mask_ref = rest.pop(0) if p.mask_layout is not None else None
     sinks_ref = rest.pop(0) if p.num_sinks else None
-    packing = pop_packing_refs(p, rest)
+    packing = pop_packing_refs(p, rest, loop)
     return q_ref, k_ref, v_ref, bias_ref, mask_ref, sinks_ref, packing, rest
