@@ -146,7 +146,7 @@ PARITY = {
     "causal-d256": (1, 512, 512, 4, 2, 256, "bfloat16", True, None),
     "plain-d256-fp16": (1, 640, 900, 2, 2, 256, "float16", False, None),
     "d96-padded": (2, 384, 384, 4, 4, 96, "bfloat16", True, None),
-    "decode-mqa": (2, 1, 900, 8, 1, 128, "bfloat16", True, None),
+    "short-q-mqa": (2, 100, 900, 8, 1, 128, "bfloat16", True, None),
     "long-causal-d128": (1, 8192, 8192, 2, 2, 128, "bfloat16", True, None),
 }
 

@@ -15,7 +15,7 @@ import pytest
 import ejkernel
 from ejkernel import registry
 
-B, SQ, SKV, HQ, HKV, D = 1, 20, 36, 4, 2, 16
+B, SQ, SKV, HQ, HKV, D = 1, 40, 56, 4, 2, 16  # 80 query rows per kv head: not a decoding call
 
 
 def _inputs():
@@ -106,9 +106,9 @@ def test_an_empty_row_has_lse_minus_inf_and_output_zero():
     args = _inputs()
     out, lse = ejkernel.get_kernel("attention_with_lse", "xla")(
         args["query"], args["key"][:, :4], args["value"][:, :4], causal=True, dtype=jnp.float32)
-    # Skv = 4 < Sq = 20: bottom-right causal leaves the first 16 rows with no key.
-    assert bool(jnp.all(jnp.isneginf(lse[:, :16]))) and bool(jnp.all(out[:, :16] == 0))
-    assert bool(jnp.all(jnp.isfinite(lse[:, 16:])))
+    # Skv = 4 < Sq = 40: bottom-right causal leaves the first 36 rows with no key.
+    assert bool(jnp.all(jnp.isneginf(lse[:, :36]))) and bool(jnp.all(out[:, :36] == 0))
+    assert bool(jnp.all(jnp.isfinite(lse[:, 36:])))
 
 
 def test_every_backend_registers_attention_with_lse():
@@ -120,8 +120,8 @@ _PACKING_SPECS = [s for s in registry.kernel_specs("attention_with_lse")
                   if s.capabilities.segment_ids and s.capabilities.kv_lengths]
 
 
-def test_packing_is_claimed_by_the_lse_implementations_of_every_backend_but_mosaic_gpu():
-    assert {s.platform for s in _PACKING_SPECS} == {"xla", "pallas_tpu", "triton"}
+def test_packing_is_claimed_by_the_lse_implementations_of_every_backend():
+    assert {s.platform for s in _PACKING_SPECS} == {"xla", "pallas_tpu", "triton", "mosaic_gpu"}
 
 
 @pytest.mark.infs_by_design("it asks for the -inf lse of rows that see no key")
@@ -130,8 +130,8 @@ def test_segment_ids_and_kv_lengths_equal_their_dense_mask_with_the_lse(spec):
     # Ring attention's steps hand each pair's packing to attention_with_lse: every backend that claims it
     # must give the out and lse of the equivalent dense mask (here the XLA implementation's, checked above).
     args = _inputs()
-    q_ids = jnp.asarray(np.repeat(np.arange(5), 4)[None], jnp.int32)  # 5 segments of 4 queries; the last sees no key
-    kv_ids = jnp.asarray(np.minimum(np.arange(SKV) // 8, 4)[None], jnp.int32).at[:, 30:].set(-1)  # padded tail
+    q_ids = jnp.asarray(np.repeat(np.arange(5), SQ // 5)[None], jnp.int32)  # 5 segments; the last sees no key
+    kv_ids = jnp.asarray(np.minimum(np.arange(SKV) // 8, 4)[None], jnp.int32).at[:, 50:].set(-1)  # padded tail
     lengths = jnp.asarray([27], jnp.int32)
     kernel = ejkernel.get_kernel("attention_with_lse", "xla")
     dtype = jnp.float32 if "float32" in spec.capabilities.dtypes else jnp.float16

@@ -20,6 +20,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import ejkernel
@@ -189,13 +190,13 @@ def test_float16_score_gradient_rows_past_the_range_are_scaled():
 
 
 def test_backward_choice_is_checked():
-    case = CheckCase("choice", batch=1, q_len=64, kv_len=64, num_q_heads=1, num_kv_heads=1, head_dim=64)
+    case = CheckCase("choice", batch=1, q_len=128, kv_len=128, num_q_heads=1, num_kv_heads=1, head_dim=64)
     args = make_inputs(case)
     with pytest.raises(ValueError, match="backward must be one of"):
         flash_attention(**args, dtype="bfloat16", backward="cudnn", interpret=True)
     with pytest.raises(TypeError, match="BackwardBlocks"):
         flash_attention(**args, dtype="bfloat16", backward="mosaic", backward_blocks=object(), interpret=True)
-    big = make_inputs(CheckCase("d256", batch=1, q_len=64, kv_len=64, num_q_heads=1, num_kv_heads=1, head_dim=256))
+    big = make_inputs(CheckCase("d256", batch=1, q_len=128, kv_len=128, num_q_heads=1, num_kv_heads=1, head_dim=256))
     with pytest.raises(NotImplementedError, match="up to 128"):
         flash_attention(**big, dtype="bfloat16", backward="mosaic", interpret=True)
 
@@ -245,13 +246,14 @@ def test_served_calls_pick_mosaic_gpu_and_the_rest_go_elsewhere():
     assert _decide(dtype="bfloat16", causal=True).chosen.platform == "mosaic_gpu"
     sinks = {"softmax_aux": jnp.zeros((2,), jnp.float32)}
     assert _decide(dtype="bfloat16", logits_soft_cap=5.0, args=sinks).chosen.platform == "mosaic_gpu"
+    ids = jnp.zeros((1, 64), jnp.int32)
+    packed = {"q_segment_ids": ids, "kv_segment_ids": ids, "kv_lengths": jnp.array([40], jnp.int32)}
+    assert _decide(dtype="bfloat16", causal=True, args=packed).chosen.platform == "mosaic_gpu"
     bias = jnp.zeros((1, 2, 64, 64), jnp.float32)
     for overrides, reason in [
         ({"dtype": "bfloat16", "args": {"bias": bias}}, "bias"),
         ({"dtype": "float32"}, "dtype float32"),
-        ({"dtype": "bfloat16", "args": {"kv_lengths": jnp.array([40], jnp.int32)}}, "kv_lengths"),
-        ({"dtype": "bfloat16", "args": {"q_segment_ids": jnp.zeros((1, 64), jnp.int32),
-                                        "kv_segment_ids": jnp.zeros((1, 64), jnp.int32)}}, "segment_ids"),
+        ({"dtype": "bfloat16", "args": {"query": jnp.zeros((1, 1, 2, 64), jnp.float32)}}, "decoding"),
     ]:
         decision = _decide(**overrides)
         assert decision.chosen.platform not in ("mosaic_gpu", "xla"), str(decision)
@@ -277,7 +279,7 @@ def test_not_available_without_a_hopper_gpu():
 
 
 def test_entry_point_refuses_what_it_does_not_serve():
-    case = CheckCase("dv", batch=1, q_len=64, kv_len=64, num_q_heads=1, num_kv_heads=1, head_dim=64, v_head_dim=32)
+    case = CheckCase("dv", batch=1, q_len=128, kv_len=128, num_q_heads=1, num_kv_heads=1, head_dim=64, v_head_dim=32)
     with pytest.raises(NotImplementedError, match="value head_dim"):
         flash_attention(**make_inputs(case), dtype="bfloat16", interpret=True)
 
@@ -299,10 +301,74 @@ def test_block_heuristic_fits_shared_memory():
 
 
 def test_jit_of_the_registered_kernel():
-    case = CheckCase("jit", batch=1, q_len=64, kv_len=64, num_q_heads=1, num_kv_heads=1, head_dim=64, causal=True)
+    case = CheckCase("jit", batch=1, q_len=128, kv_len=128, num_q_heads=1, num_kv_heads=1, head_dim=64, causal=True)
     args = make_inputs(case)
     kernel = _registered()
     q, k, v = args["query"], args["key"], args["value"]
     out = jax.jit(lambda q, k, v: kernel(q, k, v, causal=True, dtype="bfloat16")[0])(q, k, v)
     want = ejkernel.attention(q, k, v, causal=True, dtype="bfloat16", platform="xla")[0]
     assert float(jnp.max(jnp.abs(out.astype(jnp.float32) - want.astype(jnp.float32)))) < 2e-2
+
+
+PACKING_CASES = [
+    # Packed causal GQA rows, 3 documents of random lengths and a padding tail, Sq == Skv (one id array):
+    # spans cut both the CTA's and each consumer's ranges, documents cross the 64-row blocks; float16.
+    (
+        CheckCase("packed-causal-gqa", batch=2, q_len=260, kv_len=260, num_q_heads=2, num_kv_heads=1, head_dim=64,
+                  causal=True, packed_docs=3),
+        "float16",
+    ),
+    # Segment ids with kv_lengths and Sq != Skv, non-causal, soft cap: the ids and the length both end
+    # ranges; bfloat16.
+    (
+        CheckCase("packed+lengths", batch=2, q_len=200, kv_len=330, num_q_heads=2, num_kv_heads=2, head_dim=64,
+                  packed_docs=3, kv_lengths=True, logits_soft_cap=5.0),
+        "bfloat16",
+    ),
+    # Key lengths alone, causal GQA (Sq < Skv): the ranges end at each row's length.
+    (
+        CheckCase("lengths-causal", batch=2, q_len=200, kv_len=300, num_q_heads=2, num_kv_heads=1, head_dim=64,
+                  causal=True, kv_lengths=True),
+        "float16",
+    ),
+]
+
+
+def _narrow_native(**kwargs):
+    return flash_attention(**kwargs, forward_blocks=NARROW, backward_blocks=NARROW_BACKWARD, interpret=True)
+
+
+@pytest.mark.parametrize("case,dtype", PACKING_CASES, ids=[c.name for c, _ in PACKING_CASES])
+def test_packing_parity_native_backward(case, dtype):
+    """Segment ids and key lengths, forward and the native backward, against the oracle (dense mask)."""
+    assert_matches_oracle(_narrow_native, case, dtype, TOLERANCE[dtype])
+
+
+@pytest.mark.infs_by_design("its inputs hold Inf and NaN on purpose")
+def test_keys_no_query_may_see_never_influence_anything():
+    """NaN and Inf in K and V past kv_lengths and in a segment no query has: output and gradients equal
+    the call's on the same keys zeroed, and those keys' dK and dV are 0."""
+    b, s, h, d = 1, 200, 2, 64
+    q_ids = np.repeat(np.arange(2), 100)[None].astype(np.int32)
+    kv_ids = q_ids.copy()
+    kv_ids[0, 30:60] = 5  # a segment no query has
+    lengths = np.array([170], np.int32)
+    hidden = jnp.asarray((kv_ids != q_ids) | (np.arange(s)[None] >= lengths[:, None]))[:, :, None, None]
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((b, s, h, d)), jnp.float16) for _ in range(3))
+    cot = jnp.asarray(rng.standard_normal((b, s, h, d)), jnp.float32)
+    extras = {"q_segment_ids": jnp.asarray(q_ids), "kv_segment_ids": jnp.asarray(kv_ids),
+              "kv_lengths": jnp.asarray(lengths), "causal": True, "dtype": "float16"}
+
+    def grads(k, v):
+        def loss(q, k, v):
+            return jnp.sum(_narrow_native(query=q, key=k, value=v, **extras)[0].astype(jnp.float32) * cot)
+        return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    want, want_g = grads(*(jnp.where(hidden, 0, x) for x in (k, v)))
+    got, got_g = grads(jnp.where(hidden, jnp.asarray(np.nan, k.dtype), k), jnp.where(hidden, jnp.asarray(np.inf, v.dtype), v))
+    assert bool(jnp.isfinite(got)) and float(got) == float(want)
+    for g, w in zip(got_g, want_g, strict=True):
+        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))
+    for g in got_g[1:]:
+        assert bool(jnp.all(jnp.where(hidden, g, 0) == 0))

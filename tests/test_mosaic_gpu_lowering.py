@@ -20,7 +20,12 @@ FEATURES = {
     "window": {"sliding_window": (64, 32)},
     "soft_cap": {"logits_soft_cap": 20.0, "causal": True},
     "sinks": {"softmax_aux": jax.ShapeDtypeStruct((4, 2), jnp.float32)},
+    "kv_lengths": {"causal": True, "kv_lengths": jax.ShapeDtypeStruct((1,), jnp.int32)},
+    "segment_ids": {"q_segment_ids": jax.ShapeDtypeStruct((1, 300), jnp.int32),
+                    "kv_segment_ids": jax.ShapeDtypeStruct((1, 260), jnp.int32),
+                    "kv_lengths": jax.ShapeDtypeStruct((1,), jnp.int32), "sliding_window": (128, 0)},
 }
+ARRAYS = ("softmax_aux", "kv_lengths", "q_segment_ids", "kv_segment_ids")
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -28,16 +33,15 @@ FEATURES = {
 @pytest.mark.parametrize("feature", list(FEATURES))
 def test_forward_and_gradients_lower_for_cuda(feature, head_dim, dtype):
     extra = dict(FEATURES[feature])
-    aux = extra.pop("softmax_aux", None)
+    arrays = {name: extra.pop(name) for name in ARRAYS if name in extra}
     q = jax.ShapeDtypeStruct((1, 300, 4, head_dim), jnp.dtype(dtype))
     kv = jax.ShapeDtypeStruct((1, 260, 2, head_dim), jnp.dtype(dtype))
 
-    def loss(q, k, v, aux):
-        out = flash_attention(q, k, v, softmax_aux=aux, dtype=dtype, **extra)[0]
+    def loss(q, k, v, arrays):
+        out = flash_attention(q, k, v, dtype=dtype, **arrays, **extra)[0]
         return out.astype(jnp.float32).sum()
 
-    argnums = (0, 1, 2, 3) if aux is not None else (0, 1, 2)
-    lowered = jax.jit(jax.grad(loss, argnums=argnums)).trace(q, kv, kv, aux).lower(lowering_platforms=("cuda",))
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, kv, kv, arrays).lower(lowering_platforms=("cuda",))
     calls = lowered.as_text().count("custom_call @mosaic_gpu")
     # The forward, then dK/dV and dQ natively; at D256 the backward is Triton's (another custom call).
     assert calls == (3 if head_dim <= 128 else 1), calls

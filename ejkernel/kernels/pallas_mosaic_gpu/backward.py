@@ -36,6 +36,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from ejkernel.kernels.pallas_mosaic_gpu import packing
 from ejkernel.kernels.pallas_mosaic_gpu.blocks import OWNED_ROWS, BackwardBlocks
 from ejkernel.kernels.pallas_mosaic_gpu.compat import (
     accumulate_pv,
@@ -129,12 +130,15 @@ def _fill_and_drain(total, stages: int, load, wait_free):
     lax.fori_loop(jnp.maximum(total - stages, 0), total, drain, None)
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, scoped, *, p: Plan, c: BackwardBlocks):
-    (k_own2, v_own2, q_ring, do_ring, lse_ring, delta_ring), ready, (k_ready, v_ready), free = scoped
+def _dkv_kernel(q_ref, k_ref, v_ref, pk, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, scoped, *, p: Plan,
+                c: BackwardBlocks):
+    (k_own2, v_own2, q_ring, do_ring, lse_ring, delta_ring), ready, (k_ready, v_ready), free, ids = scoped
     bk, bq, stages = OWNED_ROWS, c.dkv_block_q, c.dkv_stages
     b, hkv, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
-    cta_first = lax.axis_index("kv_seq") * (CONSUMERS * bk)
-    cta = query_blocks(p, cta_first, CONSUMERS * bk, bq)
+    cta_index = lax.axis_index("kv_seq")
+    cta_first = cta_index * (CONSUMERS * bk)
+    length = pk.length(b)
+    cta = pk.cut_cta(query_blocks(p, cta_first, CONSUMERS * bk, bq, length), b, cta_index)
     lo, tiles_per_head = cta[0], cta[3] - cta[0]
 
     def slot_of(t):
@@ -148,6 +152,12 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
         k_first = cta_first + wg * bk
         plgpu.copy_gmem_to_smem(k_ref.at[b, pl.ds(k_first, bk), hkv], k_own, k_ready.at[wg])
         plgpu.copy_gmem_to_smem(v_ref.at[b, pl.ds(k_first, bk), hkv], v_own, v_ready.at[wg])
+        kv_ids = None
+        if p.segments:
+            (kv_ids_own2, _), (kv_ids_ready, _) = ids
+            plgpu.copy_gmem_to_smem(pk.rows_ids.at[b, pl.ds(k_first, bk)], kv_ids_own2.at[wg], kv_ids_ready.at[wg])
+            plgpu.barrier_wait(kv_ids_ready.at[wg])
+            kv_ids = load_vector(kv_ids_own2.at[wg], 1, p.interpret)
         plgpu.barrier_wait(k_ready.at[wg])
         plgpu.barrier_wait(v_ready.at[wg])
 
@@ -155,6 +165,12 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
             slot = slot_of(g * tiles_per_head + (qb - lo))
             for barrier in ready:
                 plgpu.barrier_wait(barrier.at[slot])
+            q_ids = None
+            if p.segments:
+                (_, q_ids_ring), (_, q_ids_ready) = ids
+                plgpu.barrier_wait(q_ids_ready.at[slot])
+                if mode == "masked":
+                    q_ids = load_vector(q_ids_ring.at[slot], 0, p.interpret)
             if mode == "pass":
                 plgpu.barrier_arrive(free.at[slot])
                 return carry
@@ -162,7 +178,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
             q_tile, do_tile = q_ring.at[slot], do_ring.at[slot]
             s2t, tanh = _logits(p, scores(k_own, q_tile, p.interpret))
             if mode == "masked":
-                s2t = mask_tile_transposed(p, s2t, k_first, qb * bq)
+                s2t = mask_tile_transposed(p, s2t, k_first, qb * bq, length, kv_ids, q_ids)
             lse2 = load_vector(lse_ring.at[slot], 0, p.interpret)
             pt = jnp.exp2(s2t - columns(lse2, s2t.shape))
             dv = accumulate_pv(dv, pt.astype(do_tile.dtype), do_tile, p.interpret)
@@ -173,7 +189,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
             plgpu.barrier_arrive(free.at[slot])
             return dk, dv
 
-        walk = _walk(cta, query_blocks(p, k_first, bk, bq))
+        own = pk.cut_own(query_blocks(p, k_first, bk, bq, length), b, CONSUMERS * cta_index + wg)
+        walk = _walk(cta, own)
 
         def head(g, carry):
             for start, stop, mode in walk:
@@ -204,6 +221,9 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
             plgpu.copy_gmem_to_smem(do_ref.at[tile], do_ring.at[slot], ready[1].at[slot])
             plgpu.copy_gmem_to_smem(lse_ref.at[b, h, pl.ds(q_first, bq)], lse_ring.at[slot], ready[2].at[slot])
             plgpu.copy_gmem_to_smem(delta_ref.at[b, h, pl.ds(q_first, bq)], delta_ring.at[slot], ready[3].at[slot])
+            if p.segments:
+                (_, q_ids_ring), (_, q_ids_ready) = ids
+                plgpu.copy_gmem_to_smem(pk.other_ids.at[b, pl.ds(q_first, bq)], q_ids_ring.at[slot], q_ids_ready.at[slot])
 
         def wait_free(t):
             plgpu.barrier_wait(free.at[slot_of(t)])
@@ -211,12 +231,14 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
         _fill_and_drain(p.group * tiles_per_head, stages, load, wait_free)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scoped, *, p: Plan, c: BackwardBlocks):
-    (q_own2, do_own2, lse_own2, delta_own2, k_ring, v_ring), own_ready, (k_ready, v_ready), free = scoped
+def _dq_kernel(q_ref, k_ref, v_ref, pk, do_ref, lse_ref, delta_ref, dq_ref, scoped, *, p: Plan, c: BackwardBlocks):
+    (q_own2, do_own2, lse_own2, delta_own2, k_ring, v_ring), own_ready, (k_ready, v_ready), free, ids = scoped
     bq, bk, stages = OWNED_ROWS, c.dq_block_k, c.dq_stages
     b, h, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
-    cta_first = lax.axis_index("q_seq") * (CONSUMERS * bq)
-    cta = key_blocks(p, cta_first, CONSUMERS * bq, bk)
+    cta_index = lax.axis_index("q_seq")
+    cta_first = cta_index * (CONSUMERS * bq)
+    length = pk.length(b)
+    cta = pk.cut_cta(key_blocks(p, cta_first, CONSUMERS * bq, bk, length), b, cta_index)
     lo, hi = cta[0], cta[3]
 
     def slot_of(t):
@@ -240,18 +262,30 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scoped, 
             plgpu.barrier_wait(barrier.at[wg])
         lse2 = load_vector(lse_own2.at[wg], 1, p.interpret)
         delta = load_vector(delta_own2.at[wg], 1, p.interpret)
+        q_ids = None
+        if p.segments:
+            (q_ids_own2, _), (q_ids_ready, _) = ids
+            plgpu.copy_gmem_to_smem(pk.rows_ids.at[b, pl.ds(q_first, bq)], q_ids_own2.at[wg], q_ids_ready.at[wg])
+            plgpu.barrier_wait(q_ids_ready.at[wg])
+            q_ids = load_vector(q_ids_own2.at[wg], 1, p.interpret)
 
         def step(kb, dq, mode: str):
             slot = slot_of(kb - lo)
             plgpu.barrier_wait(k_ready.at[slot])
             plgpu.barrier_wait(v_ready.at[slot])
+            kv_ids = None
+            if p.segments:
+                (_, kv_ids_ring), (_, kv_ids_ready) = ids
+                plgpu.barrier_wait(kv_ids_ready.at[slot])
+                if mode == "masked":
+                    kv_ids = load_vector(kv_ids_ring.at[slot], 0, p.interpret)
             if mode == "pass":
                 plgpu.barrier_arrive(free.at[slot])
                 return dq
             k_tile, v_tile = k_ring.at[slot], v_ring.at[slot]
             s2, tanh = _logits(p, scores(q_own, k_tile, p.interpret))
             if mode == "masked":
-                s2 = mask_tile(p, s2, q_first, kb * bk)
+                s2 = mask_tile(p, s2, q_first, kb * bk, length, q_ids, kv_ids)
             prob = jnp.exp2(s2 - rows(lse2, s2.shape))
             dp = scores(do_own, v_tile, p.interpret)
             ds = cap_gradient(prob * (dp - rows(delta, dp.shape)), tanh)
@@ -260,7 +294,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scoped, 
             return dq
 
         dq = with_layout(jnp.zeros((bq, p.head_dim), jnp.float32), plgpu.Layout.WGMMA, p.interpret)
-        for start, stop, mode in _walk(cta, key_blocks(p, q_first, bq, bk)):
+        own = pk.cut_own(key_blocks(p, q_first, bq, bk, length), b, CONSUMERS * cta_index + wg)
+        for start, stop, mode in _walk(cta, own):
             dq = lax.fori_loop(start, stop, functools.partial(step, mode=mode), dq)
         q_own[...] = (dq * p.softmax_scale).astype(q_own.dtype)
         plgpu.commit_smem()
@@ -277,6 +312,10 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scoped, 
             tile = (b, pl.ds((lo + t) * bk, bk), kv_head(h, p.group))
             plgpu.copy_gmem_to_smem(k_ref.at[tile], k_ring.at[slot], k_ready.at[slot])
             plgpu.copy_gmem_to_smem(v_ref.at[tile], v_ring.at[slot], v_ready.at[slot])
+            if p.segments:
+                (_, kv_ids_ring), (_, kv_ids_ready) = ids
+                plgpu.copy_gmem_to_smem(pk.other_ids.at[b, pl.ds((lo + t) * bk, bk)], kv_ids_ring.at[slot],
+                                        kv_ids_ready.at[slot])
 
         def wait_free(t):
             plgpu.barrier_wait(free.at[slot_of(t)])
@@ -290,10 +329,22 @@ def _tile(shape, dtype):
     return plgpu.SMEM(shape, dtype, transforms=transforms)
 
 
+def _ids_scratch(p: Plan, streamed: int, stages: int):
+    """With segment ids: the consumers' own ids, a ring of the streamed tiles' ids, their ready barriers."""
+    if not p.segments:
+        return ()
+    return (
+        (plgpu.SMEM((CONSUMERS, OWNED_ROWS), jnp.int32), plgpu.SMEM((stages, streamed), jnp.int32)),
+        (plgpu.Barrier(num_barriers=CONSUMERS), plgpu.Barrier(num_barriers=stages)),
+    )
+
+
 def _dkv_entry(*refs, p: Plan, c: BackwardBlocks):
     dtype, d, bq, stages = refs[0].dtype, p.head_dim, c.dkv_block_q, c.dkv_stages
+    q_ref, k_ref, v_ref, *rest = refs
+    pk = packing.split_refs(p, rest)
     pl.run_scoped(
-        lambda *scoped: _dkv_kernel(*refs, scoped, p=p, c=c),
+        lambda *scoped: _dkv_kernel(q_ref, k_ref, v_ref, pk, *rest, scoped, p=p, c=c),
         (
             _tile((CONSUMERS, OWNED_ROWS, d), dtype),
             _tile((CONSUMERS, OWNED_ROWS, d), dtype),
@@ -305,14 +356,17 @@ def _dkv_entry(*refs, p: Plan, c: BackwardBlocks):
         (plgpu.Barrier(num_barriers=stages),) * 4,
         (plgpu.Barrier(num_barriers=CONSUMERS),) * 2,
         plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=stages),
+        _ids_scratch(p, bq, stages),
         collective_axes="wg",
     )
 
 
 def _dq_entry(*refs, p: Plan, c: BackwardBlocks):
     dtype, d, bk, stages = refs[0].dtype, p.head_dim, c.dq_block_k, c.dq_stages
+    q_ref, k_ref, v_ref, *rest = refs
+    pk = packing.split_refs(p, rest)
     pl.run_scoped(
-        lambda *scoped: _dq_kernel(*refs, scoped, p=p, c=c),
+        lambda *scoped: _dq_kernel(q_ref, k_ref, v_ref, pk, *rest, scoped, p=p, c=c),
         (
             _tile((CONSUMERS, OWNED_ROWS, d), dtype),
             _tile((CONSUMERS, OWNED_ROWS, d), dtype),
@@ -324,6 +378,7 @@ def _dq_entry(*refs, p: Plan, c: BackwardBlocks):
         (plgpu.Barrier(num_barriers=CONSUMERS),) * 4,
         (plgpu.Barrier(num_barriers=stages),) * 2,
         plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=stages),
+        _ids_scratch(p, bk, stages),
         collective_axes="wg",
     )
 
@@ -341,19 +396,20 @@ def _kernel(entry, p: Plan, c: BackwardBlocks, out_type, grid, grid_names):
     )
 
 
-def dkv_call(p: Plan, c: BackwardBlocks, q, k, v, d_out, lse2, delta):
-    """``(dk, dv)`` of padded operands; ``lse2`` (``recompute_lse``'s form) and ``delta`` ``[B, Hq, Sq_pad]``."""
+def dkv_call(p: Plan, c: BackwardBlocks, q, k, v, d_out, lse2, delta, ops: packing.Operands = packing.NO_PACKING):
+    """``(dk, dv)`` of padded operands; ``lse2`` (``recompute_lse``'s form) and ``delta`` ``[B, Hq, Sq_pad]``;
+    ``ops`` the packing arrays."""
     out_type = (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype))
     grid = (p.num_kv_heads, p.kv_len_pad // (CONSUMERS * OWNED_ROWS), p.batch)
     kernel = _kernel(_dkv_entry, p, c, out_type, grid, ("heads", "kv_seq", "batch"))
-    return kernel(q, k, v, d_out, lse2, delta)
+    return kernel(q, k, v, *packing.span_operands(p, ops, "kv", OWNED_ROWS, c.dkv_block_q), d_out, lse2, delta)
 
 
-def dq_call(p: Plan, c: BackwardBlocks, q, k, v, d_out, lse2, delta):
+def dq_call(p: Plan, c: BackwardBlocks, q, k, v, d_out, lse2, delta, ops: packing.Operands = packing.NO_PACKING):
     """``dq`` of padded operands; the other arguments as ``dkv_call``'s."""
     grid = (p.num_q_heads, p.q_len_pad // (CONSUMERS * OWNED_ROWS), p.batch)
     kernel = _kernel(_dq_entry, p, c, jax.ShapeDtypeStruct(q.shape, q.dtype), grid, ("heads", "q_seq", "batch"))
-    return kernel(q, k, v, d_out, lse2, delta)
+    return kernel(q, k, v, *packing.span_operands(p, ops, "q", OWNED_ROWS, c.dq_block_k), d_out, lse2, delta)
 
 
 def _prepared(p: Plan, out, lse, d_out, d_lse):
@@ -372,13 +428,14 @@ def _prepared(p: Plan, out, lse, d_out, d_lse):
 def backward_call(p: Plan, c: BackwardBlocks, residuals, cotangents):
     """``(dq, dk, dv)`` of the padded ``q, k, v``.
 
-    ``residuals = (q, k, v, out, lse)``: the forward's padded operands, output and natural-log
-    ``lse [B, Hq, Sq_pad]``; ``cotangents = (d_out, d_lse)`` of the padded output and of ``lse [B, Sq_pad, Hq]``.
+    ``residuals = (q, k, v, ops, out, lse)``: the forward's padded operands and packing arrays, output and
+    natural-log ``lse [B, Hq, Sq_pad]``; ``cotangents = (d_out, d_lse)`` of the padded output and of
+    ``lse [B, Sq_pad, Hq]``.
     """
-    q, k, v, out, lse = residuals
+    q, k, v, ops, out, lse = residuals
     d_out, d_lse = cotangents
     d_out = d_out.astype(q.dtype)
     lse2, delta = _prepared(p, out, lse, d_out, d_lse)
-    dk, dv = dkv_call(p, c, q, k, v, d_out, lse2, delta)
-    dq = dq_call(p, c, q, k, v, d_out, lse2, delta)
+    dk, dv = dkv_call(p, c, q, k, v, d_out, lse2, delta, ops)
+    dq = dq_call(p, c, q, k, v, d_out, lse2, delta, ops)
     return dq, dk, dv

@@ -1,7 +1,8 @@
 """The differentiable flash attention on padded operands: the Mosaic-GPU forward, a choice of backward.
 
-``flash_with_lse(p, c, q, k, v)`` takes operands already cast to the compute dtype and padded (sequences
-to block multiples, head dims to ``blocks.HEAD_DIMS``; the interface does that) and returns the padded
+``flash_with_lse(p, c, q, k, v, packing)`` takes operands already cast to the compute dtype and padded
+(sequences to block multiples, head dims to ``blocks.HEAD_DIMS``; the interface does that), the packing
+arrays ``(q_ids, kv_ids, lengths)`` (``packing.Operands``' fields, ``None`` where absent) and returns the padded
 output and the natural-log log-sum-exp ``[B, Sq, Hq]`` (``-inf`` for an empty row: ``merge``'s
 convention), differentiable in both.
 
@@ -23,6 +24,7 @@ import jax
 from ejkernel.kernels.pallas_mosaic_gpu.backward import backward_call
 from ejkernel.kernels.pallas_mosaic_gpu.blocks import BackwardBlocks, ForwardBlocks
 from ejkernel.kernels.pallas_mosaic_gpu.forward import forward_call
+from ejkernel.kernels.pallas_mosaic_gpu.packing import Operands
 from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
 from ejkernel.kernels.pallas_triton import plan as triton_plan
 from ejkernel.kernels.pallas_triton.blocks import BlockSizes
@@ -64,28 +66,31 @@ def triton_plan_of(p: Plan) -> triton_plan.Plan:
         causal=p.causal,
         window=p.window,
         logits_soft_cap=p.logits_soft_cap,
+        segments=p.segments,
+        lengths=p.lengths,
         interpret=p.interpret,
     )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def flash_with_lse(p: Plan, c: Blocks, q, k, v):
-    out, lse = forward_call(p, c.forward, q, k, v)
+def flash_with_lse(p: Plan, c: Blocks, q, k, v, ids=(None, None, None)):
+    out, lse = forward_call(p, c.forward, q, k, v, Operands(*ids))
     return out, lse.transpose(0, 2, 1)
 
 
-def _forward(p: Plan, c: Blocks, q, k, v):
-    out, lse = forward_call(p, c.forward, q, k, v)
-    return (out, lse.transpose(0, 2, 1)), (q, k, v, out, lse)
+def _forward(p: Plan, c: Blocks, q, k, v, ids=(None, None, None)):
+    out, lse = forward_call(p, c.forward, q, k, v, Operands(*ids))
+    return (out, lse.transpose(0, 2, 1)), (q, k, v, ids, out, lse)
 
 
 def _backward(p: Plan, c: Blocks, residuals, cotangents):
+    q, k, v, ids, out, lse = residuals
+    no_ids = tuple(None for _ in ids)  # integer operands: no cotangent
     if c.backward_kernels == "mosaic":
-        return backward_call(p, c.backward, residuals, cotangents)
-    q, k, v, out, lse = residuals
-    triton_residuals = (q, k, v, None, None, None, (None, None, None), out, lse * LOG2E)
+        return (*backward_call(p, c.backward, (q, k, v, Operands(*ids), out, lse), cotangents), no_ids)
+    triton_residuals = (q, k, v, None, None, None, tuple(ids), out, lse * LOG2E)
     dq, dk, dv, *_ = flash_backward(triton_plan_of(p), c.backward, triton_residuals, cotangents)
-    return dq, dk, dv
+    return dq, dk, dv, no_ids
 
 
 flash_with_lse.defvjp(_forward, _backward)

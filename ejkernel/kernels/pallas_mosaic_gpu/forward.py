@@ -17,7 +17,9 @@ Each CTA runs three warpgroups:
   (``compat``), the online softmax is float32 in base 2.
 - a schedule barrier alternates the consumers: one issues its wgmmas while the other does its softmax.
 
-GQA reads K/V head ``h // group`` (``layouts.kv_head``); nothing is repeated.
+GQA reads K/V head ``h // group`` (``layouts.kv_head``); nothing is repeated. With key lengths the ranges
+end at the row's length; with segment ids they are cut to the CTA's and each consumer's spans, and the
+producer streams each key block's ids beside K into a ring of their own (``packing``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from ejkernel.kernels.pallas_mosaic_gpu import packing
 from ejkernel.kernels.pallas_mosaic_gpu.blocks import ForwardBlocks
-from ejkernel.kernels.pallas_mosaic_gpu.compat import accumulate_pv, interpret_params, scores, with_layout
+from ejkernel.kernels.pallas_mosaic_gpu.compat import accumulate_pv, interpret_params, load_vector, scores, with_layout
 from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
 from ejkernel.kernels.pallas_mosaic_gpu.tiles import NEG_INIT, i32, key_blocks, mask_tile, nested_in, rows
 from ejkernel.ops.attention.layouts import kv_head
@@ -48,12 +51,14 @@ CONSUMER_REGISTERS = 232
 PRODUCER_REGISTERS = 40
 
 
-def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scoped, *, p: Plan, c: ForwardBlocks):
-    (q_smem2, k_smem, v_smem, lse_smem2), (k_ready, v_ready, q_ready), (k_free, v_free), schedule_bar = scoped
+def _kernel(q_ref, k_ref, v_ref, pk, o_ref, lse_ref, scoped, *, p: Plan, c: ForwardBlocks):
+    (q_smem2, k_smem, v_smem, lse_smem2), (k_ready, v_ready, q_ready), (k_free, v_free), schedule_bar, ids = scoped
     bq, bk, stages = c.block_q, c.block_k, c.stages
     b, h, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
-    cta_first = lax.axis_index("q_seq") * (CONSUMERS * bq)
-    cta = key_blocks(p, cta_first, CONSUMERS * bq, bk)
+    cta_index = lax.axis_index("q_seq")
+    cta_first = cta_index * (CONSUMERS * bq)
+    length = pk.length(b)
+    cta = pk.cut_cta(key_blocks(p, cta_first, CONSUMERS * bq, bk, length), b, cta_index)
     lo, hi = cta[0], cta[3]
 
     def slot_of(kb):
@@ -71,12 +76,25 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scoped, *, p: Plan, c: ForwardB
         q_smem, lse_smem = q_smem2.at[wg], lse_smem2.at[wg]
         q_first = cta_first + wg * bq
         plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q_first, bq), h], q_smem, q_ready.at[wg])
+        q_ids = None
+        if p.segments:
+            (q_ids_smem2, _), (q_ids_ready, _) = ids
+            plgpu.copy_gmem_to_smem(pk.rows_ids.at[b, pl.ds(q_first, bq)], q_ids_smem2.at[wg], q_ids_ready.at[wg])
+            plgpu.barrier_wait(q_ids_ready.at[wg])
+            q_ids = load_vector(q_ids_smem2.at[wg], 1, p.interpret)
         plgpu.barrier_wait(q_ready.at[wg])
-        own_lo, interior_lo, interior_hi, own_hi = nested_in(cta, key_blocks(p, q_first, bq, bk))
+        own = pk.cut_own(key_blocks(p, q_first, bq, bk, length), b, CONSUMERS * cta_index + wg)
+        own_lo, interior_lo, interior_hi, own_hi = nested_in(cta, own)
 
         def step(kb, carry, mode: str):
             slot = slot_of(kb)
             plgpu.barrier_wait(k_ready.at[slot])
+            kv_ids = None
+            if p.segments:
+                (_, kv_ids_ring), (_, kv_ids_ready) = ids
+                plgpu.barrier_wait(kv_ids_ready.at[slot])
+                if mode == "masked":  # read before the slot is freed
+                    kv_ids = load_vector(kv_ids_ring.at[slot], 0, p.interpret)
             if mode == "pass":  # not this warpgroup's block: let the slot go, keep the schedule in step
                 plgpu.barrier_wait(v_ready.at[slot])
                 plgpu.barrier_arrive(k_free.at[slot])
@@ -89,7 +107,7 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scoped, *, p: Plan, c: ForwardB
             plgpu.barrier_arrive(k_free.at[slot])
             s2, _ = transform_logits(s, p.softmax_scale, p.logits_soft_cap, base2=True, tanh=tanh_from_exp2)
             if mode == "masked":
-                s2 = mask_tile(p, s2, q_first, kb * bk)
+                s2 = mask_tile(p, s2, q_first, kb * bk, length, q_ids, kv_ids)
             m_new = jnp.maximum(m, s2.max(axis=1))
             alpha = jnp.exp2(m - m_new)
             prob = jnp.exp2(s2 - rows(m_new, s2.shape))
@@ -144,6 +162,10 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scoped, *, p: Plan, c: ForwardB
             if wait_free:
                 plgpu.barrier_wait(k_free.at[slot])
             plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem.at[slot], k_ready.at[slot])
+            if p.segments:  # the key ids share K's slot and its free barrier
+                (_, kv_ids_ring), (_, kv_ids_ready) = ids
+                plgpu.copy_gmem_to_smem(pk.other_ids.at[b, pl.ds(kb * bk, bk)], kv_ids_ring.at[slot],
+                                        kv_ids_ready.at[slot])
             if wait_free:
                 plgpu.barrier_wait(v_free.at[slot])
             plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem.at[slot], v_ready.at[slot])
@@ -165,13 +187,23 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scoped, *, p: Plan, c: ForwardB
         lax.fori_loop(jnp.maximum(lo, hi - stages), hi, drain, None)
 
 
-def _entry(q_ref, k_ref, v_ref, o_ref, lse_ref, *, p: Plan, c: ForwardBlocks):
+def _entry(*refs, p: Plan, c: ForwardBlocks):
+    refs = list(refs)
+    q_ref, k_ref, v_ref = refs[:3]
+    o_ref, lse_ref = refs[-2:]
+    pk = packing.split_refs(p, refs[3:-2])
     dtype = q_ref.dtype
     swizzle = 128  # bytes: one row of a tile is 64 two-byte elements
     transforms = (plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)), plgpu.SwizzleTransform(swizzle))
     d = p.head_dim
+    ids = ()
+    if p.segments:  # the consumers' query ids, a ring of key ids; their ready barriers
+        ids = (
+            (plgpu.SMEM((CONSUMERS, c.block_q), jnp.int32), plgpu.SMEM((c.stages, c.block_k), jnp.int32)),
+            (plgpu.Barrier(num_barriers=CONSUMERS), plgpu.Barrier(num_barriers=c.stages)),
+        )
     pl.run_scoped(
-        lambda *scoped: _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scoped, p=p, c=c),
+        lambda *scoped: _kernel(q_ref, k_ref, v_ref, pk, o_ref, lse_ref, scoped, p=p, c=c),
         (
             plgpu.SMEM((CONSUMERS, c.block_q, d), dtype, transforms=transforms),
             plgpu.SMEM((c.stages, c.block_k, d), dtype, transforms=transforms),
@@ -185,12 +217,14 @@ def _entry(q_ref, k_ref, v_ref, o_ref, lse_ref, *, p: Plan, c: ForwardBlocks):
         ),
         (plgpu.Barrier(num_arrivals=CONSUMERS, num_barriers=c.stages),) * 2,
         plgpu.Barrier(num_arrivals=CONSUMERS),
+        ids,
         collective_axes="wg",
     )
 
 
-def forward_call(p: Plan, c: ForwardBlocks, q, k, v):
-    """``(out [B, Sq_pad, Hq, D], lse [B, Hq, Sq_pad] float32, natural log)`` for padded operands."""
+def forward_call(p: Plan, c: ForwardBlocks, q, k, v, ops: packing.Operands = packing.NO_PACKING):
+    """``(out [B, Sq_pad, Hq, D], lse [B, Hq, Sq_pad] float32, natural log)`` for padded operands; ``ops``
+    the packing arrays (``packing.Operands``; K and V already zeroed where no query may look)."""
     out_type = (
         jax.ShapeDtypeStruct(q.shape, q.dtype),
         jax.ShapeDtypeStruct((p.batch, p.num_q_heads, p.q_len_pad), jnp.float32),
@@ -205,4 +239,4 @@ def forward_call(p: Plan, c: ForwardBlocks, q, k, v):
         compiler_params=plgpu.CompilerParams(approx_math=True),
         interpret=interpret_params(p.interpret),
     )
-    return kernel(q, k, v)
+    return kernel(q, k, v, *packing.span_operands(p, ops, "q", c.block_q, c.block_k))

@@ -33,6 +33,7 @@ from ejkernel.kernels.pallas_mosaic_gpu.blocks import (
 )
 from ejkernel.kernels.pallas_mosaic_gpu.capabilities import CAPABILITIES
 from ejkernel.kernels.pallas_mosaic_gpu.flash import BACKWARDS, Blocks, flash_with_lse
+from ejkernel.kernels.pallas_mosaic_gpu.packing import zero_invisible
 from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
 from ejkernel.kernels.pallas_triton.blocks import BlockSizes, choose_block_sizes
 from ejkernel.kernels.pallas_triton.flash import pad_axis
@@ -40,6 +41,7 @@ from ejkernel.ops.attention.call import AttentionCall
 from ejkernel.ops.attention.derivatives import reverse_mode_only
 from ejkernel.ops.attention.features import AttentionFeatures
 from ejkernel.ops.attention.merge import add_sinks
+from ejkernel.ops.attention.segments import PADDING_ID, as_ids, visible_kv_ids
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.ops.attention.sinks import sinks_lse
 
@@ -110,6 +112,8 @@ def plan_for(
         causal=f.causal,
         window=f.window,
         logits_soft_cap=f.logits_soft_cap,
+        segments=f.segment_ids,
+        lengths=f.kv_lengths,
         interpret=bool(interpret),
     )
     return p, Blocks(fwd, bwd)
@@ -132,8 +136,10 @@ def flash_with_lse_call(
         return pad_axis(pad_axis(x.astype(compute), 1, length), 3, p.head_dim)
 
     q, k, v = padded(call.query, p.q_len_pad), padded(call.key, p.kv_len_pad), padded(call.value, p.kv_len_pad)
+    ids, visible = _packing(call, p)
+    k, v = zero_invisible(k, v, visible)
     with reverse_mode_only("the Mosaic-GPU flash attention"):
-        out, lse = flash_with_lse(p, c, q, k, v)
+        out, lse = flash_with_lse(p, c, q, k, v, ids)
     out, lse = out[:, : f.q_len, :, : f.v_head_dim], lse[:, : f.q_len]
     if call.softmax_aux is None:
         return out, lse
@@ -141,6 +147,22 @@ def flash_with_lse_call(
     # and their gradient and the lse cotangent it sends the kernels come from differentiating this merge.
     out, lse = add_sinks(out, lse, sinks_lse(call.softmax_aux, f.num_q_heads))
     return out.astype(compute), lse.astype(jnp.float32)
+
+
+def _packing(call: AttentionCall, p: Plan) -> tuple[tuple[Array | None, Array | None, Array | None], Array | None]:
+    """``((q_ids [B, Sq_pad], kv_ids [B, Skv_pad], lengths [B]), visible)``, int32, ``None`` where absent.
+
+    ``visible [B, Skv_pad]`` is ``segments.visible_kv_ids`` padded with ``-1`` (the keys some query may see,
+    by the ids and the lengths), for ``zero_invisible``; with segment ids it is also the kernels' key ids.
+    """
+    if not (p.segments or p.lengths):
+        return (None, None, None), None
+    q_src = call.q_segment_ids if p.segments else jnp.zeros((p.batch, p.q_len), jnp.int32)
+    visible = visible_kv_ids(q_src, call.kv_segment_ids if p.segments else None, call.kv_lengths, p.kv_len)
+    visible = pad_axis(visible, 1, p.kv_len_pad, PADDING_ID)
+    q_ids = pad_axis(as_ids(call.q_segment_ids), 1, p.q_len_pad, PADDING_ID) if p.segments else None
+    lengths = as_ids(call.kv_lengths) if p.lengths else None
+    return (q_ids, visible if p.segments else None, lengths), visible
 
 
 def _without_lse(call: AttentionCall, **extras: Any) -> tuple[Array, None]:

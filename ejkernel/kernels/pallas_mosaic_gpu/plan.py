@@ -23,6 +23,8 @@ class Plan:
     causal: bool = False
     window: tuple[int, int] | None = None
     logits_soft_cap: float | None = None
+    segments: bool = False  # q_segment_ids/kv_segment_ids given (``packing``)
+    lengths: bool = False  # kv_lengths given
     interpret: bool = False
 
     @property

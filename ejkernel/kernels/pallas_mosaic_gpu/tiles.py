@@ -43,16 +43,19 @@ def i32(x: Any) -> Any:
     return jnp.asarray(x, jnp.int32)
 
 
-def key_blocks(p: Plan, q_first: Any, num_rows: int, block_k: int) -> tuple[Any, Any, Any, Any]:
-    """``masks.key_blocks`` ``(lo, interior_lo, interior_hi, hi)`` of the rows ``[q_first, q_first + num_rows)``."""
+def key_blocks(p: Plan, q_first: Any, num_rows: int, block_k: int, kv_length: Any = None) -> tuple[Any, Any, Any, Any]:
+    """``masks.key_blocks`` ``(lo, interior_lo, interior_hi, hi)`` of the rows ``[q_first, q_first + num_rows)``,
+    ending at the row's ``kv_length`` where given."""
     q_first = i32(q_first)
-    return masks.key_blocks(q_first, q_first + (num_rows - 1), block_k, p.q_len, p.kv_len, p.causal, p.window)
+    return masks.key_blocks(q_first, q_first + (num_rows - 1), block_k, p.q_len, p.kv_len, p.causal, p.window,
+                            kv_length=kv_length)
 
 
-def query_blocks(p: Plan, k_first: Any, num_keys: int, block_q: int) -> tuple[Any, Any, Any, Any]:
+def query_blocks(p: Plan, k_first: Any, num_keys: int, block_q: int, kv_length: Any = None) -> tuple[Any, Any, Any, Any]:
     """``masks.query_blocks`` ``(lo, interior_lo, interior_hi, hi)`` of the keys ``[k_first, k_first + num_keys)``."""
     k_first = i32(k_first)
-    return masks.query_blocks(k_first, k_first + (num_keys - 1), block_q, p.q_len, p.kv_len, p.causal, p.window)
+    return masks.query_blocks(k_first, k_first + (num_keys - 1), block_q, p.q_len, p.kv_len, p.causal, p.window,
+                              kv_length=kv_length)
 
 
 def nested_in(outer: tuple[Any, Any, Any, Any], inner: tuple[Any, Any, Any, Any]) -> tuple[Any, Any, Any, Any]:
@@ -79,19 +82,25 @@ def columns(x: Any, shape: tuple[int, int]) -> Any:
     return lax.broadcast_in_dim(x, shape, (1,))
 
 
-def mask_tile(p: Plan, s2: Any, q_first: Any, k_first: Any) -> Any:
-    """``s2`` with the pairs ``masks.valid_pairs`` rules out (causal, window, keys past ``kv_len``) at ``-inf``."""
+def mask_tile(p: Plan, s2: Any, q_first: Any, k_first: Any, kv_length: Any = None, q_ids: Any = None,
+              kv_ids: Any = None) -> Any:
+    """``s2`` with the pairs ``masks.valid_pairs`` rules out (causal, window, keys past ``kv_len`` or the row's
+    ``kv_length``, different segments: ``q_ids [rows]`` and ``kv_ids [cols]``) at ``-inf``."""
     shape = s2.shape
     q_idx = q_first + iota(shape, 0, p.interpret)
     k_idx = k_first + iota(shape, 1, p.interpret)
-    ok = masks.valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window)
+    ids = {} if q_ids is None else {"q_segment": rows(q_ids, shape), "kv_segment": columns(kv_ids, shape)}
+    ok = masks.valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window, kv_length=kv_length, **ids)
     return jnp.where(ok, s2, -jnp.inf)
 
 
-def mask_tile_transposed(p: Plan, s2t: Any, k_first: Any, q_first: Any) -> Any:
-    """``mask_tile`` of a transposed ``[keys, queries]`` tile (the dK/dV kernel's ``Sᵀ``)."""
+def mask_tile_transposed(p: Plan, s2t: Any, k_first: Any, q_first: Any, kv_length: Any = None, kv_ids: Any = None,
+                         q_ids: Any = None) -> Any:
+    """``mask_tile`` of a transposed ``[keys, queries]`` tile (the dK/dV kernel's ``Sᵀ``): ``kv_ids [rows]``,
+    ``q_ids [cols]``."""
     shape = s2t.shape
     k_idx = k_first + iota(shape, 0, p.interpret)
     q_idx = q_first + iota(shape, 1, p.interpret)
-    ok = masks.valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window)
+    ids = {} if q_ids is None else {"q_segment": columns(q_ids, shape), "kv_segment": rows(kv_ids, shape)}
+    ok = masks.valid_pairs(q_idx, k_idx, p.q_len, p.kv_len, p.causal, p.window, kv_length=kv_length, **ids)
     return jnp.where(ok, s2t, -jnp.inf)
