@@ -42,7 +42,8 @@ NARROW_BACKWARD = blocks.BackwardBlocks(dkv_block_q=64, dkv_stages=2, dq_block_k
 
 
 def _narrow(**kwargs):
-    return flash_attention(**kwargs, forward_blocks=NARROW, interpret=True)
+    """The forward with the Triton backward (the D256 default), named: the native one has its own cases."""
+    return flash_attention(**kwargs, forward_blocks=NARROW, backward="triton", interpret=True)
 
 
 def _native_backward(**kwargs):
