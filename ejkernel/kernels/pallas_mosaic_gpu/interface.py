@@ -33,7 +33,6 @@ from ejkernel.kernels.pallas_mosaic_gpu.blocks import (
 )
 from ejkernel.kernels.pallas_mosaic_gpu.capabilities import CAPABILITIES
 from ejkernel.kernels.pallas_mosaic_gpu.flash import BACKWARDS, Blocks, flash_with_lse
-from ejkernel.kernels.pallas_mosaic_gpu.packing import zero_invisible
 from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
 from ejkernel.kernels.pallas_triton.blocks import BlockSizes, choose_block_sizes
 from ejkernel.kernels.pallas_triton.flash import pad_axis
@@ -41,7 +40,7 @@ from ejkernel.ops.attention.call import AttentionCall
 from ejkernel.ops.attention.derivatives import reverse_mode_only
 from ejkernel.ops.attention.features import AttentionFeatures
 from ejkernel.ops.attention.merge import add_sinks
-from ejkernel.ops.attention.segments import PADDING_ID, as_ids, visible_kv_ids
+from ejkernel.ops.attention.segments import PADDING_ID, as_ids, visible_kv_ids, zero_invisible
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.ops.attention.sinks import sinks_lse
 
@@ -137,7 +136,8 @@ def flash_with_lse_call(
 
     q, k, v = padded(call.query, p.q_len_pad), padded(call.key, p.kv_len_pad), padded(call.value, p.kv_len_pad)
     ids, visible = _packing(call, p)
-    k, v = zero_invisible(k, v, visible)
+    if visible is not None:
+        k, v = zero_invisible(k, visible), zero_invisible(v, visible)
     with reverse_mode_only("the Mosaic-GPU flash attention"):
         out, lse = flash_with_lse(p, c, q, k, v, ids)
     out, lse = out[:, : f.q_len, :, : f.v_head_dim], lse[:, : f.q_len]
@@ -204,7 +204,7 @@ flash_attention = entry_point(
     Raises:
       ValueError, TypeError: bad arguments (``validate_attention``), an unknown ``backward`` or blocks of the
         other backward's type, at trace time.
-      NotImplementedError: a call outside ``CAPABILITIES`` (bias, mask, segment ids, float32, ...), or
+      NotImplementedError: a call outside ``CAPABILITIES`` (bias, mask, float32, decoding, ...), or
         ``backward="mosaic"`` at a head dim above 128.
     """,
 )

@@ -3,7 +3,7 @@
 Outside the kernels (XLA, O(S)), from the padded query ids and the visible key ids (``segments.visible_kv_ids``:
 ``-1`` for every key no query may see, padding included) of ``Operands``:
 
-- the keys no query may see are zeroed in K and V (``zero_invisible``): a masked tile still multiplies its
+- the keys no query may see are zeroed in K and V (``segments.zero_invisible``, by the interface): a masked tile still multiplies its
   probabilities of 0 by V, and ``0 * NaN`` would reach the output; their dK and dV are 0 through it;
 - per kernel, the ``segments.block_spans`` of the blocks it walks, at two granularities: the CTA's (the
   producer streams the CTA's span) and each consumer's (``CONSUMERS`` per CTA), the latter with its
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
 from ejkernel.ops.attention import segments
 
-__all__ = ["Operands", "NO_PACKING", "Refs", "span_operands", "split_refs", "interior_unless_whole", "zero_invisible"]
+__all__ = ["Operands", "NO_PACKING", "Refs", "span_operands", "split_refs", "interior_unless_whole"]
 
 CONSUMERS = 2
 
@@ -44,14 +44,6 @@ class Operands:
 
 #: A call without segment ids or key lengths.
 NO_PACKING = Operands()
-
-
-def zero_invisible(k: Any, v: Any, kv_ids: Any) -> tuple[Any, Any]:
-    """K and V ``[B, Skv_pad, Hkv, D]`` with the rows of keys no query may see (``kv_ids < 0``) set to 0."""
-    if kv_ids is None:
-        return k, v
-    visible = (kv_ids >= 0)[:, :, None, None]
-    return jnp.where(visible, k, jnp.zeros((), k.dtype)), jnp.where(visible, v, jnp.zeros((), v.dtype))
 
 
 def span_operands(p: Plan, ops: Operands, rows: str, own_rows: int, block_other: int) -> list[Any]:
