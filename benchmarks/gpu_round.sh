@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: the cuDNN semantics probe ($PROBE_CASES), the packing benchmark ($PACKING non-empty), the Mosaic-GPU
-# probe ($MOSAIC: its arguments, for instance --native), the per-kernel profile ($KERNEL_PROFILE: its arguments), the GPU profile
+# probe ($MOSAIC: its arguments, for instance --native), the per-kernel profile ($KERNEL_PROFILE: its arguments; several
+# runs separated by ';'), the GPU profile
 # (-k $PYTEST_K), the parity cases named in $PARITY_CASES and the README's main job.
 # Run from the repository root: OUT=<folder> benchmarks/gpu_round.sh
 set -uo pipefail
@@ -15,7 +16,10 @@ if [ -n "${PACKING-}" ]; then
   timeout "${PACKING_S:-120}" python3 -m ejkernel.cli bench packing --platform "${PACKING_PLATFORM:-triton}" --out "$OUT" --name packing 2>&1 | grep -v "^\s*$" | tail -n 20 || status=1
 fi
 if [ -n "${KERNEL_PROFILE-}" ]; then
-  timeout "${KERNEL_PROFILE_S:-150}" python3 benchmarks/kernel_profile.py $KERNEL_PROFILE 2>&1 | tee "$OUT/kernel_profile.txt" | grep -v "^\s*$" | tail -n 60 || status=1
+  IFS=';' read -ra profile_runs <<< "$KERNEL_PROFILE"
+  for run_args in "${profile_runs[@]}"; do
+    timeout "${KERNEL_PROFILE_S:-150}" python3 benchmarks/kernel_profile.py $run_args 2>&1 | tee -a "$OUT/kernel_profile.txt" | grep -v "^\s*$" | tail -n 40 || status=1
+  done
 fi
 if [ -n "${MOSAIC-}" ]; then
   timeout "${MOSAIC_S:-240}" python3 benchmarks/mosaic_gpu_probe.py $MOSAIC 2>&1 | tee "$OUT/mosaic_probe.txt" | grep -v "^\s*$" | tail -n 60 || status=1

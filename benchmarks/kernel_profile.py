@@ -1,10 +1,15 @@
 """Per-kernel GPU time of attention calls, from a JAX profiler trace: where a call's milliseconds go.
 
     PYTHONPATH=$PWD python benchmarks/kernel_profile.py packing      # packed row vs batch vs (fwd, fwd+bwd)
+    PYTHONPATH=$PWD python benchmarks/kernel_profile.py dense --platform mosaic_gpu --causal   # B2 S8192 H16 D128
+    PYTHONPATH=$PWD python benchmarks/kernel_profile.py packing --ablate triton-clean-keys  # a diagnostic (below)
 
 Each call is jitted, warmed up, then run ``--calls`` times inside ``jax.profiler.trace``; the trace's
 device events (``*.trace.json.gz``, the Perfetto/Chrome format) are summed by kernel name and divided by
 the number of calls. Printed per call: total device ms per call and the top kernels with their share.
+
+``--ablate triton-clean-keys`` times the Triton backward without its in-kernel zeroing of keys no query may
+see (``packing.clean_keys``): what that guarantee costs. Results are then wrong for NaN keys; never a default.
 """
 
 from __future__ import annotations
@@ -79,17 +84,50 @@ def packing(a) -> None:
             profile(f"{call.variant} {mode}", fn, inputs, a.calls, a.top)
 
 
+def dense(a) -> None:
+    """One dense call (no packing) at ``--batch --seq --heads --head-dim``, forward and forward+backward."""
+    kernel = ejkernel.get_kernel("attention", a.platform)
+    keys = jax.random.split(jax.random.key(0), 3)
+    shape = (a.batch, a.seq, a.heads, a.head_dim)
+    q, k, v = (jax.random.normal(key, shape, jnp.bfloat16) for key in keys)
+
+    def forward(q, k, v):
+        return kernel(q, k, v, causal=a.causal, dtype="bfloat16")[0]
+
+    def loss(q, k, v):
+        return jnp.sum(forward(q, k, v).astype(jnp.float32))
+
+    label = f"B{a.batch} S{a.seq} H{a.heads} D{a.head_dim}{' causal' if a.causal else ''}"
+    for mode, fn in (("fwd", jax.jit(forward)), ("fwd+bwd", jax.jit(jax.grad(loss, argnums=(0, 1, 2))))):
+        profile(f"{label} {mode}", fn, (q, k, v), a.calls, a.top)
+
+
+def ablate(what: str | None) -> None:
+    if what == "triton-clean-keys":
+        from ejkernel.kernels.pallas_triton import backward
+
+        backward.clean_keys = lambda ok, *tiles: tiles
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["packing"])
+    ap.add_argument("what", choices=["packing", "dense"])
     ap.add_argument("--platform", default="triton")
     ap.add_argument("--calls", type=int, default=10)
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=PackingConfig.tokens)
     ap.add_argument("--docs", type=int, default=PackingConfig.docs)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=8192)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--ablate", choices=["triton-clean-keys"], default=None)
     a = ap.parse_args()
-    say(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
-    {"packing": packing}[a.what](a)
+    say(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, platform {a.platform}"
+        + (f", ablated: {a.ablate}" if a.ablate else ""))
+    ablate(a.ablate)
+    {"packing": packing, "dense": dense}[a.what](a)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from ejkernel.kernels.pallas_mosaic_gpu.compat import (
     accumulate_pv,
     interpret_params,
     load_vector,
+    named,
     scores,
     with_layout,
 )
@@ -383,9 +384,9 @@ def _dq_entry(*refs, p: Plan, c: BackwardBlocks):
     )
 
 
-def _kernel(entry, p: Plan, c: BackwardBlocks, out_type, grid, grid_names):
+def _kernel(entry, p: Plan, c: BackwardBlocks, out_type, grid, grid_names, name: str):
     return plgpu.kernel(
-        functools.partial(entry, p=p, c=c),
+        named(functools.partial(entry, p=p, c=c), name),
         out_type=out_type,
         grid=grid,
         grid_names=grid_names,
@@ -401,14 +402,15 @@ def dkv_call(p: Plan, c: BackwardBlocks, q, k, v, d_out, lse2, delta, ops: packi
     ``ops`` the packing arrays."""
     out_type = (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype))
     grid = (p.num_kv_heads, p.kv_len_pad // (CONSUMERS * OWNED_ROWS), p.batch)
-    kernel = _kernel(_dkv_entry, p, c, out_type, grid, ("heads", "kv_seq", "batch"))
+    kernel = _kernel(_dkv_entry, p, c, out_type, grid, ("heads", "kv_seq", "batch"), "ejk_mgpu_dkv")
     return kernel(q, k, v, *packing.span_operands(p, ops, "kv", OWNED_ROWS, c.dkv_block_q), d_out, lse2, delta)
 
 
 def dq_call(p: Plan, c: BackwardBlocks, q, k, v, d_out, lse2, delta, ops: packing.Operands = packing.NO_PACKING):
     """``dq`` of padded operands; the other arguments as ``dkv_call``'s."""
     grid = (p.num_q_heads, p.q_len_pad // (CONSUMERS * OWNED_ROWS), p.batch)
-    kernel = _kernel(_dq_entry, p, c, jax.ShapeDtypeStruct(q.shape, q.dtype), grid, ("heads", "q_seq", "batch"))
+    kernel = _kernel(_dq_entry, p, c, jax.ShapeDtypeStruct(q.shape, q.dtype), grid, ("heads", "q_seq", "batch"),
+                     "ejk_mgpu_dq")
     return kernel(q, k, v, *packing.span_operands(p, ops, "q", OWNED_ROWS, c.dq_block_k), d_out, lse2, delta)
 
 

@@ -29,6 +29,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 __all__ = [
     "interpret_params",
+    "named",
     "transposed",
     "with_layout",
     "iota",
@@ -45,6 +46,14 @@ def interpret_params(interpret: bool) -> Any:
     from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
 
     return InterpretGPUParams()
+
+
+def named(body: Any, name: str) -> Any:
+    """``body`` (a ``functools.partial``) named ``name``: ``plgpu.kernel`` names the kernel after its body's
+    ``__name__`` (a partial has none: every kernel was "anonymous" in a profile). An attribute, not
+    ``plgpu.kernel``'s ``kernel_name``, which not every jax version takes."""
+    body.__name__ = name
+    return body
 
 
 def transposed(ref: Any) -> Any:

@@ -35,7 +35,14 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from ejkernel.kernels.pallas_mosaic_gpu import packing
 from ejkernel.kernels.pallas_mosaic_gpu.blocks import ForwardBlocks
-from ejkernel.kernels.pallas_mosaic_gpu.compat import accumulate_pv, interpret_params, load_vector, scores, with_layout
+from ejkernel.kernels.pallas_mosaic_gpu.compat import (
+    accumulate_pv,
+    interpret_params,
+    load_vector,
+    named,
+    scores,
+    with_layout,
+)
 from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
 from ejkernel.kernels.pallas_mosaic_gpu.tiles import NEG_INIT, i32, key_blocks, mask_tile, nested_in, rows
 from ejkernel.ops.attention.layouts import kv_head
@@ -230,7 +237,7 @@ def forward_call(p: Plan, c: ForwardBlocks, q, k, v, ops: packing.Operands = pac
         jax.ShapeDtypeStruct((p.batch, p.num_q_heads, p.q_len_pad), jnp.float32),
     )
     kernel = plgpu.kernel(
-        functools.partial(_entry, p=p, c=c),
+        named(functools.partial(_entry, p=p, c=c), "ejk_mgpu_fwd"),
         out_type=out_type,
         grid=(p.num_q_heads, p.q_len_pad // c.q_multiple, p.batch),
         grid_names=("heads", "q_seq", "batch"),

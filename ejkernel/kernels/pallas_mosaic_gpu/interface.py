@@ -40,7 +40,7 @@ from ejkernel.ops.attention.call import AttentionCall
 from ejkernel.ops.attention.derivatives import reverse_mode_only
 from ejkernel.ops.attention.features import AttentionFeatures
 from ejkernel.ops.attention.merge import add_sinks
-from ejkernel.ops.attention.segments import PADDING_ID, as_ids, visible_kv_ids, zero_invisible
+from ejkernel.ops.attention.segments import PADDING_ID, as_ids, visible_kv_ids, zero_invisible_for_kernels
 from ejkernel.ops.attention.signature import entry_point
 from ejkernel.ops.attention.sinks import sinks_lse
 
@@ -137,7 +137,7 @@ def flash_with_lse_call(
     q, k, v = padded(call.query, p.q_len_pad), padded(call.key, p.kv_len_pad), padded(call.value, p.kv_len_pad)
     ids, visible = _packing(call, p)
     if visible is not None:
-        k, v = zero_invisible(k, visible), zero_invisible(v, visible)
+        k, v = zero_invisible_for_kernels(k, visible), zero_invisible_for_kernels(v, visible)
     with reverse_mode_only("the Mosaic-GPU flash attention"):
         out, lse = flash_with_lse(p, c, q, k, v, ids)
     out, lse = out[:, : f.q_len, :, : f.v_head_dim], lse[:, : f.q_len]
@@ -153,7 +153,7 @@ def _packing(call: AttentionCall, p: Plan) -> tuple[tuple[Array | None, Array | 
     """``((q_ids [B, Sq_pad], kv_ids [B, Skv_pad], lengths [B]), visible)``, int32, ``None`` where absent.
 
     ``visible [B, Skv_pad]`` is ``segments.visible_kv_ids`` padded with ``-1`` (the keys some query may see,
-    by the ids and the lengths), for ``zero_invisible``; with segment ids it is also the kernels' key ids.
+    by the ids and the lengths), for ``zero_invisible_for_kernels``; with segment ids it is also the kernels' key ids.
     """
     if not (p.segments or p.lengths):
         return (None, None, None), None

@@ -3,8 +3,9 @@
 Outside the kernels (XLA, O(S)), from the padded query ids and the visible key ids (``segments.visible_kv_ids``:
 ``-1`` for every key no query may see, padding included) of ``Operands``:
 
-- the keys no query may see are zeroed in K and V (``segments.zero_invisible``, by the interface): a masked tile still multiplies its
-  probabilities of 0 by V, and ``0 * NaN`` would reach the output; their dK and dV are 0 through it;
+- the keys no query may see are zeroed in K and V (``segments.zero_invisible_for_kernels``, by the interface): a
+  masked tile still multiplies its probabilities of 0 by V, and ``0 * NaN`` would reach the output. The
+  kernels' dK and dV rows of those keys are exactly 0 already, so the zeroing passes its cotangent through;
 - per kernel, the ``segments.block_spans`` of the blocks it walks, at two granularities: the CTA's (the
   producer streams the CTA's span) and each consumer's (``CONSUMERS`` per CTA), the latter with its
   ``whole`` flag.

@@ -45,7 +45,6 @@ def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
     k_first = kj * bk
     k = k_ref[b, pl.ds(k_first, bk), hkv, :]
     v = v_ref[b, pl.ds(k_first, bk), hkv, :]
-    k, v = clean_keys(pk.key_ok(b, k_first, bk), k, v)  # keys no query may see (NaN-safe)
     k_idx = k_first + lax.broadcasted_iota(jnp.int32, (bk, bq), 0)
     bounds, whole = pk.queries_of(b, kj, query_blocks(p, k_first, bk, bq, dense=mask_ref is not None,
                                                       kv_length=pk.length(b)))
@@ -89,6 +88,11 @@ def _dkv_kernel(*refs, p: Plan, c: PassBlocks):
         dk, dv = head(0, carry)
     else:
         dk, dv = lax.fori_loop(i32(0), i32(p.group), head, carry)
+    # Keys no query may see (NaN-safe): a NaN in their K or V reaches only their own rows of dK and dV
+    # (each row of dS^T Q and P^T dO is one key's), whose true gradient is 0. Zeroing the two
+    # accumulators once here, not K and V before the loop, ran this kernel 14% faster on a packed row
+    # on an H200 (benchmarks/NOTES-triton.md).
+    dk, dv = clean_keys(pk.key_ok(b, k_first, bk), dk, dv)
     dk_ref[b, pl.ds(k_first, bk), hkv, :] = (dk * p.softmax_scale).astype(dk_ref.dtype)
     dv_ref[b, pl.ds(k_first, bk), hkv, :] = dv.astype(dv_ref.dtype)
 

@@ -57,8 +57,9 @@ def _forward_kernel(*refs, p: Plan, c: PassBlocks):
         k_first = kb * bk
         k = k_ref[b, pl.ds(k_first, bk), hkv, :]
         v = v_ref[b, pl.ds(k_first, bk), hkv, :]
-        if masked:  # keys no query may see (NaN-safe): only masked tiles hold them
-            k, v = clean_keys(pk.key_ok(b, k_first, bk), k, v)
+        if masked:  # keys no query may see (NaN-safe): only masked tiles hold them. Their K rows need no
+            # zeroing: the logits they give are replaced by -inf below; their V rows would meet p = 0.
+            (v,) = clean_keys(pk.key_ok(b, k_first, bk), v)
         s = dot(q, k, transpose_b=True)
         bias = None
         if bias_ref is not None:

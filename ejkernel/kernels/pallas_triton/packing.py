@@ -14,8 +14,11 @@ by the ids (``walk_blocks``). There is no per-tile test: a second, tested loop n
 (``benchmarks/NOTES-triton.md``). The blocks a key length rules out never enter the loop range
 (``masks.key_blocks``/``query_blocks`` end there).
 
-Keys no query may see can hold NaN or Inf (uninitialised cache slots): a masked tile zeroes their K and V
-rows (``key_ok``) before its products, so that ``0 * NaN`` never happens; interior tiles hold none.
+Keys no query may see can hold NaN or Inf (uninitialised cache slots), and interior tiles hold none
+(``key_ok``). A masked tile of the forward zeroes their V rows before ``P V`` (their logits are replaced by
+``-inf``, so K needs nothing); one of dQ zeroes their K and V rows before its products, so that ``0 * NaN``
+never happens; the dK/dV kernel zeroes its accumulators' rows of those keys at the end, the only rows a
+NaN there reaches.
 """
 
 from __future__ import annotations
@@ -93,7 +96,8 @@ class PackingRefs:
 
 
 def clean_keys(ok: Any, *tiles: Any) -> tuple[Any, ...]:
-    """Each ``[block_k, D]`` tile with the rows of keys no query may see set to 0 (unchanged for ``ok=None``)."""
+    """Each ``[block_k, D]`` tile (K, V or their gradients) with the rows of keys no query may see set to 0
+    (unchanged for ``ok=None``)."""
     if ok is None:
         return tiles
     return tuple(jnp.where(ok[:, None], t, jnp.zeros((), t.dtype)) for t in tiles)

@@ -16,18 +16,21 @@ The element rule is ``masks.same_segment`` / ``masks.within_length``; this modul
   that ``block_relation`` may allow: a kernel's loop over the other side ends there, so the tiles of other
   documents of a packed row are not even visited.
 
-Every function takes NumPy or JAX arrays (host-side block counting and kernels use the same code).
+Every function takes NumPy or JAX arrays (host-side block counting and kernels use the same code), but
+``zero_invisible_for_kernels`` (JAX only).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import jax
 import numpy as np
 
 __all__ = [
-    "PADDING_ID", "visible_kv_ids", "key_visible", "zero_invisible", "block_ranges", "block_relation", "block_spans",
-    "narrow_to_span", "as_ids", "visited_tiles",
+    "PADDING_ID", "visible_kv_ids", "key_visible", "zero_invisible", "zero_invisible_for_kernels", "block_ranges",
+    "block_relation", "block_spans", "narrow_to_span", "as_ids", "visited_tiles",
 ]
 
 #: The id ``visible_kv_ids`` gives a key no query may see (any negative id is padding).
@@ -102,6 +105,29 @@ def zero_invisible(x: Any, visible_ids: Any, seq_axis: int = 1) -> Any:
     shape = [1] * x.ndim
     shape[0], shape[seq_axis] = keep.shape
     return xp.where(keep.reshape(shape), x, xp.zeros((), x.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def zero_invisible_for_kernels(x: Any, visible_ids: Any, seq_axis: int = 1) -> Any:
+    """``zero_invisible``, whose gradient passes the cotangent through unchanged.
+
+    Only for operands of a kernel whose own gradient rows of those keys are already exactly 0 (a flash
+    kernel masks them for every query, so ``p = 0`` there and every product is of finite zeros): the select's
+    transpose would then be a second pass over dK and dV that changes nothing (on an H200, 0.064 ms of a
+    1.4 ms packed-row forward+backward, ``benchmarks/NOTES-mosaic_gpu.md``).
+    """
+    return zero_invisible(x, visible_ids, seq_axis)
+
+
+def _zero_invisible_fwd(x, visible_ids, seq_axis):
+    return zero_invisible(x, visible_ids, seq_axis), None
+
+
+def _zero_invisible_bwd(seq_axis, _, cotangent):
+    return cotangent, None
+
+
+zero_invisible_for_kernels.defvjp(_zero_invisible_fwd, _zero_invisible_bwd)
 
 
 def block_ranges(ids: Any, block: int) -> tuple[Any, Any, Any]:
