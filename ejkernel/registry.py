@@ -90,6 +90,7 @@ class KernelSpec:
     ``devices`` are the platforms of ``current_platform()`` it runs on natively; ``uses_pallas`` ones also
     run anywhere with ``interpret=True``. ``capabilities.unsupported_reasons(features)`` lists why a call
     cannot be served (empty when it can). ``available()`` may add a hardware reason (e.g. GPU too old).
+    ``falls_back_to`` names the platforms a call that names this one tries next, before XLA.
     """
 
     name: str
@@ -102,6 +103,8 @@ class KernelSpec:
     uses_pallas: bool = False
     description: str = ""
     available: Callable[[], str | None] | None = None
+    #: The platforms a call naming this one goes to, in order, for what it cannot serve (XLA's last of all).
+    falls_back_to: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -341,6 +344,15 @@ class Kernel:
         return impl(call)
 
 
+def _named_candidates(specs: list[KernelSpec], platform: str) -> list[KernelSpec]:
+    """The specs a call naming ``platform`` considers, in order: its own, those of the platforms they fall
+    back to (each platform's specs by priority), then XLA's."""
+    own = [s for s in specs if s.platform == platform]
+    chain = [p for p in dict.fromkeys(q for s in own for q in s.falls_back_to) if p not in (platform, FALLBACK_PLATFORM)]
+    wanted = own + [s for p in chain for s in specs if s.platform == p]
+    return wanted + [s for s in specs if s.platform == FALLBACK_PLATFORM and s.platform != platform]
+
+
 @functools.cache
 def _built(spec: KernelSpec, interpret: bool) -> Callable[..., Any]:
     return spec.build(interpret)
@@ -352,8 +364,10 @@ def get_kernel(name: str, platform: str = "auto", *, strict: bool = False, inter
 
     "auto" considers every implementation that runs on the current device (with ``interpret=True``,
     every Pallas one too), highest priority first. A named platform considers its own implementations,
-    then XLA's. If the named platform cannot run here, one ``FallbackWarning`` says so (``strict=True``
-    raises ``KernelUnavailableError`` instead); per-call feature fallback is decided at each call.
+    then those of the platforms they fall back to (``KernelSpec.falls_back_to``: the Mosaic-GPU kernel's
+    is Triton), then XLA's. If the named platform cannot run here, one ``FallbackWarning`` says so
+    (``strict=True`` raises ``KernelUnavailableError`` instead); per-call feature fallback is decided at
+    each call.
     """
     _ensure_builtin_kernels()
     platform = canonical_platform(platform)
@@ -368,8 +382,7 @@ def get_kernel(name: str, platform: str = "auto", *, strict: bool = False, inter
     if platform == "auto":
         wanted = specs
     else:
-        wanted = [s for s in specs if s.platform == platform]
-        wanted += [s for s in specs if s.platform == FALLBACK_PLATFORM and s.platform != platform]
+        wanted = _named_candidates(specs, platform)
     candidates = []
     for spec in wanted:
         reason = spec.hardware_reason(device_platform, interpret)
@@ -381,13 +394,14 @@ def get_kernel(name: str, platform: str = "auto", *, strict: bool = False, inter
         if not any(s.platform == platform for s in specs):
             rejected.append((platform, f"no {name} implementation is registered for platform {platform!r}"))
         if not any(s.platform == platform for s in candidates):
-            why = "; ".join(f"{label} {reason}" for label, reason in rejected)
+            why = "; ".join(f"{label} {reason}" for label, reason in rejected if label.split(":")[0] == platform)
+            instead = ", then ".join(repr(p) for p in dict.fromkeys(s.platform for s in candidates))
             if strict:
                 raise KernelUnavailableError(
                     f"{name}: asked for {platform!r}, which cannot run here: {why}. strict=True forbids "
-                    f"falling back to {FALLBACK_PLATFORM!r}, so no kernel was returned"
+                    f"falling back to {instead}, so no kernel was returned"
                 )
-            message = f"{name}: asked for {platform!r}, which cannot run here: {why}. Calls run on {FALLBACK_PLATFORM!r} instead"
+            message = f"{name}: asked for {platform!r}, which cannot run here: {why}. Calls run on {instead} instead"
             warnings.warn(message, FallbackWarning, stacklevel=caller_stacklevel())
             logger.info(message)
     return Kernel(algorithm, platform, candidates, rejected, strict=strict, interpret=interpret)

@@ -237,6 +237,42 @@ def test_feature_fallback_per_call(register):
     np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(reference(**args)[0], np.float32))
 
 
+def test_a_named_platform_falls_back_along_its_declared_chain(register):
+    log = []
+    first = dataclasses.replace(_fake_spec("testfirst", 5, log, sinks=False), falls_back_to=("testnext",))
+    register(first)
+    register(_fake_spec("testnext", 1, log))  # ranked below XLA's chunked path: only the chain puts it next
+    register(_fake_spec("testother", 7, log))  # not in the chain: never considered for "testfirst"
+    args = _inputs()
+    kernel = ejkernel.get_kernel("attention", "testfirst")
+    assert [s.platform for s in kernel.candidates][:2] == ["testfirst", "testnext"]
+    assert "testother" not in {s.platform for s in kernel.candidates}
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        out, _ = kernel(**args)
+    (message,) = _fallback_warnings(record)
+    assert "testnext serves this call" in message and "testfirst cannot (softmax_aux (sinks) unsupported)" in message
+    assert log == [("build", "testnext", False), ("call", "testnext")]
+    np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(reference(**args)[0], np.float32))
+
+
+def test_the_mosaic_gpu_kernel_falls_back_to_triton_then_xla():
+    mosaic = ejkernel.get_kernel("attention", "mosaic_gpu", interpret=True)
+    assert [s.platform for s in mosaic.candidates][:2] == ["mosaic_gpu", "triton"]
+    q = jax.ShapeDtypeStruct((1, 128, 2, 64), jnp.bfloat16)
+    kv, v_wide = jax.ShapeDtypeStruct((1, 128, 2, 64), jnp.bfloat16), jax.ShapeDtypeStruct((1, 128, 2, 128), jnp.bfloat16)
+    assert mosaic.explain(q, kv, kv).platform == "mosaic_gpu"
+    assert mosaic.explain(q, kv, v_wide).platform == "triton"  # Dv != D: Triton serves it, not XLA
+    # Without a GPU (and no interpreter) neither runs: the warning names where calls go instead.
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kernel = ejkernel.get_kernel("attention", "mosaic_gpu")
+    (message,) = _fallback_warnings(record)
+    assert message.startswith("attention: asked for 'mosaic_gpu', which cannot run here: mosaic_gpu needs a cuda")
+    assert message.endswith("Calls run on 'xla' instead") and "triton" not in message
+    assert {s.platform for s in kernel.candidates} == {"xla"}
+
+
 def test_feature_fallback_covers_the_backward_pass(register):
     """jax.grad through a call the preferred kernel cannot serve: XLA runs forward and backward."""
     log = []

@@ -2,7 +2,8 @@
 
 It ranks above the Triton kernel: cuDNN was faster in every cell measured on an H100 and an H200
 (``benchmarks/results``), and it serves only calls where it equals our semantics (``capabilities``).
-Importing this module imports nothing of cuDNN; ``build`` does, on first use.
+A call naming it that it cannot serve goes to the Mosaic-GPU kernel, then Triton, then XLA (whichever run
+here). Importing this module imports nothing of cuDNN; ``build`` does, on first use.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ SPEC = KernelSpec(
     description="cuDNN fused attention via jax.nn: causal/window on square scores, GQA; no bias, mask, "
     "sinks or soft cap",
     available=_available,
+    falls_back_to=("mosaic_gpu", "triton"),
 )
 
 SPECS = (SPEC,)

@@ -259,14 +259,15 @@ def _dq_kernel(q_ref, k_ref, v_ref, pk, do_ref, lse_ref, delta_ref, dq_ref, scop
             (delta_ref.at[b, h, pl.ds(q_first, bq)], delta_own2.at[wg], own_ready[3]),
         ):
             plgpu.copy_gmem_to_smem(src, dst, barrier.at[wg])
+        q_ids = None
+        if p.segments:  # issued with the other copies: its latency overlaps theirs
+            (q_ids_own2, _), (q_ids_ready, _) = ids
+            plgpu.copy_gmem_to_smem(pk.rows_ids.at[b, pl.ds(q_first, bq)], q_ids_own2.at[wg], q_ids_ready.at[wg])
         for barrier in own_ready:
             plgpu.barrier_wait(barrier.at[wg])
         lse2 = load_vector(lse_own2.at[wg], 1, p.interpret)
         delta = load_vector(delta_own2.at[wg], 1, p.interpret)
-        q_ids = None
         if p.segments:
-            (q_ids_own2, _), (q_ids_ready, _) = ids
-            plgpu.copy_gmem_to_smem(pk.rows_ids.at[b, pl.ds(q_first, bq)], q_ids_own2.at[wg], q_ids_ready.at[wg])
             plgpu.barrier_wait(q_ids_ready.at[wg])
             q_ids = load_vector(q_ids_own2.at[wg], 1, p.interpret)
 

@@ -3,7 +3,8 @@
 Importing this module does not import Pallas: ``build`` loads the kernel on first use. What it serves is
 ``capabilities.CAPABILITIES``; ``available`` accepts compute capability 9.x only (wgmma, TMA and register
 reallocation are Hopper's; Blackwell has its own instructions). It ranks between Triton (100) and cuDNN
-(110): above the Triton kernel it is meant to beat, below cuDNN where cuDNN equals our semantics.
+(110): above the Triton kernel it is meant to beat, below cuDNN where cuDNN equals our semantics. A call
+naming it that it cannot serve goes to Triton, then XLA.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ SPEC = KernelSpec(
     capabilities=CAPABILITIES,
     uses_pallas=True,
     description="Pallas Mosaic-GPU flash attention for Hopper: TMA ring, wgmma, warp specialisation; "
-    "causal/window skipping, GQA; backward by the Triton kernels",
+    "causal/window skipping, GQA, packing; native backward up to D128, Triton's at D256",
     available=_available,
+    falls_back_to=("triton",),
 )
 
 #: The same kernel as ``attention_with_lse``: ``(output, lse [B, Sq, Hq])``, differentiable in both.
