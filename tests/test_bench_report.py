@@ -93,3 +93,23 @@ def test_a_wide_header_line_wraps_with_an_indent():
     assert len(wrapped) > 1 and all(len(w) <= 120 for w in wrapped)
     assert all(w.startswith("    ") for w in wrapped[1:])
     assert report.fit("short") == "short"
+
+
+def test_auto_is_compared_with_the_fastest_other_implementation_of_each_configuration():
+    def timed(impl, seq, median):
+        return _record(impl, seq, False, "fwd", median_ms=median)
+
+    results = [
+        timed("ejkernel:auto", 512, 1.00), timed("jax.nn:cudnn", 512, 1.02), timed("ejkernel:triton", 512, 1.5),
+        timed("ejkernel:auto", 1024, 1.00), timed("jax.nn:cudnn", 1024, 0.98),  # inside the noise allowance
+        timed("ejkernel:auto", 16384, 1.00), timed("ejkernel:mosaic_gpu", 16384, 0.90), timed("jax.nn:cudnn", 16384, 0.95),
+        timed("ejkernel:triton", 4096, 1.0),  # no auto here: not counted
+        _record("ejkernel:auto", 8192, False, "fwd", "n/a", reason="out of memory"), timed("jax.nn:cudnn", 8192, 1.0),
+    ]
+    rows = report.auto_against_fastest(results)
+    assert [(label.split()[1], round(ratio, 3), impl) for label, ratio, impl in rows] == [
+        ("S512", 1.02, "jax.nn:cudnn"), ("S1024", 0.98, "jax.nn:cudnn"), ("S16384", 0.9, "ejkernel:mosaic_gpu")]
+    text = report.format_auto_check(results)
+    assert text.splitlines()[0].endswith("as fast (within 3%) in 2 of 3")
+    assert text.splitlines()[1:] == ["  behind in B1 S16384 H16 D128 fwd: 0.90x of ejkernel:mosaic_gpu"]
+    assert report.format_auto_check([timed("ejkernel:triton", 512, 1.0)]) == ""

@@ -18,6 +18,10 @@ __all__ = [
     "build_document",
     "format_table",
     "format_dispatch",
+    "auto_against_fastest",
+    "format_auto_check",
+    "AUTO",
+    "AUTO_TOLERANCE",
     "format_device",
     "format_header",
     "fit",
@@ -31,6 +35,10 @@ __all__ = [
 SCHEMA = "ejkernel-bench/1"
 WIDTH = 120  # the text table and its header fit a 120-column terminal
 BASELINE = "jax.nn:xla"  # speedups are over this implementation on the same configuration
+AUTO = "ejkernel:auto"
+#: ``auto`` counts as at least as fast as the fastest other implementation when within this fraction of it:
+#: it runs one of them, so a gap this small is the rounds' noise (their spread is of this order on a GPU).
+AUTO_TOLERANCE = 0.03
 
 
 def config_key(record: dict[str, Any]) -> tuple:
@@ -231,6 +239,40 @@ def format_table(results: Sequence[dict[str, Any]], baseline: str = BASELINE, wi
     return "\n".join(lines)
 
 
+def auto_against_fastest(results: Sequence[dict[str, Any]]) -> list[tuple[str, float, str]]:
+    """``(configuration, fastest median / auto's median, fastest implementation)`` for every configuration
+    where ``ejkernel:auto`` and at least one other implementation ran (a ratio below 1: auto was slower).
+
+    Every timed implementation computes the call exactly (a strict ``ejkernel:<platform>`` never falls back,
+    and the baselines are only timed where they match our semantics), so each is a fair candidate."""
+    by_config: dict[tuple, list[dict[str, Any]]] = {}
+    for r in results:
+        if r["status"] == "ok":
+            by_config.setdefault(config_key(r), []).append(r)
+    out = []
+    for records in by_config.values():
+        auto = [r for r in records if r["impl"] == AUTO]
+        others = [r for r in records if r["impl"] != AUTO]
+        if auto and others:
+            fastest = min(others, key=lambda r: r["median_ms"])
+            label = f"{auto[0]['label']} {_pass_label(auto[0])}"
+            out.append((label, fastest["median_ms"] / auto[0]["median_ms"], fastest["impl"]))
+    return out
+
+
+def format_auto_check(results: Sequence[dict[str, Any]], width: int = WIDTH) -> str:
+    """One paragraph: in how many configurations ``auto`` ran at least as fast as the fastest other
+    implementation (within ``AUTO_TOLERANCE``), and each one where it did not ("" without auto)."""
+    rows = auto_against_fastest(results)
+    if not rows:
+        return ""
+    behind = [(label, ratio, impl) for label, ratio, impl in rows if ratio < 1 - AUTO_TOLERANCE]
+    lines = [fit(f"{AUTO} against the fastest other implementation of each configuration: as fast (within "
+                 f"{AUTO_TOLERANCE:.0%}) in {len(rows) - len(behind)} of {len(rows)}", width)]
+    lines += [fit(f"  behind in {label}: {ratio:.2f}x of {impl}", width) for label, ratio, impl in behind]
+    return "\n".join(lines)
+
+
 def format_dispatch(dispatch: dict[str, Any] | None) -> str:
     if not dispatch:
         return ""
@@ -275,6 +317,7 @@ def write_text_file(text: str, path: str | os.PathLike) -> pathlib.Path:
 
 
 def write_text(doc: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
-    """The bench document's header, table and dispatch report as text."""
-    parts = [format_header(doc), format_table(doc["results"]), format_dispatch(doc.get("dispatch"))]
+    """The bench document's header, table, ``auto``'s standing and dispatch report as text."""
+    parts = [format_header(doc), format_table(doc["results"]), format_auto_check(doc["results"]),
+             format_dispatch(doc.get("dispatch"))]
     return write_text_file("\n\n".join(p for p in parts if p) + "\n", path)
