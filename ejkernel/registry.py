@@ -80,6 +80,12 @@ class Algorithm:
     #: ``measured_speeds(features)``: ``{platform: TFLOP/s}`` measured on this device for calls like this
     #: one (empty when nothing was measured); ``platform="auto"`` ranks capable implementations by it.
     measured_speeds: Callable[[Any], dict[str, float]] | None = None
+    #: ``measured_forward_speeds(features)``: the same for the forward pass alone. With ``split``, a call
+    #: that is never differentiated goes to the fastest forward where that is another implementation.
+    measured_forward_speeds: Callable[[Any], dict[str, float]] | None = None
+    #: ``split(call, forward, training)``: the call served by the implementation ``forward`` when it is not
+    #: differentiated and by ``training`` (its forward and backward) when it is.
+    split: Callable[[Any, Callable[..., Any], Callable[..., Any]], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +226,11 @@ class Decision:
     #: ``(platform, TFLOP/s)`` of the capable implementations measured for this call's class, fastest
     #: first, when the measured table chose (``platform="auto"`` only); empty when priority decided.
     speeds: tuple[tuple[str, float], ...] = ()
+    #: The implementation that serves the call when it is not differentiated, where the table measured
+    #: another one faster at the forward pass alone (``None``: ``chosen`` serves both).
+    forward: KernelSpec | None = None
+    #: ``(platform, TFLOP/s)`` of the forward pass alone, fastest first, when ``forward`` is set.
+    forward_speeds: tuple[tuple[str, float], ...] = ()
 
     @property
     def platform(self) -> str:
@@ -240,6 +251,9 @@ class Decision:
         if self.speeds:
             rates = ", ".join(f"{platform} {rate:.0f}" for platform, rate in self.speeds)
             lines.append(f"  chosen by measured speed (TFLOP/s on this device for calls like this): {rates}")
+        if self.forward is not None:
+            rates = ", ".join(f"{platform} {rate:.0f}" for platform, rate in self.forward_speeds)
+            lines.append(f"  not differentiated, the call runs on {self.forward.label} (forward alone: {rates})")
         return "\n".join(lines)
 
 
@@ -302,10 +316,24 @@ class Kernel:
         chosen, ranked = capable[0], ()
         if len(measured) > 1 and capable[0] in measured:  # the first place is the table's to fill
             chosen, ranked = measured[0], tuple((s.label, speeds[s.label]) for s in measured)
+        forward, forward_ranked = self._forward_choice(features, chosen, measured) if ranked else (None, ())
         # The reasons: candidates above the choice in priority order (those below were only checked for speed).
         above = {s.label for s in self.candidates[: self.candidates.index(chosen)]}
         rejected = [r for r in rejected if r[0] in above or r in self._hardware_rejected]
-        return Decision(self.requested, chosen, features, tuple(rejected), self.interpret, ranked)
+        return Decision(self.requested, chosen, features, tuple(rejected), self.interpret, ranked, forward, forward_ranked)
+
+    def _forward_choice(
+        self, features: Any, chosen: KernelSpec, measured: list[KernelSpec]
+    ) -> tuple[KernelSpec | None, tuple[tuple[str, float], ...]]:
+        """The fastest forward among the measured capable candidates, when it is not ``chosen`` and the
+        algorithm can split a call between two implementations (``Algorithm.split``)."""
+        if self.algorithm.split is None or self.algorithm.measured_forward_speeds is None:
+            return None, ()
+        rates = self.algorithm.measured_forward_speeds(features)
+        timed = sorted((s for s in measured if s.label in rates), key=lambda s: -rates[s.label])
+        if chosen not in timed or timed[0] is chosen:
+            return None, ()
+        return timed[0], tuple((s.label, rates[s.label]) for s in timed)
 
     def explain(self, *args: Any, **kwargs: Any) -> Decision:
         """The decision a call with these arguments would get (arrays or ``jax.ShapeDtypeStruct``)."""
@@ -341,6 +369,9 @@ class Kernel:
             logger.info(message)
             warnings.warn(message, FallbackWarning, stacklevel=caller_stacklevel())
         impl = _built(decision.chosen, self.interpret and decision.chosen.uses_pallas)
+        if decision.forward is not None:
+            forward = _built(decision.forward, self.interpret and decision.forward.uses_pallas)
+            return self.algorithm.split(call, forward, impl)
         return impl(call)
 
 

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import ejkernel
 from conftest import examples
-from ejkernel.check import TOLERANCE, CheckCase, make_inputs, relative_error
+from ejkernel.check import TOLERANCE, CheckCase, make_inputs, oracle, relative_error
 from ejkernel.errors import FallbackWarning
 from ejkernel.kernels.xla.chunked import chunked_attention
 from ejkernel.kernels.xla.reference import attention as xla_attention
@@ -222,3 +222,21 @@ def test_every_gpu_kernel_runs_with_x64_enabled():
     result = subprocess.run([sys.executable, "-c", X64_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["triton", "True", "mosaic_gpu", "True", "cudnn", "True"]
+
+
+def test_auto_splits_a_call_between_the_fastest_forward_and_the_fastest_training_kernel():
+    """On the H200 the committed table measured the Mosaic-GPU forward ahead of cuDNN's at D256 S512, and
+    cuDNN's forward+backward far ahead: an undifferentiated call runs the first, a differentiated one the
+    second (``registry.Decision.forward``, ``ops/attention/split.py``), and both match the oracle."""
+    if jax.devices()[0].device_kind != "NVIDIA H200":
+        pytest.skip(f"the committed table that splits this call is the H200's, not the {jax.devices()[0].device_kind}'s")
+    kernel = ejkernel.get_kernel("attention")
+    case = CheckCase("gpu-split", 2, 512, 512, 8, 8, 256)
+    args = make_inputs(case, 3)
+    decision = kernel.explain(**args, dtype="bfloat16")
+    assert decision.forward is not None and decision.forward.platform != decision.chosen.platform, str(decision)
+    errors = assert_matches_oracle(kernel, case, "bfloat16", TOLERANCE["bfloat16"], 3, jit=True)  # the training kernel
+    cot = jax.random.normal(jax.random.key(10), (2, 512, 8, 256))
+    ref_out, _ = oracle(args, cot)
+    out = jax.jit(lambda a: kernel(**a, dtype="bfloat16")[0])(args)  # never differentiated: the forward's kernel
+    assert relative_error(out, ref_out) <= TOLERANCE["bfloat16"], errors

@@ -19,6 +19,7 @@ from ejkernel.kernels.xla import spec as xla_spec
 from ejkernel.kernels.xla.reference import reference_attention
 from ejkernel.ops.attention import algorithm as algorithm_module
 from ejkernel.ops.attention import speed
+from ejkernel.ops.attention.split import split
 from ejkernel.platform import KNOWN_PLATFORMS
 
 PLAIN = {
@@ -111,7 +112,8 @@ def test_build_table_keeps_our_platforms_and_averages_a_class():
         _record("ejkernel:triton", "fwd+bwd", 300.0),
         _record("ejkernel:cudnn", "fwd", 500.0),
         _record("ejkernel:cudnn", "fwd+bwd", 450.0),
-        _record("ejkernel:auto", "fwd", 500.0),  # not a platform
+        _record("ejkernel:auto", "fwd", 500.0),  # served by no named platform: left out
+        {**_record("ejkernel:auto", "fwd", 600.0, q_len=2048), "served_by": "mosaic_gpu"},  # counts for mosaic_gpu
         _record("jax.nn:cudnn", "fwd", 510.0),  # a baseline
         _record("ejkernel:xla", "fwd", 0.0, status="n/a"),  # did not run
         _record("ejkernel:triton", "fwd", 50.0, q_len=1),  # a decode step: no class
@@ -122,7 +124,8 @@ def test_build_table_keeps_our_platforms_and_averages_a_class():
         "bfloat16/d128/causal/s4096": {
             "cudnn": {"fwd": 500.0, "fwd+bwd": 450.0},
             "triton": {"fwd": 410.0, "fwd+bwd": 300.0},
-        }
+        },
+        "bfloat16/d128/causal/s2048": {"mosaic_gpu": {"fwd": 600.0}},
     }
 
 
@@ -138,6 +141,10 @@ def test_measured_speeds_prefers_the_forward_backward_rate(monkeypatch):
     assert speed.measured_speeds(_features(causal=True), "NVIDIA H200") == {"cudnn": 450.0, "triton": 300.0}
     assert speed.measured_speeds(_features(), "NVIDIA H200") == {"cudnn": 500.0, "triton": 410.0}  # fwd only
     assert speed.measured_speeds(_features(causal=True), "cpu") == {}
+    assert speed.measured_speeds(_features(), "NVIDIA H200", "fwd+bwd") == {"triton": 300.0}  # one pass, who has it
+    assert speed.measured_speeds(_features(causal=True), "NVIDIA H200", "fwd") == {"cudnn": 500.0, "triton": 410.0}
+    with pytest.raises(ValueError, match="mode"):
+        speed.measured_speeds(_features(), "NVIDIA H200", "bwd")
 
 
 def test_committed_tables_are_well_formed():
@@ -161,7 +168,7 @@ def test_auto_picks_the_fastest_measured_capable_implementation(register, monkey
     register(_fake_spec("testfirst", 1000, log, causal=False))
     register(_fake_spec("testsecond", 900, log))
     rates = {"testsecond": 500.0, "testfirst": 300.0}
-    monkeypatch.setattr(algorithm_module, "measured_speeds", lambda features, kind: dict(rates))
+    monkeypatch.setattr(algorithm_module, "measured_speeds", lambda features, kind, mode=None: dict(rates))
     plain = PLAIN
 
     decision = ejkernel.explain(**plain)
@@ -192,11 +199,55 @@ def test_auto_picks_the_fastest_measured_capable_implementation(register, monkey
     assert ejkernel.get_kernel("attention", "testfirst").explain(**plain).speeds == ()
 
 
+def test_a_call_that_is_not_differentiated_runs_on_the_fastest_forward(register, monkeypatch):
+    """testsecond is measured faster forward+backward, testfirst faster at the forward alone: an undifferentiated
+    call runs testfirst, a differentiated one testsecond (forward and backward), with the same results."""
+    log = []
+    register(_fake_spec("testfirst", 1000, log))
+    register(_fake_spec("testsecond", 900, log))
+    rates = {None: {"testsecond": 500.0, "testfirst": 300.0}, "fwd": {"testfirst": 700.0, "testsecond": 600.0}}
+    monkeypatch.setattr(algorithm_module, "measured_speeds", lambda features, kind, mode=None: dict(rates[mode]))
+
+    decision = ejkernel.explain(**PLAIN)
+    assert decision.chosen.platform == "testsecond" and decision.forward.platform == "testfirst"
+    assert decision.forward_speeds == (("testfirst", 700.0), ("testsecond", 600.0))
+    assert "not differentiated, the call runs on testfirst (forward alone: testfirst 700, testsecond 600)" in str(decision)
+
+    expected, _ = ejkernel.attention(**PLAIN, platform="xla")
+    log.clear()
+    out, weights = ejkernel.attention(**PLAIN)
+    assert log == [("call", "testfirst")] and weights is None
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+    def loss(platform, q, k, v):
+        return jnp.sum(jnp.sin(ejkernel.attention(q, k, v, platform=platform)[0]))
+
+    args = (PLAIN["query"], PLAIN["key"], PLAIN["value"])
+    expected_grads = jax.grad(lambda *a: loss("xla", *a), argnums=(0, 1, 2))(*args)
+    log.clear()
+    grads = jax.jit(jax.grad(lambda *a: loss("auto", *a), argnums=(0, 1, 2)))(*args)
+    assert log == [("call", "testsecond")]
+    for got, want in zip(grads, expected_grads, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    # Where the training choice is also the fastest forward, nothing is split.
+    rates["fwd"] = {"testfirst": 500.0, "testsecond": 600.0}
+    assert ejkernel.explain(**PLAIN).forward is None
+    # A forward rate for the training choice is needed to prefer another forward over it.
+    rates["fwd"] = {"testfirst": 700.0}
+    assert ejkernel.explain(**PLAIN).forward is None
+    # A call with other arrays is never split (it has no class; split itself refuses one).
+    mask = jnp.ones((2, 1, 8, 12), bool)
+    call = registry.get_kernel("attention", "xla").bind(**PLAIN, attention_mask=mask)
+    with pytest.raises(ValueError, match="attention_mask"):
+        split(call, reference_attention, reference_attention)
+
+
 def test_no_table_keeps_the_priority_order(register, monkeypatch):
     log = []
     register(_fake_spec("testfirst", 1000, log))
     register(_fake_spec("testsecond", 900, log))
-    monkeypatch.setattr(algorithm_module, "measured_speeds", lambda features, kind: {})
+    monkeypatch.setattr(algorithm_module, "measured_speeds", lambda features, kind, mode=None: {})
     plain = PLAIN
     decision = ejkernel.explain(**plain)
     assert decision.chosen.platform == "testfirst" and decision.speeds == ()

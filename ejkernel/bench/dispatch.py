@@ -164,11 +164,17 @@ def dispatch_report(
     impl = decision.chosen.build(False)  # takes a bound call: the direct path binds and validates, then runs
     checks = []
     for causal in (False, True):
+        served = kernel.explain(q, k, v, causal=causal, dtype=dtype)
         for mode in MODES:
+            # Not differentiated, a split call runs on its forward's implementation (registry.Decision.forward).
+            spec = served.forward if mode == "fwd" and served.forward is not None else served.chosen
+            direct_impl = spec.build(False)
             dispatched = build_step(
                 lambda q, k, v, c=causal: ejkernel.attention(q, k, v, causal=c, dtype=dtype)[0], mode
             )
-            direct = build_step(lambda q, k, v, c=causal: impl(kernel.bind(q, k, v, causal=c, dtype=dtype))[0], mode)
+            direct = build_step(
+                lambda q, k, v, c=causal, f=direct_impl: f(kernel.bind(q, k, v, causal=c, dtype=dtype))[0], mode
+            )
             same, diff = same_program(dispatched, direct, q, k, v, d_out)
             checks.append({"causal": causal, "mode": mode, "same_program": same, "diff": diff})
     eager = eager_overhead(

@@ -53,7 +53,7 @@ class Candidate:
     kind: str  # "ejkernel" or "baseline"
     make: Callable[[BenchShape, bool, str], Forward]
     unavailable: str | None = None
-    describe_choice: Callable[[BenchShape, bool, str], str] | None = None  # which implementation serves
+    describe_choice: Callable[[BenchShape, bool, str, str], str] | None = None  # which implementation serves (shape, causal, dtype, mode)
 
 
 def shape_structs(shape: BenchShape, dtype: str) -> tuple[jax.ShapeDtypeStruct, ...]:
@@ -81,7 +81,7 @@ def _ejkernel_platform(platform: str, kernel: Any) -> Candidate:
         decision(shape, causal, dtype)
         return lambda q, k, v: kernel(q, k, v, causal=causal, dtype=dtype)[0]
 
-    def describe(shape: BenchShape, causal: bool, dtype: str) -> str:
+    def describe(shape: BenchShape, causal: bool, dtype: str, mode: str) -> str:
         return decision(shape, causal, dtype).chosen.label
 
     return Candidate(f"ejkernel:{platform}", "ejkernel", make, describe_choice=describe)
@@ -115,8 +115,9 @@ def _ejkernel_auto() -> Candidate:
     def make(shape: BenchShape, causal: bool, dtype: str) -> Forward:
         return lambda q, k, v: kernel(q, k, v, causal=causal, dtype=dtype)[0]
 
-    def describe(shape: BenchShape, causal: bool, dtype: str) -> str:
-        return _platform_decision(kernel, shape, causal, dtype).chosen.label
+    def describe(shape: BenchShape, causal: bool, dtype: str, mode: str) -> str:
+        d = _platform_decision(kernel, shape, causal, dtype)
+        return (d.forward or d.chosen).label if mode == "fwd" else d.chosen.label
 
     return Candidate("ejkernel:auto", "ejkernel", make, describe_choice=describe)
 

@@ -181,7 +181,7 @@ def measure(
     try:
         forward = candidate.make(shape, causal, config.dtype)
         if candidate.describe_choice is not None:
-            record["served_by"] = candidate.describe_choice(shape, causal, config.dtype)
+            record["served_by"] = candidate.describe_choice(shape, causal, config.dtype, mode)
         start = time.perf_counter()
         step = jax.jit(build_step(forward, mode))
         compiled = step.lower(*input_sets[0]).compile()  # jit's own calls below reuse this executable

@@ -190,7 +190,15 @@ def _packing_pairs(call: AttentionCall, sq: int, skv: int) -> Array | None:
 
 def _values_product(weights: Array, v: Array, dtype: jnp.dtype) -> Array:
     """``[b, Hkv, G * Sq, Skv]`` weights cast to ``dtype`` times ``v [B, Skv, Hkv, Dv]``, accumulated in float32
-    (float64 stays float64): ``[b, Hkv, G * Sq, Dv]``."""
+    (float64 stays float64): ``[b, Hkv, G * Sq, Dv]``.
+
+    In bfloat16 on an NVIDIA GPU the product is written in bfloat16 (jax.nn's form; it still accumulates in
+    float32), so that its transpose forms the weights' cotangent ``dO·Vᵀ`` in bfloat16 as well: with a float32
+    cotangent the forward+backward ran at 0.92x jax.nn's at D256, with this 0.99-1.01x
+    (``benchmarks/xla_reference_gpu.py``, ``benchmarks/NOTES-cudnn.md``).
+    """
+    if dtype == jnp.bfloat16 and current_platform() == "cuda":
+        return jnp.einsum("bhqk,bkhd->bhqd", weights.astype(dtype), v)
     acc = jnp.promote_types(dtype, jnp.float32)
     return jnp.einsum(
         "bhqk,bkhd->bhqd", weights.astype(dtype), v, preferred_element_type=acc, precision=_products_precision(dtype)

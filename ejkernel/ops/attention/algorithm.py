@@ -7,7 +7,8 @@
   exactly (``merge.merge_partials``): the building block of ring attention.
 
 Both rank capable implementations under ``platform="auto"`` by the committed speed table of the device
-kind (``speed``), where it has an entry for the call.
+kind (``speed``), where it has an entry for the call; a call that is not differentiated goes to the
+fastest forward where that is another implementation (``split``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from ejkernel.ops.attention.call import bind_call
 from ejkernel.ops.attention.signature import SIGNATURE
 from ejkernel.ops.attention.speed import measured_speeds
+from ejkernel.ops.attention.split import split
 from ejkernel.platform import current_device_kind
 from ejkernel.registry import Algorithm
 
@@ -28,8 +30,12 @@ def _measured_speeds(features: Any) -> dict[str, float]:
     return measured_speeds(features, current_device_kind())
 
 
-ATTENTION = Algorithm(name="attention", signature=SIGNATURE, bind=bind_call, measured_speeds=_measured_speeds)
-ATTENTION_WITH_LSE = Algorithm(
-    name="attention_with_lse", signature=SIGNATURE, bind=bind_call, measured_speeds=_measured_speeds
-)
+def _measured_forward_speeds(features: Any) -> dict[str, float]:
+    """The committed speed table's forward rates for this call on the current device kind."""
+    return measured_speeds(features, current_device_kind(), "fwd")
+
+
+_RANKING = {"measured_speeds": _measured_speeds, "measured_forward_speeds": _measured_forward_speeds, "split": split}
+ATTENTION = Algorithm(name="attention", signature=SIGNATURE, bind=bind_call, **_RANKING)
+ATTENTION_WITH_LSE = Algorithm(name="attention_with_lse", signature=SIGNATURE, bind=bind_call, **_RANKING)
 ALGORITHMS = (ATTENTION, ATTENTION_WITH_LSE)

@@ -13,7 +13,8 @@ longer sequence rounded up to a power of two (512 at least); a call with anythin
 attention on equal head dims (bias, mask, window, sinks, soft cap, dropout, segment ids, lengths, a decode
 step, ``Dv != D``) has no class, so the registry's fixed priority order decides it. The ranking metric is the
 forward+backward rate when every ranked platform has one, else the forward rate: one decision covers both
-passes, and training is the common case.
+passes (training is the common case), except that a call that is never differentiated goes to the fastest
+forward where that is another implementation (``split``).
 """
 
 from __future__ import annotations
@@ -87,12 +88,20 @@ def load_table(device_kind: str) -> Mapping[str, Mapping[str, Mapping[str, float
     return doc["classes"]
 
 
-def measured_speeds(features: Any, device_kind: str) -> dict[str, float]:
-    """``{platform: TFLOP/s}`` measured for this call's class on ``device_kind`` (empty: no entry)."""
+def measured_speeds(features: Any, device_kind: str, mode: str | None = None) -> dict[str, float]:
+    """``{platform: TFLOP/s}`` measured for this call's class on ``device_kind`` (empty: no entry).
+
+    ``mode=None``: the ranking metric (forward+backward where every platform of the entry has it, else the
+    forward); ``"fwd"`` or ``"fwd+bwd"``: that pass's rates, of the platforms that have one.
+    """
     name = class_of_features(features)
     entry = load_table(device_kind).get(name) if name else None
     if not entry:
         return {}
+    if mode is not None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES} or None, got {mode!r}")
+        return {platform: float(rates[mode]) for platform, rates in entry.items() if mode in rates}
     for mode in MODES:
         if all(mode in rates for rates in entry.values()):
             return {platform: float(rates[mode]) for platform, rates in entry.items()}
@@ -101,15 +110,18 @@ def measured_speeds(features: Any, device_kind: str) -> dict[str, float]:
 
 def build_table(results: list[dict[str, Any]], device_kind: str, source: str) -> dict[str, Any]:
     """A speed table from ``ejkernel bench`` results: the mean TFLOP/s of every ``ejkernel:<platform>`` row
-    that ran (status ok) per class and mode. ``ejkernel:auto`` and baselines are not platforms and are left out."""
+    that ran (status ok) per class and mode. An ``ejkernel:auto`` row counts for the platform that served it
+    (``served_by``: the same call, dispatched); baselines are not platforms and are left out."""
     sums: dict[str, dict[str, dict[str, list[float]]]] = {}
     for r in results:
         impl = r.get("impl", "")
         if r.get("status") != "ok" or not impl.startswith("ejkernel:") or impl.count(":") != 1:
             continue
         platform = impl.split(":", 1)[1]
-        if platform == "auto":
-            continue
+        if platform == "auto":  # served_by is the serving implementation's label, "<platform>[:<variant>]"
+            platform = (r.get("served_by") or "").split(":", 1)[0]
+            if not platform:
+                continue
         s = r["shape"]
         if s["num_q_heads"] % s["num_kv_heads"]:
             continue
