@@ -113,3 +113,18 @@ def test_auto_is_compared_with_the_fastest_other_implementation_of_each_configur
     assert text.splitlines()[0].endswith("as fast (within 3%) in 2 of 3")
     assert text.splitlines()[1:] == ["  behind in B1 S16384 H16 D128 fwd: 0.90x of ejkernel:mosaic_gpu"]
     assert report.format_auto_check([timed("ejkernel:triton", 512, 1.0)]) == ""
+
+
+def test_plots_leave_out_the_speedup_column_when_the_baseline_never_ran():
+    from ejkernel.bench.plots import grid_figure
+
+    def plotted(results):
+        return [{**r, "x": r["shape"]["q_len"], "series": "D128", "tflops_min": 400.0, "tflops_max": 420.0}
+                for r in results]  # fmt: skip
+
+    results = plotted(_results())
+    rows = len({(r["mode"], r["causal"]) for r in results if r["status"] == "ok"})
+    assert len(grid_figure(results, "with jax.nn:xla").axes) == 2 * rows
+    without = [r for r in results if r["impl"] != "jax.nn:xla"]
+    assert len(grid_figure(without, "without it").axes) == rows
+    assert grid_figure([r for r in results if r["status"] != "ok"], "nothing ran") is None

@@ -1,8 +1,8 @@
 """PNG plots of a run (optional: needs matplotlib, the ``bench`` extra).
 
 One figure per grid; one row per (mode, causal); left TFLOP/s against sequence length, right the speedup
-over ``jax.nn`` XLA; one line per implementation and series (e.g. head dim). Uses matplotlib's object API
-(no pyplot), so it touches no global plotting state.
+over ``jax.nn`` XLA (left out where it never ran); one line per implementation and series (e.g. head dim).
+Uses matplotlib's object API (no pyplot), so it touches no global plotting state.
 """
 
 from __future__ import annotations
@@ -39,6 +39,17 @@ def _panels(results: Sequence[dict[str, Any]]) -> list[tuple[str, bool]]:
 
 def plot_grid(results: Sequence[dict[str, Any]], title: str, path: str | pathlib.Path) -> pathlib.Path | None:
     """Draws one grid's results to ``path``; ``None`` when none of them ran."""
+    fig = grid_figure(results, title)
+    if fig is None:
+        return None
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def grid_figure(results: Sequence[dict[str, Any]], title: str) -> Any:
+    """The matplotlib ``Figure`` of one grid's results (``None`` when none of them ran)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -46,16 +57,17 @@ def plot_grid(results: Sequence[dict[str, Any]], title: str, path: str | pathlib
     if not panels:
         return None
     ratio = speedups(results, BASELINE)
-    fig = Figure(figsize=(12, 3.6 * len(panels)), layout="constrained")
+    columns = 2 if ratio else 1  # no speedup column when the baseline never ran
+    fig = Figure(figsize=(12, (3.6 if ratio else 4.2) * len(panels)), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), 2, squeeze=False)
+    axes = fig.subplots(len(panels), columns, squeeze=False)
     for row, (mode, causal) in enumerate(panels):
         lines: dict[str, list[tuple[int, float, float, float, float | None]]] = {}
         for i, r in enumerate(results):
             if r["status"] == "ok" and r["mode"] == mode and r["causal"] == causal:
                 name = f"{r['impl']} {r['series']}".strip()
                 lines.setdefault(name, []).append((r["x"], r["tflops"], r["tflops_min"], r["tflops_max"], ratio.get(i)))
-        tf_ax, sp_ax = axes[row]
+        tf_ax, sp_ax = (axes[row][0], axes[row][1] if ratio else None)
         for name, points in lines.items():
             points.sort()
             xs = [p[0] for p in points]
@@ -65,16 +77,17 @@ def plot_grid(results: Sequence[dict[str, Any]], title: str, path: str | pathlib
                 [p[3] - y for y, p in zip(ys, points, strict=True)],
             ]
             tf_ax.errorbar(xs, ys, yerr=spread, marker="o", capsize=3, label=name)  # bars: slowest..fastest round
-            if not name.startswith(BASELINE + " ") and any(p[4] is not None for p in points):
+            if sp_ax is not None and not name.startswith(BASELINE + " ") and any(p[4] is not None for p in points):
                 sp = [(p[0], p[4]) for p in points if p[4] is not None]
                 sp_ax.plot([p[0] for p in sp], [p[1] for p in sp], marker="o", label=name)
         what = f"{mode}{', causal' if causal else ''}"
         tf_ax.set(title=f"TFLOP/s (median; bars: min..max round), {what}", ylabel="TFLOP/s")
         tf_ax.set_ylim(bottom=0)
-        sp_ax.set(title=f"speedup over {BASELINE}, {what}", ylabel="x faster")
-        sp_ax.axhline(1.0, color="gray", linewidth=0.8)
+        if sp_ax is not None:
+            sp_ax.set(title=f"speedup over {BASELINE}, {what}", ylabel="x faster")
+            sp_ax.axhline(1.0, color="gray", linewidth=0.8)
         ticks = sorted({x for points in lines.values() for x, *_ in points})
-        for ax in (tf_ax, sp_ax):
+        for ax in (tf_ax, sp_ax) if sp_ax is not None else (tf_ax,):
             ax.set_xscale("log", base=2)
             ax.minorticks_off()
             ax.set_xticks(ticks, [_seq_label(x) for x in ticks])
@@ -83,10 +96,7 @@ def plot_grid(results: Sequence[dict[str, Any]], title: str, path: str | pathlib
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize="small")
     fig.suptitle(title)
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def write_plots(doc: dict[str, Any], out_dir: str | pathlib.Path, stem: str) -> list[pathlib.Path]:
