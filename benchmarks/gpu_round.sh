@@ -25,7 +25,7 @@ if [ -n "${MOSAIC-}" ]; then
   timeout "${MOSAIC_S:-240}" python3 benchmarks/mosaic_gpu_probe.py $MOSAIC 2>&1 | tee "$OUT/mosaic_probe.txt" | grep -v "^\s*$" | tail -n 60 || status=1
 fi
 if [ -n "${PROFILE-1}" ]; then
-  timeout "${PROFILE_S:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -k "${PYTEST_K:-gpu}" tests/test_gpu.py 2>&1 | tee "$OUT/gpu_profile.txt" | tail -n 30 || status=1
+  timeout "${PROFILE_S:-420}" python3 -m pytest -m gpu -q -p no:cacheprovider -k "${PYTEST_K:-gpu}" tests/test_gpu.py 2>&1 | tee "$OUT/gpu_profile.txt" | tail -n 30 || status=1
 fi
 args=()
 for c in ${PARITY_CASES:-}; do args+=(--case "$c"); done
