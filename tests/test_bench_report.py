@@ -114,6 +114,18 @@ def test_auto_is_compared_with_the_fastest_other_implementation_of_each_configur
     assert text.splitlines()[1:] == ["  behind in B1 S16384 H16 D128 fwd: 0.90x of ejkernel:mosaic_gpu"]
     assert report.format_auto_check([timed("ejkernel:triton", 512, 1.0)]) == ""
 
+    # The interleaved re-measure of a behind pair (confirm.confirm_auto) is reported beside it.
+    again = [{"label": "B1 S16384 H16 D128", "mode": "fwd", "causal": False, "other": "ejkernel:mosaic_gpu",
+              "rounds": 7, "auto_ms": 1.0, "other_ms": 0.99, "ratio": 0.99}]  # fmt: skip
+    lines = report.format_auto_check(results, again).splitlines()
+    assert lines[1] == "  behind in B1 S16384 H16 D128 fwd: 0.90x of ejkernel:mosaic_gpu; interleaved, 7 rounds each: 0.99x"
+    assert lines[2] == "  after the interleaved re-measure: as fast in 3 of 3"
+    failed = [{**again[0], "ratio": None, "error": "OOM"}]
+    del failed[0]["ratio"]
+    lines = report.format_auto_check(results, failed).splitlines()
+    assert lines[1].endswith("; interleaved re-measure failed (OOM)")
+    assert lines[2] == "  after the interleaved re-measure: as fast in 2 of 3"
+
 
 def test_plots_leave_out_the_speedup_column_when_the_baseline_never_ran():
     from ejkernel.bench.plots import grid_figure

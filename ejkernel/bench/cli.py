@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="output file stem (default bench_<platform>_<grids>)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-dispatch", action="store_true", help="skip the dispatch-overhead check")
+    p.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="do not time again, interleaved, the configurations where ejkernel:auto measured behind",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -349,6 +354,16 @@ def _run_bench(argv: list[str]) -> int:
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: writing what was measured", file=sys.stderr)
+    confirmed: list[dict[str, Any]] = []
+    if not args.no_confirm and not interrupted:
+        from ejkernel.bench.confirm import confirm_auto
+
+        try:
+            with _sigterm_as_interrupt():
+                confirmed = confirm_auto(results, candidates, shapes, config)
+        except KeyboardInterrupt:
+            interrupted = True
+            print("\ninterrupted: writing what was measured", file=sys.stderr)
     dispatch = None
     if not args.no_dispatch and not interrupted:
         from ejkernel.bench.dispatch import dispatch_report
@@ -358,7 +373,8 @@ def _run_bench(argv: list[str]) -> int:
         except Exception as e:  # the timings are still worth writing
             dispatch = {"error": f"{type(e).__name__}: {e}"[:300]}
     doc = report.build_document(
-        env, config_record, results, not_run=not_run, dispatch=dispatch, complete=not interrupted
+        env, config_record, results, not_run=not_run, dispatch=dispatch, complete=not interrupted,
+        auto_confirmed=confirmed,
     )
     report.write_json(doc, json_path)
     text_path = report.write_text(doc, out / f"{stem}.txt")
