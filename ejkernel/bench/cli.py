@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
-    "run", "build_parser", "build_compare_parser", "build_render_parser", "build_sweep_parser", "build_parity_parser",
-    "build_packing_parser", "select_shapes",
+    "run", "build_parser", "build_compare_parser", "build_sweep_parser", "build_parity_parser", "build_packing_parser",
+    "select_shapes",
 ]
 
 
@@ -193,18 +193,6 @@ def build_compare_parser() -> argparse.ArgumentParser:
     p.add_argument("new", help="the later result (JSON)")
     p.add_argument("--threshold", type=float, default=0.0, help="also require the medians to differ by this fraction")
     p.add_argument("--all", action="store_true", help="show changes within noise too")
-    return p
-
-
-def build_render_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ejkernel bench render",
-        description="Draw the table and plots of a result again: a bench result (its table and one plot per "
-        "grid), a block sweep (its table and block rows) or a curated summary (a compact table as CSV and "
-        "one plot of every device's grid).",
-    )
-    p.add_argument("result", help="the result (JSON)")
-    p.add_argument("--out", help="output folder (default: beside the JSON)")
     return p
 
 
@@ -537,68 +525,13 @@ def _run_parity(argv: list[str]) -> int:
     return 130 if interrupted else (1 if failures or not rows else 0)
 
 
-def _run_render(argv: list[str]) -> int:
-    import json
-    import pathlib
-
-    from ejkernel.bench import report, summary
-    from ejkernel.bench.compare import load
-    from ejkernel.bench.plots import matplotlib_missing, write_plots
-    from ejkernel.bench.sweep_report import SCHEMA as SWEEP_SCHEMA
-    from ejkernel.bench.sweep_report import format_sweep
-
-    args = build_render_parser().parse_args(argv)
-    path = pathlib.Path(args.result)
-    out = pathlib.Path(args.out) if args.out else path.parent
-    if json.loads(path.read_text()).get("schema") == summary.SCHEMA:
-        return _render_summary(path, out)
-    doc = load(args.result)
-    if doc.get("schema") == SWEEP_SCHEMA:  # a block sweep: its table, winners and rows; no plots
-        text_path = report.write_text_file(format_sweep(doc), out / f"{path.stem}.txt")
-        print(text_path.read_text(), end="", flush=True)
-        return 0
-    text_path = report.write_text(doc, out / f"{path.stem}.txt")
-    print(text_path.read_text(), end="", flush=True)
-    written = [text_path]
-    missing = matplotlib_missing()
-    if missing:
-        print(missing, file=sys.stderr)
-    else:
-        written += write_plots(doc, out, path.stem)
-    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-    return 0
-
-
-def _render_summary(path: Any, out: Any) -> int:
-    """A curated summary: its table as CSV (for the docs) and as text, and its plot."""
-    import json
-
-    from ejkernel.bench import report, summary
-    from ejkernel.bench.plots import matplotlib_missing
-
-    doc = json.loads(path.read_text())
-    try:
-        summary.validate_summary(doc)
-    except (ValueError, KeyError) as e:
-        print(f"ejkernel bench render: {path}: {e}", file=sys.stderr)
-        return 2
-    written = [report.write_text_file(summary.format_csv(doc), out / f"{path.stem}.csv")]
-    print(summary.format_summary(doc), end="", flush=True)
-    missing = matplotlib_missing()
-    if missing:
-        print(missing, file=sys.stderr)
-    else:
-        written.append(summary.plot_summary(doc, out / f"{path.stem}.png"))
-    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-    return 0
-
-
 def run(argv: list[str] | None = None) -> int:
     """Entry point of ``ejkernel bench``; ``argv`` excludes the program and sub-command names."""
     argv = list(sys.argv[2:] if argv is None else argv)
+    from ejkernel.bench.render import run_render
     from ejkernel.bench.speed_table import run_table
 
-    commands = {"compare": _run_compare, "render": _run_render, "sweep": _run_sweep, "parity": _run_parity,
+    commands = {"compare": _run_compare, "render": run_render, "sweep": _run_sweep, "parity": _run_parity,
                 "packing": _run_packing, "table": run_table}
     if argv and argv[0] in commands:
         return commands[argv[0]](argv[1:])
