@@ -8,6 +8,7 @@ variant at the first cell (``kernel_profile.profile``).
 
     PYTHONPATH=$PWD python benchmarks/xla_reference_gpu.py --cells d256-noncausal --variant pv-f32 --profile
     PYTHONPATH=$PWD python benchmarks/xla_reference_gpu.py --cells grid              # the whole grid, committed code
+    PYTHONPATH=$PWD python benchmarks/xla_reference_gpu.py --cells grid --mode fwd+bwd --causal yes
 
 Variants:
   rows         the reference as committed (on a GPU in bfloat16: P·V written in bfloat16, as jax.nn writes it)
@@ -61,12 +62,12 @@ def patched(variant: str):
             setattr(reference, name, fn)
 
 
-def cells(which: str) -> list[tuple[int, int, bool, str]]:
-    """``(seq, head_dim, causal, mode)`` cells."""
+def cells(which: str, modes=("fwd", "fwd+bwd"), causals=(False, True)) -> list[tuple[int, int, bool, str]]:
+    """``(seq, head_dim, causal, mode)`` cells; ``modes`` and ``causals`` filter the grid's."""
     if which == "d256-noncausal":
         base = [(s, 256, False, "fwd+bwd") for s in FA3_SEQ_LENS]
         return base + [(s, d, False, "fwd+bwd") for d in (64, 128) for s in (2048, 8192)]
-    return [(s, d, c, m) for m in ("fwd", "fwd+bwd") for c in (False, True) for d in FA3_HEAD_DIMS for s in FA3_SEQ_LENS]
+    return [(s, d, c, m) for m in modes for c in causals for d in FA3_HEAD_DIMS for s in FA3_SEQ_LENS]
 
 
 def inputs(seq: int, head_dim: int) -> tuple[jax.Array, ...]:
@@ -97,12 +98,17 @@ def main() -> None:
     p.add_argument("--variant", action="append", choices=tuple(VARIANTS), default=[])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--mode", choices=("fwd", "fwd+bwd", "both"), default="both", help="the grid's passes")
+    p.add_argument("--causal", choices=("no", "yes", "both"), default="both", help="the grid's masks")
     a = p.parse_args()
+    modes = ("fwd", "fwd+bwd") if a.mode == "both" else (a.mode,)
+    causals = {"no": (False,), "yes": (True,), "both": (False, True)}[a.causal]
+    chosen = cells(a.cells, modes, causals)
     names = ["jax.nn", "rows", *[v for v in a.variant if v != "rows"]]
     print(f"device: {jax.devices()[0].device_kind}; jax {jax.__version__}; bf16; jax.nn time / ours (>= {REQUIRED})", flush=True)
     print(f"{'cell':34}" + "".join(f"{n + ' ms':>14}" for n in names) + "".join(f"{n:>10}" for n in names[1:]), flush=True)
     worst = {n: 9.0 for n in names[1:]}
-    for seq, head_dim, causal, mode in cells(a.cells):
+    for seq, head_dim, causal, mode in chosen:
         args = inputs(seq, head_dim)
         label = f"S{seq} D{head_dim} {'causal' if causal else 'full'} {mode}"
         ms = {}
@@ -123,7 +129,7 @@ def main() -> None:
     if a.profile:
         from kernel_profile import profile
 
-        seq, head_dim, causal, mode = cells(a.cells)[0]
+        seq, head_dim, causal, mode = chosen[0]
         args = inputs(seq, head_dim)
         for name in names:
             profile(f"{name} S{seq} D{head_dim} {mode}", step_for(name, causal, mode), args, calls=3, top=12)
