@@ -140,3 +140,13 @@ def test_plots_leave_out_the_speedup_column_when_the_baseline_never_ran():
     without = [r for r in results if r["impl"] != "jax.nn:xla"]
     assert len(grid_figure(without, "without it").axes) == rows
     assert grid_figure([r for r in results if r["status"] != "ok"], "nothing ran") is None
+
+
+def test_tokamax_says_what_it_is_missing():
+    from ejkernel.bench.implementations import tokamax_unavailable
+
+    assert tokamax_unavailable(ModuleNotFoundError("No module named 'tokamax'", name="tokamax")) == (
+        "tokamax is not installed (pip install tokamax)")
+    assert tokamax_unavailable(ModuleNotFoundError("No module named 'fire'", name="fire")) == (
+        "tokamax does not import: it needs the module 'fire', which is not installed")
+    assert tokamax_unavailable(RuntimeError("jaxlib too old")) == "tokamax does not import (RuntimeError: jaxlib too old)"

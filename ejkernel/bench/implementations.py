@@ -169,12 +169,21 @@ def _jax_nn(implementation: str) -> Candidate:
     return Candidate(f"jax.nn:{implementation}", "baseline", make, unavailable)
 
 
+def tokamax_unavailable(error: BaseException) -> str:
+    """Why tokamax cannot run: not installed, or installed but one of its own imports failed (named)."""
+    if isinstance(error, ModuleNotFoundError) and error.name not in (None, "tokamax"):
+        return f"tokamax does not import: it needs the module {error.name!r}, which is not installed"
+    if isinstance(error, ModuleNotFoundError):
+        return "tokamax is not installed (pip install tokamax)"
+    return f"tokamax does not import ({type(error).__name__}: {error})"[:200]
+
+
 def _tokamax() -> Candidate:
     try:
         tokamax = importlib.import_module("tokamax")
         unavailable = None if hasattr(tokamax, "dot_product_attention") else "tokamax has no dot_product_attention"
     except Exception as e:  # ImportError, or a broken install: either way a baseline we cannot run
-        tokamax, unavailable = None, f"tokamax is not installed ({type(e).__name__})"
+        tokamax, unavailable = None, tokamax_unavailable(e)
 
     def make(shape: BenchShape, causal: bool, dtype: str) -> Forward:
         is_causal = _baseline_causal(shape, causal)
