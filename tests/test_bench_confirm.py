@@ -7,7 +7,7 @@ import itertools
 import jax.numpy as jnp
 import pytest
 
-from ejkernel.bench import confirm, implementations
+from ejkernel.bench import confirm, implementations, report
 from ejkernel.bench.grids import BenchShape
 from ejkernel.bench.runner import BenchConfig
 
@@ -24,7 +24,7 @@ def _record(impl, median_ms, mode="fwd", shape=SHAPE):
 def test_only_pairs_auto_is_behind_in_are_picked():
     results = [_record("ejkernel:auto", 1.0), _record("ejkernel:xla", 0.9), _record("jax.nn:xla", 0.95),
                _record("ejkernel:auto", 1.0, "fwd+bwd"), _record("ejkernel:xla", 0.98, "fwd+bwd")]  # fmt: skip
-    pairs = confirm.behind(results)
+    pairs = report.auto_behind(results)
     assert [(a["mode"], b["impl"]) for a, b in pairs] == [("fwd", "ejkernel:xla")]
 
 

@@ -18,18 +18,13 @@ import jax
 
 from ejkernel.bench.grids import BenchShape
 from ejkernel.bench.implementations import Candidate
-from ejkernel.bench.report import AUTO, AUTO_TOLERANCE, auto_pairs
+from ejkernel.bench.report import AUTO, auto_behind
 from ejkernel.bench.runner import BenchConfig, build_step, make_inputs
 from ejkernel.bench.timing import calls_per_round
 
-__all__ = ["MIN_ROUNDS", "behind", "interleaved_rounds", "confirm_auto"]
+__all__ = ["MIN_ROUNDS", "interleaved_rounds", "confirm_auto"]
 
 MIN_ROUNDS = 7
-
-
-def behind(results: Sequence[dict[str, Any]], tolerance: float = AUTO_TOLERANCE) -> list[tuple[dict, dict]]:
-    """The ``report.auto_pairs`` where auto was slower than ``1 - tolerance`` times the fastest other."""
-    return [(auto, other) for auto, other in auto_pairs(results) if other["median_ms"] / auto["median_ms"] < 1 - tolerance]
 
 
 def interleaved_rounds(
@@ -51,12 +46,13 @@ def confirm_auto(
     shapes: Sequence[BenchShape],
     config: BenchConfig,
 ) -> list[dict[str, Any]]:
-    """One record per configuration auto was behind in: ``{"label", "pass", "other", "rounds", "auto_ms",
-    "other_ms", "ratio"}`` (ratio: the other's median over auto's, as in the report), or ``"error"``."""
+    """One record per configuration auto was behind in (``report.auto_behind``): ``{"label", "mode", "causal",
+    "other", "rounds", "calls_per_round", "auto_ms", "other_ms", "ratio"}`` (ratio: the other's median over
+    auto's, as in the report), with ``"error"`` in place of the timings where it could not be timed again."""
     by_name = {c.name: c for c in candidates}
     by_label = {(s.grid, s.label): s for s in shapes}
     out = []
-    for auto, other in behind(results):
+    for auto, other in auto_behind(results):
         record: dict[str, Any] = {
             "label": auto["label"], "mode": auto["mode"], "causal": auto["causal"], "other": other["impl"],
         }  # fmt: skip

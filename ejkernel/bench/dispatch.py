@@ -161,12 +161,13 @@ def dispatch_report(
     q, k, v, d_out = (jax.random.normal(key, shape, jnp.dtype(dtype)) for key in keys)
     kernel = ejkernel.get_kernel("attention")
     decision = kernel.explain(q, k, v, dtype=dtype)
-    impl = decision.chosen.build(False)  # takes a bound call: the direct path binds and validates, then runs
+    # Takes a bound call: the direct path binds and validates, then runs. Eager calls are not differentiated,
+    # so a split call runs on its forward's implementation (registry.Decision.forward).
+    impl = (decision.forward or decision.chosen).build(False)
     checks = []
     for causal in (False, True):
         served = kernel.explain(q, k, v, causal=causal, dtype=dtype)
         for mode in MODES:
-            # Not differentiated, a split call runs on its forward's implementation (registry.Decision.forward).
             spec = served.forward if mode == "fwd" and served.forward is not None else served.chosen
             direct_impl = spec.build(False)
             dispatched = build_step(

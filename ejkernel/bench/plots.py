@@ -87,7 +87,7 @@ def grid_figure(results: Sequence[dict[str, Any]], title: str) -> Any:
             sp_ax.set(title=f"speedup over {BASELINE}, {what}", ylabel="x faster")
             sp_ax.axhline(1.0, color="gray", linewidth=0.8)
         ticks = sorted({x for points in lines.values() for x, *_ in points})
-        for ax in (tf_ax, sp_ax) if sp_ax is not None else (tf_ax,):
+        for ax in [a for a in (tf_ax, sp_ax) if a is not None]:
             ax.set_xscale("log", base=2)
             ax.minorticks_off()
             ax.set_xticks(ticks, [_seq_label(x) for x in ticks])

@@ -25,7 +25,6 @@ def build_render_parser() -> argparse.ArgumentParser:
     return p
 
 
-
 def run_render(argv: list[str]) -> int:
     """Entry point of ``ejkernel bench render``; 2 for a curated summary that does not validate."""
     import json

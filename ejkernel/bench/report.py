@@ -20,6 +20,7 @@ __all__ = [
     "format_dispatch",
     "auto_against_fastest",
     "auto_pairs",
+    "auto_behind",
     "format_auto_check",
     "AUTO",
     "AUTO_TOLERANCE",
@@ -268,6 +269,12 @@ def auto_against_fastest(results: Sequence[dict[str, Any]]) -> list[tuple[str, f
             for auto, fastest in auto_pairs(results)]  # fmt: skip
 
 
+def auto_behind(results: Sequence[dict[str, Any]], tolerance: float = AUTO_TOLERANCE) -> list[tuple[dict, dict]]:
+    """The ``auto_pairs`` where auto was slower than ``1 - tolerance`` times the fastest other."""
+    return [(auto, fastest) for auto, fastest in auto_pairs(results)
+            if fastest["median_ms"] / auto["median_ms"] < 1 - tolerance]  # fmt: skip
+
+
 def _configuration(record: dict[str, Any]) -> str:
     return f"{record['label']} {_pass_label(record)}"
 
@@ -278,14 +285,13 @@ def format_auto_check(
     """One paragraph: in how many configurations ``auto`` ran at least as fast as the fastest other
     implementation (within ``AUTO_TOLERANCE``), and each one where it did not ("" without auto), with the
     interleaved re-measure of that pair where ``confirmed`` has one (``confirm.confirm_auto``)."""
-    rows = auto_against_fastest(results)
-    if not rows:
+    total = len(auto_pairs(results))
+    if not total:
         return ""
     again = {(c["label"], c["mode"], c["causal"]): c for c in confirmed}
-    behind = [(auto, fastest) for auto, fastest in auto_pairs(results)
-              if fastest["median_ms"] / auto["median_ms"] < 1 - AUTO_TOLERANCE]  # fmt: skip
+    behind = auto_behind(results)
     lines = [fit(f"{AUTO} against the fastest other implementation of each configuration: as fast (within "
-                 f"{AUTO_TOLERANCE:.0%}) in {len(rows) - len(behind)} of {len(rows)}", width)]
+                 f"{AUTO_TOLERANCE:.0%}) in {total - len(behind)} of {total}", width)]
     still = 0
     for auto, fastest in behind:
         line = f"  behind in {_configuration(auto)}: {fastest['median_ms'] / auto['median_ms']:.2f}x of {fastest['impl']}"
@@ -300,7 +306,7 @@ def format_auto_check(
             still += 1
         lines.append(fit(line, width))
     if again and behind:
-        lines.append(fit(f"  after the interleaved re-measure: as fast in {len(rows) - still} of {len(rows)}", width))
+        lines.append(fit(f"  after the interleaved re-measure: as fast in {total - still} of {total}", width))
     return "\n".join(lines)
 
 
