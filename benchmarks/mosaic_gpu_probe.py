@@ -20,6 +20,9 @@ every line flushed as it finishes:
    warm-up, then ``--rounds`` rounds of ``--calls`` back-to-back jitted calls and one ``block_until_ready``,
    the median round.
 5. ``blocks-*``: the forward at B2 S8192 H16 D128 with other ``ForwardBlocks`` (tuning data).
+6. ``order-*``: causal D128 with the query blocks launched heavy first (the default) or in grid order:
+   the forward at S8192 and S16384 (``ForwardBlocks.heavy_first``), forward+backward with the native
+   backward at S8192 (``BackwardBlocks.dq_heavy_first``).
 
 The native backward (``backward="mosaic"``, not yet the default) has its own stages, all in ``--native``:
 
@@ -253,6 +256,7 @@ TIMING = {
     # name: (B, S, H, D, causal)
     "time-b2-s8192-d128": (2, 8192, 16, 128, False),
     "time-b2-s8192-d128-causal": (2, 8192, 16, 128, True),
+    "time-b1-s16384-d128-causal": (1, 16384, 16, 128, True),
     "time-b4-s2048-d128": (4, 2048, 16, 128, False),
     "time-b4-s2048-d128-causal": (4, 2048, 16, 128, True),
     "time-b4-s2048-d64": (4, 2048, 16, 64, False),
@@ -335,6 +339,19 @@ def backward_block_variants():
     return out
 
 
+def order_variants():
+    """``order-*`` stages: ``(timing cell, forward blocks or None, backward blocks or None)``."""
+    from ejkernel.kernels.pallas_mosaic_gpu.blocks import BackwardBlocks, ForwardBlocks
+
+    out = {}
+    for first in (True, False):
+        tag = "heavy" if first else "launch"
+        for cell in ("time-b2-s8192-d128-causal", "time-b1-s16384-d128-causal"):
+            out[f"order-fwd-{tag}-{cell.split('-')[2]}"] = (cell, ForwardBlocks(64, 128, 2, heavy_first=first), None)
+        out[f"order-bwd-{tag}-s8192"] = ("time-b2-s8192-d128-causal", None, BackwardBlocks(dq_heavy_first=first))
+    return out
+
+
 def _isolated(compiles: list[str], timeout: int, what: str) -> bool:
     """Runs the compile stages ``compiles`` in a child process with a time limit; whether they may go on.
 
@@ -381,6 +398,11 @@ def main() -> None:
     stages |= {
         n: (lambda n=n, c=c: timing("time-b2-s8192-d128-causal", a.calls, a.rounds, label=n, backward_blocks=c))
         for n, c in backward_block_variants().items()
+    }
+    stages |= {
+        n: (lambda n=n, cell=cell, f=f, bb=bb: timing(cell, a.calls, a.rounds, None if bb else ("mosaic_gpu",), f, n,
+                                                     backward_blocks=bb))
+        for n, (cell, f, bb) in order_variants().items()
     }
     native_stages = ("compile-bwd-", "parity-native-", "time-native-", "bwd-blocks-")
     if a.list:

@@ -10,14 +10,20 @@ output cotangent is noise plus the oracle's output, so that gradients summed ove
 cancel (see ``case_reference``).
 
 A case another platform served (a fallback) is reported as such, never as a pass; it fails the check when
-the user named the platform (``iter_check(..., named=True)``).
+the user named the platform (``ejkernel check --platform``).
+
+``iter_check`` compiles ahead: a pool of threads traces and compiles the next rows (XLA, Triton and
+Mosaic compilers release the GIL) while the main thread runs each row in order and yields its result, so a
+line still prints as soon as its row is done.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -31,6 +37,7 @@ from ejkernel.registry import get_kernel, kernel_specs, list_kernels
 __all__ = [
     "CheckCase", "CheckResult", "CASES", "QUICK_CASES", "Reference", "make_inputs", "oracle", "reference_for",
     "case_reference", "relative_error", "run_case", "run_check", "iter_check", "select_cases", "packed_segment_ids",
+    "default_workers",
 ]
 
 #: Relative tolerance of the compute dtype against the float32 oracle.
@@ -138,14 +145,13 @@ def packed_segment_ids(rng: np.random.Generator, batch: int, length: int, docs: 
 _DIFF_ARGS = ("query", "key", "value", "bias", "softmax_aux")
 
 
-def _loss_and_grads(
+def _vjp_program(
     fn, args: dict[str, Any], dtype: Any, cotangent: jax.Array, plus_output: bool = False
-) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
-    """``fn``'s output, its VJP w.r.t. every differentiable argument, and the cotangent used.
+) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """A jitted ``(operands) -> (out, grads, cotangent)`` for ``_loss_and_grads`` and its operands.
 
-    The cotangent is ``cotangent``, plus ``fn``'s own output when ``plus_output``. One jit per call: arrays
-    are traced arguments, Python values (causal, window, ...) are baked in, so each case compiles once;
-    dispatch (and any ``FallbackWarning``) happens while tracing.
+    One jit per call: arrays are traced arguments, Python values (causal, window, ...) are baked in, so each
+    case compiles once; dispatch (and any ``FallbackWarning``) happens while tracing.
     """
     diff = {k: args[k] for k in _DIFF_ARGS if args.get(k) is not None}
     arrays = {k: v for k, v in args.items() if k not in diff and isinstance(v, (jax.Array, np.ndarray))}
@@ -163,7 +169,18 @@ def _loss_and_grads(
         (grads,) = vjp(cotangent.astype(out.dtype))
         return out, grads, cotangent
 
-    return run(diff, arrays, cotangent)
+    return run, (diff, arrays, cotangent)
+
+
+def _loss_and_grads(
+    fn, args: dict[str, Any], dtype: Any, cotangent: jax.Array, plus_output: bool = False
+) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+    """``fn``'s output, its VJP w.r.t. every differentiable argument, and the cotangent used.
+
+    The cotangent is ``cotangent``, plus ``fn``'s own output when ``plus_output``.
+    """
+    run, operands = _vjp_program(fn, args, dtype, cotangent, plus_output)
+    return run(*operands)
 
 
 def _oracle(args: dict[str, Any], cotangent: jax.Array, plus_output: bool = False, float64: bool = False):
@@ -292,20 +309,35 @@ def run_case(
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)
-        kernel = get_kernel("attention", platform, interpret=interpret)
-    ref = reference if reference is not None else case_reference(case, seed)
+        ref = reference if reference is not None else case_reference(case, seed)
+        return _prepare_case(platform, case, dtype, interpret, ref, run_unserved)()
+
+
+def _prepare_case(
+    platform: str, case: CheckCase, dtype: str, interpret: bool, ref: Reference, run_unserved: bool
+) -> Callable[[], CheckResult]:
+    """``run_case`` in two steps: dispatch and compile now; run and compare when the result is called.
+
+    The caller silences ``FallbackWarning`` (``warnings`` filters are process-wide, not per thread).
+    """
+    kernel = get_kernel("attention", platform, interpret=interpret)
     decision = kernel.explain(**ref.args, dtype=dtype)
     fallback = decision.chosen.platform != canonical_platform(platform)
     if fallback and not run_unserved:
         reason = "; ".join(r for label, r in decision.rejected if label.split(":")[0] == canonical_platform(platform))
-        return CheckResult(platform, case.name, dtype, decision.chosen.label, {}, TOLERANCE[dtype], True, reason)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FallbackWarning)
-        out, grads, _ = _loss_and_grads(kernel, ref.args, dtype, ref.cotangent)
-    errors = {"out": relative_error(out, ref.out)}
-    errors.update({f"d{k}": relative_error(grads[k], g) for k, g in ref.grads.items()})
+        result = CheckResult(platform, case.name, dtype, decision.chosen.label, {}, TOLERANCE[dtype], True, reason)
+        return lambda: result
+    run, operands = _vjp_program(kernel, ref.args, dtype, ref.cotangent)
+    compiled = run.lower(*operands).compile()
     label = decision.chosen.label + (" (interpret)" if interpret and decision.chosen.uses_pallas else "")
-    return CheckResult(platform, case.name, dtype, label, errors, TOLERANCE[dtype], fallback)
+
+    def finish() -> CheckResult:
+        out, grads, _ = compiled(*operands)
+        errors = {"out": relative_error(out, ref.out)}
+        errors.update({f"d{k}": relative_error(grads[k], g) for k, g in ref.grads.items()})
+        return CheckResult(platform, case.name, dtype, label, errors, TOLERANCE[dtype], fallback)
+
+    return finish
 
 
 def select_cases(names: Iterable[str] | None = None, quick: bool = False) -> tuple[CheckCase, ...]:
@@ -320,20 +352,30 @@ def select_cases(names: Iterable[str] | None = None, quick: bool = False) -> tup
     return cases
 
 
+def default_workers() -> int:
+    """Threads that compile ``iter_check``'s rows ahead: one per CPU, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def iter_check(
     interpret: bool = False,
     platforms: Iterable[str] | None = None,
     cases: Iterable[CheckCase] = CASES,
     dtype: str | None = None,
+    workers: int | None = None,
 ) -> Iterator[CheckResult]:
-    """Yields each result as it is computed: every case on every implementation that can run here (Pallas
-    ones too with ``interpret``), or on ``platforms``. The oracle runs once per case, shared by every
+    """Yields each result in order as it is computed: every case on every implementation that can run here
+    (Pallas ones too with ``interpret``), or on ``platforms``. The oracle runs once per case, shared by every
     platform and dtype. Named ``platforms`` run every case, unserved ones on their fallback (``FALLBACK``);
     otherwise a case a platform does not serve is reported ``N/A`` and not run (the fallback's own rows
     check it).
 
+    ``workers`` threads (default ``default_workers()``) compute the oracles and compile the rows ahead;
+    each row runs on this thread, in order. ``FallbackWarning`` is ignored while the iteration runs (each
+    result says who served it).
+
     Raises:
-      ValueError: a platform that is neither known nor registered.
+      ValueError: a platform that is neither known nor registered, or ``workers < 1``.
     """
     records = list_kernels("attention")
     registered = {r["platform"] for r in records}
@@ -344,11 +386,27 @@ def iter_check(
     unknown = [p for p in platforms if p not in registered]
     if unknown:
         raise ValueError(f"unknown platform(s) {unknown}; registered: {sorted(registered)}")
-    for case in cases:
-        reference = case_reference(case)
-        for platform in platforms:
-            for d in [dtype] if dtype else _dtypes_for(platform):
-                yield run_case(platform, case, d, interpret=interpret, reference=reference, run_unserved=run_unserved)
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    cases = list(cases)
+    rows = [(case, platform, d) for case in cases for platform in platforms
+            for d in ([dtype] if dtype else _dtypes_for(platform))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ejkernel-check")
+        try:
+            # Every oracle is queued before any row, so a row waiting for its oracle never holds up one.
+            references = {case.name: pool.submit(case_reference, case) for case in cases}
+
+            def prepare(case: CheckCase, platform: str, d: str) -> Callable[[], CheckResult]:
+                return _prepare_case(platform, case, d, interpret, references[case.name].result(), run_unserved)
+
+            pending = [pool.submit(prepare, *row) for row in rows]
+            for job in pending:
+                yield job.result()()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_check(
@@ -356,9 +414,10 @@ def run_check(
     platforms: Iterable[str] | None = None,
     cases: Iterable[CheckCase] = CASES,
     dtype: str | None = None,
+    workers: int | None = None,
 ) -> list[CheckResult]:
     """``iter_check``'s results as a list."""
-    return list(iter_check(interpret, platforms, cases, dtype))
+    return list(iter_check(interpret, platforms, cases, dtype, workers))
 
 
 def _dtypes_for(platform: str) -> list[str]:

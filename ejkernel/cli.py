@@ -36,7 +36,8 @@ def _check(args: argparse.Namespace) -> int:
     named = bool(getattr(args, "platform", None))
     try:
         cases = select_cases(getattr(args, "case", None), quick=getattr(args, "quick", False))
-        results = iter_check(interpret=args.interpret, platforms=args.platform or None, cases=cases, dtype=args.dtype)
+        results = iter_check(interpret=args.interpret, platforms=args.platform or None, cases=cases, dtype=args.dtype,
+                             workers=getattr(args, "workers", None))
         first = next(results, None)  # raises here for an unknown platform, before any line is printed
     except ValueError as e:
         print(f"ejkernel check: {e}", file=sys.stderr)
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="only this compute dtype")
     check.add_argument("--case", action="append", help="only this case (repeatable; names in ejkernel.check.CASES)")
     check.add_argument("--quick", action="store_true", help="only a few representative cases (QUICK_CASES)")
+    check.add_argument("--workers", type=int, help="threads compiling the next rows ahead (default: one per CPU, at most 8)")
     bench = sub.add_parser(
         "bench", help="time the implementations beside the baselines (see bench commands below)", add_help=False
     )

@@ -147,6 +147,20 @@ def test_check_prints_each_line_as_it_finishes(monkeypatch, capsys):
     assert seen[0] == "" and seen[1].startswith("PASS") and " plain " in seen[1]
 
 
+def test_check_compiles_ahead_without_changing_results_or_order():
+    """Rows compiled by a pool of threads come back in order, with the errors of a one-thread run."""
+    cases = check.select_cases(["plain", "causal"])
+    one = check.run_check(platforms=["xla"], cases=cases, dtype="float32", workers=1)
+    pooled = check.run_check(platforms=["xla"], cases=cases, dtype="float32", workers=3)
+    assert [(r.case, r.errors) for r in pooled] == [(r.case, r.errors) for r in one]
+    assert [r.case for r in one] == ["plain", "causal"]
+
+
+def test_check_rejects_no_workers_as_usage(capsys):
+    assert cli.main(["check", "--platform", "xla", "--workers", "0"]) == 2
+    assert "workers must be at least 1" in capsys.readouterr().err
+
+
 def test_check_rejects_an_unknown_case(capsys):
     assert cli.main(["check", "--case", "no-such-case"]) == 2
     assert "unknown check case" in capsys.readouterr().err

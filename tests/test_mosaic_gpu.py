@@ -15,6 +15,8 @@ are ``tests/test_triton_attention.py``'s (what the 16-bit dtypes promise against
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import warnings
 
@@ -35,15 +37,17 @@ from parity import assert_matches_oracle
 TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3}
 # 64-key blocks: more blocks per call at the interpreter's small sizes.
 NARROW = blocks.ForwardBlocks(block_q=64, block_k=64, stages=2)
+# The same, with causal query blocks launched in index order (``heavy_first`` off).
+NARROW_IN_ORDER = blocks.ForwardBlocks(block_q=64, block_k=64, stages=2, heavy_first=False)
 
 
 # The native backward with 64-wide streamed tiles: several per CTA at these sizes.
 NARROW_BACKWARD = blocks.BackwardBlocks(dkv_block_q=64, dkv_stages=2, dq_block_k=64, dq_stages=2)
 
 
-def _narrow(**kwargs):
+def _narrow(forward_blocks=NARROW):
     """The forward with the Triton backward (the D256 default), named: the native one has its own cases."""
-    return flash_attention(**kwargs, forward_blocks=NARROW, backward="triton", interpret=True)
+    return functools.partial(flash_attention, forward_blocks=forward_blocks, backward="triton", interpret=True)
 
 
 def _native_backward(**kwargs):
@@ -108,9 +112,25 @@ CASES = [
 ]
 
 
+# One causal case runs its query blocks in launch order, the others heavy first (the default).
+IN_ORDER = {"causal-empty-rows"}
+
+
 @pytest.mark.parametrize("case,dtype", CASES, ids=[c.name for c, _ in CASES])
 def test_parity_narrow_blocks(case, dtype):
-    assert_matches_oracle(_narrow, case, dtype, TOLERANCE[dtype])
+    forward_blocks = NARROW_IN_ORDER if case.name in IN_ORDER else NARROW
+    assert_matches_oracle(_narrow(forward_blocks), case, dtype, TOLERANCE[dtype])
+
+
+def test_heavy_first_reverses_causal_query_blocks_only():
+    from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
+    from ejkernel.kernels.pallas_mosaic_gpu.tiles import heavy_first
+
+    causal = Plan(1, 512, 512, 512, 512, 1, 1, 64, 0.125, causal=True)
+    window = dataclasses.replace(causal, causal=False, window=(64, 0))
+    assert [int(heavy_first(causal, i, 4, True)) for i in range(4)] == [3, 2, 1, 0]
+    assert [int(heavy_first(causal, i, 4, False)) for i in range(4)] == [0, 1, 2, 3]
+    assert [int(heavy_first(window, i, 4, True)) for i in range(4)] == [0, 1, 2, 3]
 
 
 NATIVE_BACKWARD_CASES = [

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from ejkernel.kernels.pallas_mosaic_gpu.blocks import BackwardBlocks, ForwardBlocks
 from ejkernel.kernels.pallas_mosaic_gpu.interface import flash_attention
 
 FEATURES = {
@@ -52,3 +53,16 @@ def test_forward_and_gradients_lower_for_cuda(feature, head_dim, dtype):
     calls = lowered.as_text().count("custom_call @mosaic_gpu")
     # The forward, then dK/dV and dQ natively; at D256 the backward is Triton's (another custom call).
     assert calls == (3 if head_dim <= 128 else 1), calls
+
+
+def test_causal_query_blocks_in_launch_order_lower_for_cuda():
+    """``heavy_first`` off (the forward's and the dQ kernel's query blocks in grid order) lowers too."""
+    q = jax.ShapeDtypeStruct((1, 300, 4, 128), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((1, 260, 2, 128), jnp.bfloat16)
+    blocks = {"forward_blocks": ForwardBlocks(heavy_first=False), "backward_blocks": BackwardBlocks(dq_heavy_first=False)}
+
+    def loss(q, k, v):
+        return flash_attention(q, k, v, causal=True, dtype="bfloat16", **blocks)[0].astype(jnp.float32).sum()
+
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, kv, kv).lower(lowering_platforms=("cuda",))
+    assert lowered.as_text().count("custom_call @mosaic_gpu") == 3

@@ -49,6 +49,7 @@ from ejkernel.kernels.pallas_mosaic_gpu.compat import (
 from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
 from ejkernel.kernels.pallas_mosaic_gpu.tiles import (
     columns,
+    heavy_first,
     i32,
     key_blocks,
     mask_tile,
@@ -236,7 +237,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, pk, do_ref, lse_ref, delta_ref, dq_ref, scop
     (q_own2, do_own2, lse_own2, delta_own2, k_ring, v_ring), own_ready, (k_ready, v_ready), free, ids = scoped
     bq, bk, stages = OWNED_ROWS, c.dq_block_k, c.dq_stages
     b, h, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
-    cta_index = lax.axis_index("q_seq")
+    cta_index = heavy_first(p, lax.axis_index("q_seq"), p.q_len_pad // (CONSUMERS * bq), c.dq_heavy_first)
     cta_first = cta_index * (CONSUMERS * bq)
     length = pk.length(b)
     cta = pk.cut_cta(key_blocks(p, cta_first, CONSUMERS * bq, bk, length), b, cta_index)

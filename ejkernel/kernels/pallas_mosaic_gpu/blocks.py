@@ -67,12 +67,14 @@ OWNED_ROWS = 64
 @dataclasses.dataclass(frozen=True)
 class ForwardBlocks:
     """Tile sizes of the forward kernel: ``block_q`` rows per consumer warpgroup, ``block_k`` keys per block,
-    ``stages`` K/V slots in shared memory; ``schedule_barrier`` alternates the two consumers' tensor-core use."""
+    ``stages`` K/V slots in shared memory; ``schedule_barrier`` alternates the two consumers' tensor-core use;
+    ``heavy_first`` launches a causal call's last query blocks (the most keys) first (``tiles.heavy_first``)."""
 
     block_q: int = 64
     block_k: int = 128
     stages: int = 2
     schedule_barrier: bool = True
+    heavy_first: bool = True
 
     def __post_init__(self):
         if self.block_q != 64:
@@ -92,12 +94,15 @@ class ForwardBlocks:
 class BackwardBlocks:
     """Tile sizes of the native backward. dK/dV: each consumer keeps ``OWNED_ROWS`` keys and streams
     ``dkv_block_q``-query tiles of Q, dO, lse and delta through ``dkv_stages`` slots; dQ: each consumer
-    keeps ``OWNED_ROWS`` queries and streams ``dq_block_k``-key tiles of K and V through ``dq_stages``."""
+    keeps ``OWNED_ROWS`` queries and streams ``dq_block_k``-key tiles of K and V through ``dq_stages``;
+    ``dq_heavy_first`` as ``ForwardBlocks.heavy_first`` for the dQ kernel (the dK/dV kernel's first key
+    blocks are already its longest under a causal mask)."""
 
     dkv_block_q: int = 64
     dkv_stages: int = 2
     dq_block_k: int = 128
     dq_stages: int = 2
+    dq_heavy_first: bool = True
 
     def __post_init__(self):
         for name in ("dkv_block_q", "dq_block_k"):

@@ -44,7 +44,7 @@ from ejkernel.kernels.pallas_mosaic_gpu.compat import (
     with_layout,
 )
 from ejkernel.kernels.pallas_mosaic_gpu.plan import Plan
-from ejkernel.kernels.pallas_mosaic_gpu.tiles import NEG_INIT, i32, key_blocks, mask_tile, nested_in, rows
+from ejkernel.kernels.pallas_mosaic_gpu.tiles import NEG_INIT, heavy_first, i32, key_blocks, mask_tile, nested_in, rows
 from ejkernel.ops.attention.layouts import kv_head
 from ejkernel.ops.attention.logits import tanh_from_exp2, transform_logits
 from ejkernel.ops.attention.merge import normalize_rows
@@ -62,7 +62,7 @@ def _kernel(q_ref, k_ref, v_ref, pk, o_ref, lse_ref, scoped, *, p: Plan, c: Forw
     (q_smem2, k_smem, v_smem, lse_smem2), (k_ready, v_ready, q_ready), (k_free, v_free), schedule_bar, ids = scoped
     bq, bk, stages = c.block_q, c.block_k, c.stages
     b, h, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
-    cta_index = lax.axis_index("q_seq")
+    cta_index = heavy_first(p, lax.axis_index("q_seq"), p.q_len_pad // c.q_multiple, c.heavy_first)
     cta_first = cta_index * (CONSUMERS * bq)
     length = pk.length(b)
     cta = pk.cut_cta(key_blocks(p, cta_first, CONSUMERS * bq, bk, length), b, cta_index)

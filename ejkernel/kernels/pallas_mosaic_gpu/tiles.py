@@ -33,6 +33,7 @@ __all__ = [
     "columns",
     "mask_tile",
     "mask_tile_transposed",
+    "heavy_first",
 ]
 
 NEG_INIT = -1e30  # initial running max: below every finite logit, above -inf
@@ -41,6 +42,18 @@ NEG_INIT = -1e30  # initial running max: below every finite logit, above -inf
 def i32(x: Any) -> Any:
     """``x`` as an int32 scalar (a Python int would become int64 under ``jax_enable_x64``)."""
     return jnp.asarray(x, jnp.int32)
+
+
+def heavy_first(p: Plan, index: Any, count: int, enabled: bool) -> Any:
+    """The query block a query-side CTA (forward, dQ) of grid index ``index`` (of ``count``) takes.
+
+    Under a causal mask a later query block sees more keys. The grid launches its CTAs in index order, so
+    with ``enabled`` (and a causal mask) the last block goes first: the longest CTAs start in the first
+    wave and the short ones fill the last, instead of the longest ones running alone at the end.
+    """
+    if enabled and p.causal:
+        return i32(count - 1) - index
+    return index
 
 
 def key_blocks(p: Plan, q_first: Any, num_rows: int, block_k: int, kv_length: Any = None) -> tuple[Any, Any, Any, Any]:
