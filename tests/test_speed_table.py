@@ -118,7 +118,7 @@ def test_build_table_keeps_our_platforms_and_averages_a_class():
         _record("ejkernel:xla", "fwd", 0.0, status="n/a"),  # did not run
         _record("ejkernel:triton", "fwd", 50.0, q_len=1),  # a decode step: no class
     ]
-    table = speed.build_table(results, "NVIDIA H200", "ejkernel bench --grid fa3")
+    table = speed.build_table([results], "NVIDIA H200", "ejkernel bench --grid fa3")
     assert table["schema"] == speed.SCHEMA and table["device_kind"] == "NVIDIA H200"
     assert table["classes"] == {
         "bfloat16/d128/causal/s4096": {
@@ -126,6 +126,16 @@ def test_build_table_keeps_our_platforms_and_averages_a_class():
             "triton": {"fwd": 410.0, "fwd+bwd": 300.0},
         },
         "bfloat16/d128/causal/s2048": {"mosaic_gpu": {"fwd": 600.0}},
+    }
+
+
+def test_build_table_a_later_run_replaces_what_it_measured_again():
+    older = [_record("ejkernel:mosaic_gpu", "fwd", 500.0), _record("ejkernel:mosaic_gpu", "fwd+bwd", 400.0),
+             _record("ejkernel:cudnn", "fwd", 550.0)]
+    newer = [_record("ejkernel:mosaic_gpu", "fwd", 600.0), _record("ejkernel:mosaic_gpu", "fwd", 620.0)]
+    classes = speed.build_table([older, newer], "NVIDIA H200", "two runs")["classes"]
+    assert classes == {
+        "bfloat16/d128/causal/s4096": {"cudnn": {"fwd": 550.0}, "mosaic_gpu": {"fwd": 610.0, "fwd+bwd": 400.0}}
     }
 
 
@@ -273,7 +283,8 @@ def test_bench_table_writes_the_table_of_one_device_kind(tmp_path, capsys):
         table["device_kind"] == "NVIDIA H200"
         and table["source"] == "ejkernel bench --grid fa3 | ejkernel bench --grid fa3"
     )
-    assert table["classes"]["bfloat16/d128/causal/s4096"] == {"cudnn": {"fwd": 500.0}, "triton": {"fwd": 410.0}}
+    # b.json, the later run, measured triton again: its 420 replaces a.json's 400; cuDNN keeps a.json's.
+    assert table["classes"]["bfloat16/d128/causal/s4096"] == {"cudnn": {"fwd": 500.0}, "triton": {"fwd": 420.0}}
 
     other = result("c.json", "NVIDIA H100", [_record("ejkernel:triton", "fwd", 300.0)])
     assert run_table([a, other, "--out", str(out)]) == 2

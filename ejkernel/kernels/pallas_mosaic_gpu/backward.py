@@ -19,7 +19,8 @@ forward visits).
   tile that sees its keys, it recomputes ``Sᵀ = K·Qᵀ``, ``Pᵀ``, then ``dV += Pᵀ·dO``, ``dPᵀ = V·dOᵀ``,
   ``dSᵀ = Pᵀ ∘ (dPᵀ − delta)``, ``dK += dSᵀ·Q``;
 - dQ: a CTA keeps ``2 * 64`` query rows of one head and streams the key tiles they see: ``S = Q·Kᵀ``,
-  ``P``, ``dP = dO·Vᵀ``, ``dS = P ∘ (dP − delta)``, ``dQ += dS·K``.
+  ``P``, ``dP = dO·Vᵀ``, ``dS = P ∘ (dP − delta)``, ``dQ += dS·K``; under a causal mask its CTAs take
+  their query blocks last first, as the forward's (``BackwardBlocks.dq_heavy_first``).
 
 With a soft cap, the logits are ``logits.transform_logits``' (the forward's, ``tanh_from_exp2``) and dS is
 taken through the cap by ``logits.cap_gradient``. Every product is a wgmma with a float32 accumulator

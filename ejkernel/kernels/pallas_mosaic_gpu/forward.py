@@ -17,6 +17,9 @@ Each CTA runs three warpgroups:
   (``compat``), the online softmax is float32 in base 2.
 - a schedule barrier alternates the consumers: one issues its wgmmas while the other does its softmax.
 
+Under a causal mask the grid's CTAs take their query blocks last first (``tiles.heavy_first``,
+``ForwardBlocks.heavy_first``), so the CTAs with the most keys start first.
+
 GQA reads K/V head ``h // group`` (``layouts.kv_head``); nothing is repeated. With key lengths the ranges
 end at the row's length; with segment ids they are cut to the CTA's and each consumer's spans, and the
 producer streams each key block's ids beside K into a ring of their own (``packing``).

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -108,31 +108,36 @@ def measured_speeds(features: Any, device_kind: str, mode: str | None = None) ->
     return {}
 
 
-def build_table(results: list[dict[str, Any]], device_kind: str, source: str) -> dict[str, Any]:
-    """A speed table from ``ejkernel bench`` results: the mean TFLOP/s of every ``ejkernel:<platform>`` row
-    that ran (status ok) per class and mode. An ``ejkernel:auto`` row counts for the platform that served it
-    (``served_by``: the same call, dispatched); baselines are not platforms and are left out."""
-    sums: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for r in results:
-        impl = r.get("impl", "")
-        if r.get("status") != "ok" or not impl.startswith("ejkernel:") or impl.count(":") != 1:
-            continue
-        platform = impl.split(":", 1)[1]
-        if platform == "auto":  # served_by is the serving implementation's label, "<platform>[:<variant>]"
-            platform = (r.get("served_by") or "").split(":", 1)[0]
-            if not platform:
+def build_table(runs: Sequence[Sequence[dict[str, Any]]], device_kind: str, source: str) -> dict[str, Any]:
+    """A speed table from ``ejkernel bench`` results, one list of rows per run, oldest first.
+
+    Each ``ejkernel:<platform>`` row that ran (status ok) counts for its class and mode; an ``ejkernel:auto``
+    row counts for the platform that served it (``served_by``: the same call, dispatched); baselines are not
+    platforms and are left out. Within a run the rows of a (class, platform, mode) are averaged; a later
+    run that measured it replaces the earlier ones, which may have timed an older version of the kernel.
+    """
+    latest: dict[tuple[str, str, str], tuple[int, list[float]]] = {}
+    for index, run in enumerate(runs):
+        for r in run:
+            impl = r.get("impl", "")
+            if r.get("status") != "ok" or not impl.startswith("ejkernel:") or impl.count(":") != 1:
                 continue
-        s = r["shape"]
-        if s["num_q_heads"] % s["num_kv_heads"]:
-            continue
-        name = shape_class(r["dtype"], s["head_dim"], r["causal"], s["q_len"], s["kv_len"])
-        if name is None:
-            continue
-        sums.setdefault(name, {}).setdefault(platform, {}).setdefault(r["mode"], []).append(float(r["tflops"]))
-    classes = {
-        name: {
-            p: {mode: round(sum(v) / len(v), 1) for mode, v in sorted(modes.items())} for p, modes in sorted(ps.items())
-        }
-        for name, ps in sorted(sums.items())
-    }
+            platform = impl.split(":", 1)[1]
+            if platform == "auto":  # served_by is the serving implementation's label, "<platform>[:<variant>]"
+                platform = (r.get("served_by") or "").split(":", 1)[0]
+                if not platform:
+                    continue
+            s = r["shape"]
+            if s["num_q_heads"] % s["num_kv_heads"]:
+                continue
+            name = shape_class(r["dtype"], s["head_dim"], r["causal"], s["q_len"], s["kv_len"])
+            if name is None:
+                continue
+            key = (name, platform, r["mode"])
+            if key not in latest or latest[key][0] < index:
+                latest[key] = (index, [])
+            latest[key][1].append(float(r["tflops"]))
+    classes: dict[str, dict[str, dict[str, float]]] = {}
+    for (name, platform, mode), (_, rates) in sorted(latest.items()):
+        classes.setdefault(name, {}).setdefault(platform, {})[mode] = round(sum(rates) / len(rates), 1)
     return {"schema": SCHEMA, "device_kind": device_kind, "source": source, "classes": classes}
