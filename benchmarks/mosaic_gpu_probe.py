@@ -23,6 +23,9 @@ every line flushed as it finishes:
 6. ``order-*``: causal D128 with the query blocks launched heavy first (the default) or in grid order:
    the forward at S8192 and S16384 (``ForwardBlocks.heavy_first``), forward+backward with the native
    backward at S8192 (``BackwardBlocks.dq_heavy_first``).
+7. ``persistent-*``: the forward on a grid over the query blocks (``persistent_ctas=0``, the default) or on
+   one CTA per SM looping over them (``ForwardBlocks.persistent_ctas``), non-causal and causal, D64, D128
+   and D256 at S8192 (the FA3 grid's heads) and D128 at S16384.
 
 The native backward (``backward="mosaic"``, not yet the default) has its own stages, all in ``--native``:
 
@@ -257,6 +260,9 @@ TIMING = {
     "time-b2-s8192-d128": (2, 8192, 16, 128, False),
     "time-b2-s8192-d128-causal": (2, 8192, 16, 128, True),
     "time-b1-s16384-d128-causal": (1, 16384, 16, 128, True),
+    "time-b1-s16384-d128": (1, 16384, 16, 128, False),
+    "time-b2-s8192-d64": (2, 8192, 32, 64, False),
+    "time-b2-s8192-d256": (2, 8192, 8, 256, False),
     "time-b4-s2048-d128": (4, 2048, 16, 128, False),
     "time-b4-s2048-d128-causal": (4, 2048, 16, 128, True),
     "time-b4-s2048-d64": (4, 2048, 16, 64, False),
@@ -352,6 +358,24 @@ def order_variants():
     return out
 
 
+def persistent_variants():
+    """``persistent-*`` stages: ``(timing cell, forward blocks)``, the grid's and one CTA per SM's."""
+    import dataclasses
+
+    from ejkernel.kernels.pallas_mosaic_gpu.blocks import choose_forward_blocks
+
+    sms = getattr(jax.devices()[0], "core_count", None) or 132
+    out = {}
+    for cell in ("time-b2-s8192-d64", "time-b2-s8192-d128", "time-b2-s8192-d256", "time-b1-s16384-d128",
+                 "time-b2-s8192-d128-causal"):
+        b, s, h, d, causal = TIMING[cell]
+        grid = choose_forward_blocks(d, s)
+        name = cell.removeprefix("time-")
+        out[f"persistent-grid-{name}"] = (cell, grid)
+        out[f"persistent-sms-{name}"] = (cell, dataclasses.replace(grid, persistent_ctas=sms))
+    return out
+
+
 def _isolated(compiles: list[str], timeout: int, what: str) -> bool:
     """Runs the compile stages ``compiles`` in a child process with a time limit; whether they may go on.
 
@@ -403,6 +427,10 @@ def main() -> None:
         n: (lambda n=n, cell=cell, f=f, bb=bb: timing(cell, a.calls, a.rounds, None if bb else ("mosaic_gpu",), f, n,
                                                      backward_blocks=bb))
         for n, (cell, f, bb) in order_variants().items()
+    }
+    stages |= {
+        n: (lambda n=n, cell=cell, f=f: timing(cell, a.calls, a.rounds, ("mosaic_gpu",), f, n))
+        for n, (cell, f) in persistent_variants().items()
     }
     native_stages = ("compile-bwd-", "parity-native-", "time-native-", "bwd-blocks-")
     if a.list:

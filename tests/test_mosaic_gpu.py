@@ -372,6 +372,39 @@ def test_packing_parity_native_backward(case, dtype):
     assert_matches_oracle(_narrow_native, case, dtype, TOLERANCE[dtype])
 
 
+PERSISTENT_CASES = [
+    # Causal GQA over two rows: 2 x 2 heads x 3 query blocks = 12 items on 5 CTAs (two or three each, in the
+    # ring's continued phases); ragged keys.
+    (CheckCase("causal-gqa-b2", batch=2, q_len=300, kv_len=260, num_q_heads=2, num_kv_heads=1, head_dim=64,
+               causal=True), 5),
+    # Segment ids with key lengths: the ids' rings continue across items too; 3 CTAs for 4 items.
+    (CheckCase("packed+lengths", batch=2, q_len=200, kv_len=200, num_q_heads=1, num_kv_heads=1, head_dim=64,
+               causal=True, packed_docs=3, kv_lengths=True), 3),
+    # More CTAs than items: the spare ones take none.
+    (CheckCase("window-spare-ctas", batch=1, q_len=256, kv_len=256, num_q_heads=1, num_kv_heads=1, head_dim=64,
+               sliding_window=(40, 70)), 4),
+]
+if os.environ.get("HYPOTHESIS_PROFILE", "ci") != "thorough":
+    PERSISTENT_CASES = PERSISTENT_CASES[:2]
+
+
+@pytest.mark.parametrize("case,ctas", PERSISTENT_CASES, ids=[c.name for c, _ in PERSISTENT_CASES])
+def test_persistent_forward_equals_the_grid_forward(case, ctas):
+    """CTAs looping over the (batch, head, query block) items compute each item as the grid's CTA does:
+    output and lse are bitwise those of the grid over the items (whose parity the cases above test)."""
+    args = make_inputs(case, seed=7)
+    persistent = dataclasses.replace(NARROW, persistent_ctas=ctas)
+    got = flash_attention_with_lse(**args, dtype="bfloat16", forward_blocks=persistent, interpret=True)
+    want = flash_attention_with_lse(**args, dtype="bfloat16", forward_blocks=NARROW, interpret=True)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))
+
+
+def test_persistent_ctas_must_not_be_negative():
+    with pytest.raises(ValueError, match="persistent_ctas"):
+        blocks.ForwardBlocks(persistent_ctas=-1)
+
+
 @pytest.mark.infs_by_design("its inputs hold Inf and NaN on purpose")
 def test_keys_no_query_may_see_never_influence_anything():
     """NaN and Inf in K and V past kv_lengths and in a segment no query has: output and gradients equal

@@ -8,6 +8,7 @@ one at D256), each in a fresh trace.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -66,3 +67,16 @@ def test_causal_query_blocks_in_launch_order_lower_for_cuda():
 
     lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, kv, kv).lower(lowering_platforms=("cuda",))
     assert lowered.as_text().count("custom_call @mosaic_gpu") == 3
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_persistent_forward_lowers_for_cuda(head_dim):
+    """``ForwardBlocks.persistent_ctas``: the H200's 132 CTAs looping over the query blocks, causal."""
+    from ejkernel.kernels.pallas_mosaic_gpu.blocks import choose_forward_blocks
+
+    q = jax.ShapeDtypeStruct((2, 1024, 4, head_dim), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((2, 1024, 2, head_dim), jnp.bfloat16)
+    blocks = dataclasses.replace(choose_forward_blocks(head_dim, 1024), persistent_ctas=132)
+    fn = lambda q, k, v: flash_attention(q, k, v, causal=True, dtype="bfloat16", forward_blocks=blocks)[0]  # noqa: E731
+    lowered = jax.jit(fn).trace(q, kv, kv).lower(lowering_platforms=("cuda",))
+    assert lowered.as_text().count("custom_call @mosaic_gpu") == 1

@@ -68,13 +68,17 @@ OWNED_ROWS = 64
 class ForwardBlocks:
     """Tile sizes of the forward kernel: ``block_q`` rows per consumer warpgroup, ``block_k`` keys per block,
     ``stages`` K/V slots in shared memory; ``schedule_barrier`` alternates the two consumers' tensor-core use;
-    ``heavy_first`` launches a causal call's last query blocks (the most keys) first (``tiles.heavy_first``)."""
+    ``heavy_first`` launches a causal call's last query blocks (the most keys) first (``tiles.heavy_first``);
+    ``persistent_ctas`` (0: one CTA per query block) runs that many CTAs, each looping over every
+    ``persistent_ctas``-th (batch, head, query block), so that the producer streams the next block's K/V
+    while the consumers write the last one's output."""
 
     block_q: int = 64
     block_k: int = 128
     stages: int = 2
     schedule_barrier: bool = True
     heavy_first: bool = True
+    persistent_ctas: int = 0
 
     def __post_init__(self):
         if self.block_q != 64:
@@ -83,6 +87,9 @@ class ForwardBlocks:
             raise ValueError(f"block_k must be 64, 128, 192 or 256, got {self.block_k}")
         if self.stages < 2:
             raise ValueError(f"stages must be at least 2, got {self.stages}")
+        if self.persistent_ctas < 0:
+            raise ValueError(f"persistent_ctas must be 0 (a grid over the query blocks) or positive, got "
+                             f"{self.persistent_ctas}")
 
     @property
     def q_multiple(self) -> int:

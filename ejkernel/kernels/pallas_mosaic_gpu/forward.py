@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,18 +63,45 @@ CONSUMER_REGISTERS = 232
 PRODUCER_REGISTERS = 40
 
 
+def _work_item(p: Plan, q_blocks: int, w: Any) -> tuple[Any, Any, Any]:
+    """``(batch, head, query block)`` of work item ``w`` in the grid's order: heads fastest, then query
+    blocks, then batch."""
+    h = lax.rem(w, i32(p.num_q_heads))
+    rest = lax.div(w, i32(p.num_q_heads))
+    return lax.div(rest, i32(q_blocks)), h, lax.rem(rest, i32(q_blocks))
+
+
+def _for_each_item(p: Plan, c: ForwardBlocks, body: Callable[[Any, Any, Any, Any], Any]) -> Any:
+    """Runs ``body(batch, head, query block, step)`` for each work item of this CTA, threading ``step`` (the
+    ring steps taken so far) through; returns the last one. One item a CTA on a grid over the items; with
+    ``c.persistent_ctas``, CTA ``i`` takes items ``i, i + n, i + 2n, ...`` of the ``n`` CTAs."""
+    q_blocks = p.q_len_pad // c.q_multiple
+    if not c.persistent_ctas:
+        b, h, qb = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("q_seq")
+        return body(b, h, qb, i32(0))
+    total, stride = p.batch * p.num_q_heads * q_blocks, c.persistent_ctas
+    first = lax.axis_index("cta")
+    count = lax.div(i32(total + stride - 1) - first, i32(stride))
+
+    def one(t, step):
+        b, h, qb = _work_item(p, q_blocks, first + t * stride)
+        return body(b, h, qb, step)
+
+    return lax.fori_loop(i32(0), count, one, i32(0))
+
+
 def _kernel(q_ref, k_ref, v_ref, pk, o_ref, lse_ref, scoped, *, p: Plan, c: ForwardBlocks):
     (q_smem2, k_smem, v_smem, lse_smem2), (k_ready, v_ready, q_ready), (k_free, v_free), schedule_bar, ids = scoped
     bq, bk, stages = c.block_q, c.block_k, c.stages
-    b, h, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
-    cta_index = heavy_first(p, lax.axis_index("q_seq"), p.q_len_pad // c.q_multiple, c.heavy_first)
-    cta_first = cta_index * (CONSUMERS * bq)
-    length = pk.length(b)
-    cta = pk.cut_cta(key_blocks(p, cta_first, CONSUMERS * bq, bk, length), b, cta_index)
-    lo, hi = cta[0], cta[3]
+    wg = lax.axis_index("wg")
+    q_blocks = p.q_len_pad // c.q_multiple
 
-    def slot_of(kb):
-        return lax.rem(kb - lo, i32(stages))
+    def item_range(b, qb):
+        """The item's CTA index (its query block, heavy first), first row, row length and key blocks."""
+        cta_index = heavy_first(p, qb, q_blocks, c.heavy_first)
+        cta_first = cta_index * (CONSUMERS * bq)
+        length = pk.length(b)
+        return cta_index, cta_first, length, pk.cut_cta(key_blocks(p, cta_first, CONSUMERS * bq, bk, length), b, cta_index)
 
     def schedule():
         if c.schedule_barrier:
@@ -84,117 +113,144 @@ def _kernel(q_ref, k_ref, v_ref, pk, o_ref, lse_ref, scoped, *, p: Plan, c: Forw
         if not p.interpret:
             plgpu.set_max_registers(CONSUMER_REGISTERS, action="increase")
         q_smem, lse_smem = q_smem2.at[wg], lse_smem2.at[wg]
-        q_first = cta_first + wg * bq
-        plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q_first, bq), h], q_smem, q_ready.at[wg])
-        q_ids = None
-        if p.segments:
-            (q_ids_smem2, _), (q_ids_ready, _) = ids
-            plgpu.copy_gmem_to_smem(pk.rows_ids.at[b, pl.ds(q_first, bq)], q_ids_smem2.at[wg], q_ids_ready.at[wg])
-            plgpu.barrier_wait(q_ids_ready.at[wg])
-            q_ids = load_vector(q_ids_smem2.at[wg], 1, p.interpret)
-        plgpu.barrier_wait(q_ready.at[wg])
-        own = pk.cut_own(key_blocks(p, q_first, bq, bk, length), b, CONSUMERS * cta_index + wg)
-        own_lo, interior_lo, interior_hi, own_hi = nested_in(cta, own)
 
-        def step(kb, carry, mode: str):
-            slot = slot_of(kb)
-            plgpu.barrier_wait(k_ready.at[slot])
-            kv_ids = None
+        def item(b, h, qb, step):
+            cta_index, cta_first, length, cta = item_range(b, qb)
+            lo, hi = cta[0], cta[3]
+
+            def slot_of(kb):
+                return lax.rem(step + kb - lo, i32(stages))
+
+            q_first = cta_first + wg * bq
+            if c.persistent_ctas:  # the previous item's output and lse have left q_smem and lse_smem
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q_first, bq), h], q_smem, q_ready.at[wg])
+            q_ids = None
             if p.segments:
-                (_, kv_ids_ring), (_, kv_ids_ready) = ids
-                plgpu.barrier_wait(kv_ids_ready.at[slot])
-                if mode == "masked":  # read before the slot is freed
-                    kv_ids = load_vector(kv_ids_ring.at[slot], 0, p.interpret)
-            if mode == "pass":  # not this warpgroup's block: let the slot go, keep the schedule in step
-                plgpu.barrier_wait(v_ready.at[slot])
+                (q_ids_smem2, _), (q_ids_ready, _) = ids
+                plgpu.copy_gmem_to_smem(pk.rows_ids.at[b, pl.ds(q_first, bq)], q_ids_smem2.at[wg], q_ids_ready.at[wg])
+                plgpu.barrier_wait(q_ids_ready.at[wg])
+                q_ids = load_vector(q_ids_smem2.at[wg], 1, p.interpret)
+            plgpu.barrier_wait(q_ready.at[wg])
+            own = pk.cut_own(key_blocks(p, q_first, bq, bk, length), b, CONSUMERS * cta_index + wg)
+            own_lo, interior_lo, interior_hi, own_hi = nested_in(cta, own)
+
+            def step_fn(kb, carry, mode: str):
+                slot = slot_of(kb)
+                plgpu.barrier_wait(k_ready.at[slot])
+                kv_ids = None
+                if p.segments:
+                    (_, kv_ids_ring), (_, kv_ids_ready) = ids
+                    plgpu.barrier_wait(kv_ids_ready.at[slot])
+                    if mode == "masked":  # read before the slot is freed
+                        kv_ids = load_vector(kv_ids_ring.at[slot], 0, p.interpret)
+                if mode == "pass":  # not this warpgroup's block: let the slot go, keep the schedule in step
+                    plgpu.barrier_wait(v_ready.at[slot])
+                    plgpu.barrier_arrive(k_free.at[slot])
+                    plgpu.barrier_arrive(v_free.at[slot])
+                    schedule()
+                    schedule()
+                    return carry
+                acc, m, denom = carry
+                s = scores(q_smem, k_smem.at[slot], p.interpret, after_issue=schedule)
                 plgpu.barrier_arrive(k_free.at[slot])
+                s2, _ = transform_logits(s, p.softmax_scale, p.logits_soft_cap, base2=True, tanh=tanh_from_exp2)
+                if mode == "masked":
+                    s2 = mask_tile(p, s2, q_first, kb * bk, length, q_ids, kv_ids)
+                m_new = jnp.maximum(m, s2.max(axis=1))
+                alpha = jnp.exp2(m - m_new)
+                prob = jnp.exp2(s2 - rows(m_new, s2.shape))
+                acc = acc * rows(alpha, acc.shape)
+                denom = denom * alpha + prob.sum(axis=1)
+                prob = prob.astype(q_smem.dtype)
+                if c.schedule_barrier:
+                    plgpu.barrier_arrive(schedule_bar)  # softmax done
+                plgpu.barrier_wait(v_ready.at[slot])
+                if c.schedule_barrier:
+                    plgpu.barrier_wait(schedule_bar)  # the other consumer's wgmmas are issued
+                acc = accumulate_pv(acc, prob, v_smem.at[slot], p.interpret)
                 plgpu.barrier_arrive(v_free.at[slot])
-                schedule()
-                schedule()
-                return carry
+                return acc, m_new, denom
+
+            row_layout = plgpu.Layout.WGMMA.reduce(1)
+            carry = (
+                with_layout(jnp.zeros((bq, p.head_dim), jnp.float32), plgpu.Layout.WGMMA, p.interpret),
+                with_layout(jnp.full((bq,), NEG_INIT, jnp.float32), row_layout, p.interpret),
+                with_layout(jnp.zeros((bq,), jnp.float32), row_layout, p.interpret),
+            )
+            pl.when(wg == 1)(schedule)
+            for start, stop, mode in (
+                (lo, own_lo, "pass"),
+                (own_lo, interior_lo, "masked"),
+                (interior_lo, interior_hi, "interior"),
+                (interior_hi, own_hi, "masked"),
+                (own_hi, hi, "pass"),
+            ):
+                carry = lax.fori_loop(start, stop, functools.partial(step_fn, mode=mode), carry)
+            pl.when(wg == 0)(schedule)
+
             acc, m, denom = carry
-            s = scores(q_smem, k_smem.at[slot], p.interpret, after_issue=schedule)
-            plgpu.barrier_arrive(k_free.at[slot])
-            s2, _ = transform_logits(s, p.softmax_scale, p.logits_soft_cap, base2=True, tanh=tanh_from_exp2)
-            if mode == "masked":
-                s2 = mask_tile(p, s2, q_first, kb * bk, length, q_ids, kv_ids)
-            m_new = jnp.maximum(m, s2.max(axis=1))
-            alpha = jnp.exp2(m - m_new)
-            prob = jnp.exp2(s2 - rows(m_new, s2.shape))
-            acc = acc * rows(alpha, acc.shape)
-            denom = denom * alpha + prob.sum(axis=1)
-            prob = prob.astype(q_smem.dtype)
-            if c.schedule_barrier:
-                plgpu.barrier_arrive(schedule_bar)  # softmax done
-            plgpu.barrier_wait(v_ready.at[slot])
-            if c.schedule_barrier:
-                plgpu.barrier_wait(schedule_bar)  # the other consumer's wgmmas are issued
-            acc = accumulate_pv(acc, prob, v_smem.at[slot], p.interpret)
-            plgpu.barrier_arrive(v_free.at[slot])
-            return acc, m_new, denom
+            # m is in base 2: m * ln 2 is the natural-log max, so lse comes out in natural log.
+            out, lse = normalize_rows(acc, m * math.log(2.0), denom, broadcast=rows)
+            q_smem[...] = out.astype(q_smem.dtype)
+            lse_smem[...] = lse
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(q_smem, o_ref.at[b, pl.ds(q_first, bq), h])
+            plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[b, h, pl.ds(q_first, bq)])
+            return step + (hi - lo)
 
-        row_layout = plgpu.Layout.WGMMA.reduce(1)
-        carry = (
-            with_layout(jnp.zeros((bq, p.head_dim), jnp.float32), plgpu.Layout.WGMMA, p.interpret),
-            with_layout(jnp.full((bq,), NEG_INIT, jnp.float32), row_layout, p.interpret),
-            with_layout(jnp.zeros((bq,), jnp.float32), row_layout, p.interpret),
-        )
-        pl.when(wg == 1)(schedule)
-        for start, stop, mode in (
-            (lo, own_lo, "pass"),
-            (own_lo, interior_lo, "masked"),
-            (interior_lo, interior_hi, "interior"),
-            (interior_hi, own_hi, "masked"),
-            (own_hi, hi, "pass"),
-        ):
-            carry = lax.fori_loop(start, stop, functools.partial(step, mode=mode), carry)
-        pl.when(wg == 0)(schedule)
-
-        acc, m, denom = carry
-        # m is in base 2: m * ln 2 is the natural-log max, so lse comes out in natural log.
-        out, lse = normalize_rows(acc, m * math.log(2.0), denom, broadcast=rows)
-        q_smem[...] = out.astype(q_smem.dtype)
-        lse_smem[...] = lse
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(q_smem, o_ref.at[b, pl.ds(q_first, bq), h])
-        plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[b, h, pl.ds(q_first, bq)])
+        _for_each_item(p, c, item)
         plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == CONSUMERS)
     def _producer():
         if not p.interpret:
             plgpu.set_max_registers(PRODUCER_REGISTERS, action="decrease")
-        hkv = kv_head(h, p.group)
 
-        def load(kb, wait_free: bool):
-            slot = slot_of(kb)
-            keys = (b, pl.ds(kb * bk, bk), hkv)
-            if wait_free:
-                plgpu.barrier_wait(k_free.at[slot])
-            plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem.at[slot], k_ready.at[slot])
-            if p.segments:  # the key ids share K's slot and its free barrier
-                (_, kv_ids_ring), (_, kv_ids_ready) = ids
-                plgpu.copy_gmem_to_smem(pk.other_ids.at[b, pl.ds(kb * bk, bk)], kv_ids_ring.at[slot],
-                                        kv_ids_ready.at[slot])
-            if wait_free:
-                plgpu.barrier_wait(v_free.at[slot])
-            plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem.at[slot], v_ready.at[slot])
+        def item(b, h, qb, step):
+            _, _, _, cta = item_range(b, qb)
+            lo, hi = cta[0], cta[3]
+            hkv = kv_head(h, p.group)
 
-        for i in range(stages):  # fill the ring
-            pl.when(lo + i < hi)(functools.partial(load, lo + i, False))
+            def load(kb, wait_free):
+                t = step + kb - lo  # the ring step: slot t % stages, free once the step t - stages is done
+                slot = lax.rem(t, i32(stages))
+                keys = (b, pl.ds(kb * bk, bk), hkv)
+                when(wait_free(t), lambda: plgpu.barrier_wait(k_free.at[slot]))
+                plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem.at[slot], k_ready.at[slot])
+                if p.segments:  # the key ids share K's slot and its free barrier
+                    (_, kv_ids_ring), (_, kv_ids_ready) = ids
+                    plgpu.copy_gmem_to_smem(pk.other_ids.at[b, pl.ds(kb * bk, bk)], kv_ids_ring.at[slot],
+                                            kv_ids_ready.at[slot])
+                when(wait_free(t), lambda: plgpu.barrier_wait(v_free.at[slot]))
+                plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem.at[slot], v_ready.at[slot])
 
-        def refill(kb, carry):
-            load(kb, True)
+            if c.persistent_ctas:  # one loop: a slot is fresh only in the CTA's first `stages` steps
+                lax.fori_loop(lo, hi, lambda kb, carry: (load(kb, lambda t: t >= stages), carry)[1], None)
+            else:
+                for i in range(stages):  # fill the ring
+                    pl.when(lo + i < hi)(functools.partial(load, lo + i, lambda t: False))
+                lax.fori_loop(lo + stages, jnp.maximum(hi, lo + stages),
+                              lambda kb, carry: (load(kb, lambda t: True), carry)[1], None)
+            return step + (hi - lo)
+
+        steps = _for_each_item(p, c, item)
+
+        def drain(t, carry):  # every phase of a barrier is observed (the interpreter checks it)
+            plgpu.barrier_wait(k_free.at[lax.rem(t, i32(stages))])
+            plgpu.barrier_wait(v_free.at[lax.rem(t, i32(stages))])
             return carry
 
-        lax.fori_loop(lo + stages, jnp.maximum(hi, lo + stages), refill, None)
+        lax.fori_loop(jnp.maximum(steps - stages, 0), steps, drain, None)
 
-        def drain(kb, carry):  # every phase of a barrier is observed (the interpreter checks it)
-            plgpu.barrier_wait(k_free.at[slot_of(kb)])
-            plgpu.barrier_wait(v_free.at[slot_of(kb)])
-            return carry
 
-        lax.fori_loop(jnp.maximum(lo, hi - stages), hi, drain, None)
+def when(condition: Any, fn: Callable[[], Any]) -> None:
+    """``fn()`` if ``condition`` holds: at trace time for a Python bool, in the kernel for a traced one."""
+    if isinstance(condition, bool):
+        if condition:
+            fn()
+    else:
+        pl.when(condition)(fn)
 
 
 def _entry(*refs, p: Plan, c: ForwardBlocks):
@@ -239,11 +295,15 @@ def forward_call(p: Plan, c: ForwardBlocks, q, k, v, ops: packing.Operands = pac
         jax.ShapeDtypeStruct(q.shape, q.dtype),
         jax.ShapeDtypeStruct((p.batch, p.num_q_heads, p.q_len_pad), jnp.float32),
     )
+    if c.persistent_ctas:
+        grid, grid_names = (c.persistent_ctas,), ("cta",)
+    else:
+        grid, grid_names = (p.num_q_heads, p.q_len_pad // c.q_multiple, p.batch), ("heads", "q_seq", "batch")
     kernel = plgpu.kernel(
         named(functools.partial(_entry, p=p, c=c), "ejk_mgpu_fwd"),
         out_type=out_type,
-        grid=(p.num_q_heads, p.q_len_pad // c.q_multiple, p.batch),
-        grid_names=("heads", "q_seq", "batch"),
+        grid=grid,
+        grid_names=grid_names,
         num_threads=CONSUMERS + 1,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
