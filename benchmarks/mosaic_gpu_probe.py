@@ -24,8 +24,8 @@ every line flushed as it finishes:
    the forward at S8192 and S16384 (``ForwardBlocks.heavy_first``), forward+backward with the native
    backward at S8192 (``BackwardBlocks.dq_heavy_first``).
 7. ``persistent-*``: the forward on a grid over the query blocks (``persistent_ctas=0``, the default) or on
-   one CTA per SM looping over them (``ForwardBlocks.persistent_ctas``), non-causal and causal, D64, D128
-   and D256 at S8192 (the FA3 grid's heads) and D128 at S16384.
+   one CTA per SM looping over them (``ForwardBlocks.persistent_ctas``): non-causal D128 at S512, S2048,
+   S8192 and S16384, D64 and D256 at S8192 (the FA3 grid's batch and heads), and causal D128 at S8192.
 
 The native backward (``backward="mosaic"``, not yet the default) has its own stages, all in ``--native``:
 
@@ -263,6 +263,8 @@ TIMING = {
     "time-b1-s16384-d128": (1, 16384, 16, 128, False),
     "time-b2-s8192-d64": (2, 8192, 32, 64, False),
     "time-b2-s8192-d256": (2, 8192, 8, 256, False),
+    "time-b32-s512-d128": (32, 512, 16, 128, False),
+    "time-b8-s2048-d128": (8, 2048, 16, 128, False),
     "time-b4-s2048-d128": (4, 2048, 16, 128, False),
     "time-b4-s2048-d128-causal": (4, 2048, 16, 128, True),
     "time-b4-s2048-d64": (4, 2048, 16, 64, False),
@@ -366,8 +368,8 @@ def persistent_variants():
 
     sms = getattr(jax.devices()[0], "core_count", None) or 132
     out = {}
-    for cell in ("time-b2-s8192-d64", "time-b2-s8192-d128", "time-b2-s8192-d256", "time-b1-s16384-d128",
-                 "time-b2-s8192-d128-causal"):
+    for cell in ("time-b32-s512-d128", "time-b8-s2048-d128", "time-b2-s8192-d64", "time-b2-s8192-d128",
+                 "time-b2-s8192-d256", "time-b1-s16384-d128", "time-b2-s8192-d128-causal"):
         b, s, h, d, causal = TIMING[cell]
         grid = choose_forward_blocks(d, s)
         name = cell.removeprefix("time-")
